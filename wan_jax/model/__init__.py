@@ -1,0 +1,1 @@
+"""Model definitions (Flax NNX); nothing here imports data/ or train/."""

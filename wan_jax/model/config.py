@@ -1,0 +1,101 @@
+"""Architecture and runtime settings of one Wan 2.x transformer expert.
+
+A plain dataclass (never an ml_collections config) so the model can be built from a manifest,
+a test or a benchmark without the trainer's configuration system.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ATTENTION_IMPLS = ("auto", "cudnn", "xla", "chunked")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+# Fields that describe the weights; everything else is a runtime choice.
+ARCH_FIELDS = (
+    "dim", "ffn_dim", "freq_dim", "num_heads", "num_layers", "patch_size", "in_channels",
+    "out_channels", "text_dim", "text_len", "eps", "rope_theta", "rope_max_positions",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class WanConfig:
+  """One expert of Wan 2.2 A14B (defaults are the real 14B sizes)."""
+
+  dim: int = 5120
+  ffn_dim: int = 13824
+  freq_dim: int = 256
+  num_heads: int = 40
+  num_layers: int = 40
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  in_channels: int = 16
+  out_channels: int = 16
+  text_dim: int = 4096
+  text_len: int = 512
+  eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_max_positions: int = 1024
+  # Runtime choices (not part of the weights).
+  param_dtype: str = "bfloat16"
+  compute_dtype: str = "bfloat16"
+  attention: str = "auto"
+  attention_chunk_size: int = 1024
+  remat: str = "none"
+
+  def __post_init__(self):
+    if self.dim % self.num_heads:
+      raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+    if self.head_dim % 2 or self.head_dim < 6:
+      raise ValueError(f"head_dim {self.head_dim} must be even and >= 6 for the 3D RoPE split")
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @property
+  def rope_split(self) -> tuple[int, int, int]:
+    """Channels of one head given to the (t, h, w) axes: h = w = 2 * (head_dim // 6)."""
+    hw = 2 * (self.head_dim // 6)
+    return (self.head_dim - 2 * hw, hw, hw)
+
+  @property
+  def patch_volume(self) -> int:
+    pt, ph, pw = self.patch_size
+    return pt * ph * pw
+
+  def replace(self, **changes: Any) -> "WanConfig":
+    return dataclasses.replace(self, **changes)
+
+  def arch_dict(self) -> dict[str, Any]:
+    """The fields that describe the weights, JSON-ready (stored in converted checkpoints)."""
+    d = {k: getattr(self, k) for k in ARCH_FIELDS}
+    d["patch_size"] = list(self.patch_size)
+    return d
+
+  @classmethod
+  def from_arch_dict(cls, d: dict[str, Any], **runtime: Any) -> "WanConfig":
+    unknown = set(d) - set(ARCH_FIELDS)
+    if unknown:
+      raise ValueError(f"unknown WanConfig fields: {sorted(unknown)}")
+    return cls(**{**d, **runtime})
+
+
+def t2v_a14b(**runtime: Any) -> WanConfig:
+  """One expert of Wan 2.2 T2V-A14B (also Wan 2.1 T2V-14B): 14.29B parameters."""
+  return WanConfig(**runtime)
+
+
+def tiny(**runtime: Any) -> WanConfig:
+  """A few-layer model for tests and the CPU demo; head_dim 16 splits 8/4/4 like 44/42/42."""
+  arch = dict(dim=64, ffn_dim=96, freq_dim=32, num_heads=4, num_layers=2, text_dim=48,
+              text_len=24)
+  return WanConfig(**{**arch, "param_dtype": "float32", "compute_dtype": "float32", **runtime})
+
+
+PRESETS = {"t2v_a14b": t2v_a14b, "tiny": tiny}

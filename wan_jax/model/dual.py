@@ -1,0 +1,50 @@
+"""Wan 2.2 A14B's two experts behind one call: `jax.lax.cond` on the timestep picks one.
+
+t >= boundary * 1000 -> the high-noise expert, else the low-noise one (boundary 0.875 for T2V,
+0.9 for I2V). One branch runs per call, and gradients reach only the expert that ran.
+
+A batch is routed as a whole by its FIRST timestep, `timestep[0]`: every item of a batch must lie
+on the same side of the boundary (the training sampler draws each batch inside one expert's range).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wan_jax.model.transformer import WanTransformer
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+class DualWanTransformer(nnx.Module):
+
+  def __init__(self, high_noise: WanTransformer, low_noise: WanTransformer,
+               boundary: float = 0.875):
+    if not 0.0 < boundary < 1.0:
+      raise ValueError(f"boundary must be in (0, 1), got {boundary}")
+    self.high_noise = high_noise
+    self.low_noise = low_noise
+    self.boundary = boundary
+
+  @property
+  def threshold(self) -> float:
+    """The first timestep that belongs to the high-noise expert."""
+    return self.boundary * NUM_TRAIN_TIMESTEPS
+
+  def uses_high_noise(self, timestep_B: jax.Array) -> jax.Array:
+    return timestep_B[0].astype(jnp.float32) >= jnp.float32(self.threshold)
+
+  def __call__(self, latents_BxFxHxWxC: jax.Array, timestep_B: jax.Array,
+               context_BxLxT: jax.Array) -> jax.Array:
+    experts = nnx.split((self.high_noise, self.low_noise))
+    graphdef, state = experts
+
+    def run(index: int):
+      def branch(state):
+        model = nnx.merge(graphdef, state)[index]
+        return model(latents_BxFxHxWxC, timestep_B, context_BxLxT)
+      return branch
+
+    return jax.lax.cond(self.uses_high_noise(timestep_B), run(0), run(1), state)

@@ -1,0 +1,72 @@
+"""Small building blocks: a linear layer with a compute dtype, and fp32 norms.
+
+Norms always compute in fp32 (the reference does too); linears cast their input and weight to
+the compute dtype so the matmul runs in bf16 while parameters may be stored in fp32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def dtype_of(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+def matmul_precision(compute_dtype: jnp.dtype) -> jax.lax.Precision:
+  """Full precision for fp32 compute (no TF32 on GPUs); the fast default otherwise."""
+  return jax.lax.Precision.HIGHEST if compute_dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel + bias, kernel stored [in, out] in param_dtype, computed in compute_dtype."""
+
+  def __init__(self, in_features: int, out_features: int, *, param_dtype: jnp.dtype,
+               compute_dtype: jnp.dtype, rngs: nnx.Rngs, init_scale: float = 1.0):
+    std = init_scale / jnp.sqrt(in_features)
+    self.kernel = nnx.Param(
+        (jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32) * std
+         ).astype(param_dtype))
+    self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
+    self.compute_dtype = compute_dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cd = self.compute_dtype
+    y = jnp.matmul(x.astype(cd), self.kernel[...].astype(cd), precision=matmul_precision(cd))
+    return y + self.bias[...].astype(cd)
+
+
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+  """LayerNorm without affine, in fp32."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class LayerNorm(nnx.Module):
+  """Affine LayerNorm in fp32 (the cross-attention input norm, `norm3` in Wan's keys)."""
+
+  def __init__(self, dim: int, eps: float, *, param_dtype: jnp.dtype):
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return (layer_norm(x, self.eps) * self.weight[...].astype(jnp.float32)
+            + self.bias[...].astype(jnp.float32))
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the whole last axis (all heads at once, before the head split), in fp32."""
+
+  def __init__(self, dim: int, eps: float, *, param_dtype: jnp.dtype):
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+    return (xf * self.weight[...].astype(jnp.float32)).astype(x.dtype)

@@ -1,0 +1,45 @@
+"""3D rotary position embedding, Wan style: interleaved pairs, (t, h, w) channel split per head.
+
+Channel pairs (2i, 2i+1) of each head form one complex number. The first `t` channels rotate
+with the frame index, the next `h` with the row, the last `w` with the column; each axis has its
+own frequency ladder theta^(-2j/axis_channels).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _axis_angles(positions: int, channels: int, theta: float) -> np.ndarray:
+  """[positions, channels/2] rotation angles in float64 (tables are built once, on the host)."""
+  freqs = 1.0 / theta ** (np.arange(0, channels, 2, dtype=np.float64) / channels)
+  return np.outer(np.arange(positions, dtype=np.float64), freqs)
+
+
+def rope_tables(grid: tuple[int, int, int], split: tuple[int, int, int], theta: float,
+                max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+  """cos and sin, each [F*H*W, head_dim/2] fp32, tokens ordered f-major then h then w."""
+  f, h, w = grid
+  if max(grid) > max_positions:
+    raise ValueError(f"latent grid {grid} exceeds the RoPE table of {max_positions} positions")
+  at, ah, aw = (_axis_angles(n, c, theta) for n, c in zip(grid, split))
+  angles_FxHxWxP = np.concatenate([
+      np.broadcast_to(at[:, None, None, :], (f, h, w, at.shape[1])),
+      np.broadcast_to(ah[None, :, None, :], (f, h, w, ah.shape[1])),
+      np.broadcast_to(aw[None, None, :, :], (f, h, w, aw.shape[1])),
+  ], axis=-1)
+  angles_NxP = angles_FxHxWxP.reshape(f * h * w, -1)
+  return np.cos(angles_NxP).astype(np.float32), np.sin(angles_NxP).astype(np.float32)
+
+
+def apply_rope(x_BxNxHxD: jax.Array, cos_NxP: jax.Array, sin_NxP: jax.Array) -> jax.Array:
+  """Rotates interleaved channel pairs in fp32 and returns x's dtype."""
+  b, n, h, d = x_BxNxHxD.shape
+  x = x_BxNxHxD.astype(jnp.float32).reshape(b, n, h, d // 2, 2)
+  x1, x2 = x[..., 0], x[..., 1]
+  cos = cos_NxP[None, :, None, :]
+  sin = sin_NxP[None, :, None, :]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.reshape(b, n, h, d).astype(x_BxNxHxD.dtype)

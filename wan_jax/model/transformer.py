@@ -1,0 +1,174 @@
+"""The Wan 2.x video transformer (one expert) in Flax NNX.
+
+model(latents [B, F, H, W, 16], timestep [B] in [0, 1000], context [B, L<=text_len, text_dim])
+-> velocity [B, F, H, W, 16] (fp32). The residual stream, modulation, norms, time MLP and head
+run in fp32; the other matmuls and attention in `config.compute_dtype`.
+
+The 40 blocks are one module whose parameters carry a leading layer axis; the forward pass
+scans over that axis, so compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wan_jax.model.attention import attention
+from wan_jax.model.config import WanConfig
+from wan_jax.model.layers import LayerNorm, Linear, RMSNorm, dtype_of, layer_norm
+from wan_jax.model.rope import apply_rope, rope_tables
+
+F32 = jnp.float32
+
+
+class Attention(nnx.Module):
+  """Self- or cross-attention: q/k RMS-normalised across all heads before the head split."""
+
+  def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
+    pd, cd = dtype_of(cfg.param_dtype), dtype_of(cfg.compute_dtype)
+    lin = functools.partial(Linear, cfg.dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    self.q, self.k, self.v, self.o = lin(), lin(), lin(), lin()
+    self.norm_q = RMSNorm(cfg.dim, cfg.eps, param_dtype=pd)
+    self.norm_k = RMSNorm(cfg.dim, cfg.eps, param_dtype=pd)
+    self.num_heads = cfg.num_heads
+    self.impl = cfg.attention
+    self.chunk_size = cfg.attention_chunk_size
+
+  def __call__(self, x_BxNxD: jax.Array, context_BxSxD: jax.Array | None = None,
+               rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    src = x_BxNxD if context_BxSxD is None else context_BxSxD
+    q = self.norm_q(self.q(x_BxNxD))
+    k = self.norm_k(self.k(src))
+    v = self.v(src)
+    split = lambda t: t.reshape(*t.shape[:2], self.num_heads, -1)
+    q, k, v = split(q), split(k), split(v)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out = attention(q, k, v, impl=self.impl, chunk_size=self.chunk_size)
+    return self.o(out.reshape(x_BxNxD.shape[:2] + (-1,)))
+
+
+class WanBlock(nnx.Module):
+  """Self-attention and FFN with 6-way modulation; ungated cross-attention in between."""
+
+  def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
+    pd, cd = dtype_of(cfg.param_dtype), dtype_of(cfg.compute_dtype)
+    self.modulation = nnx.Param(
+        (jax.random.normal(rngs.params(), (1, 6, cfg.dim), F32) / np.sqrt(cfg.dim)).astype(pd))
+    self.self_attn = Attention(cfg, rngs=rngs)
+    self.cross_attn = Attention(cfg, rngs=rngs)
+    self.norm3 = LayerNorm(cfg.dim, cfg.eps, param_dtype=pd)
+    self.ffn_in = Linear(cfg.dim, cfg.ffn_dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    self.ffn_out = Linear(cfg.ffn_dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    self.eps = cfg.eps
+    self.compute_dtype = cd
+
+  def __call__(self, x_BxNxD: jax.Array, e0_Bx6xD: jax.Array, context_BxSxD: jax.Array,
+               rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    cd = self.compute_dtype
+    m = self.modulation[...].astype(F32) + e0_Bx6xD
+    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (m[:, i:i + 1] for i in range(6))
+
+    h = layer_norm(x_BxNxD, self.eps) * (1 + scale_sa) + shift_sa
+    x = x_BxNxD + self.self_attn(h.astype(cd), rope=rope).astype(F32) * gate_sa
+    x = x + self.cross_attn(self.norm3(x).astype(cd), context_BxSxD).astype(F32)
+    h = layer_norm(x, self.eps) * (1 + scale_ff) + shift_ff
+    y = self.ffn_out(jax.nn.gelu(self.ffn_in(h.astype(cd)), approximate=True))
+    return x + y.astype(F32) * gate_ff
+
+
+def _remat(fn, policy: str):
+  if policy == "none":
+    return fn
+  policies = {
+      "full": None,
+      "dots_saveable": jax.checkpoint_policies.dots_saveable,
+      "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  }
+  return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
+
+
+def timestep_sinusoid(t_B: jax.Array, dim: int) -> jax.Array:
+  """[cos, sin] of t * 10000^(-k/half), k < half: [B, dim] fp32 (cos first, as upstream)."""
+  half = dim // 2
+  freqs = jnp.asarray(np.power(10000.0, -np.arange(half, dtype=np.float64) / half), F32)
+  args = t_B.astype(F32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class WanTransformer(nnx.Module):
+  """One Wan 2.x expert. Parameter names follow the original Wan keys where they can."""
+
+  def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
+    pd, cd = dtype_of(cfg.param_dtype), dtype_of(cfg.compute_dtype)
+    lin = functools.partial(Linear, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    lin32 = functools.partial(Linear, param_dtype=pd, compute_dtype=F32, rngs=rngs)
+    self.config = cfg
+    self.patch_embedding = lin(cfg.patch_volume * cfg.in_channels, cfg.dim)
+    self.text_embedding_1 = lin(cfg.text_dim, cfg.dim)
+    self.text_embedding_2 = lin(cfg.dim, cfg.dim)
+    self.time_embedding_1 = lin32(cfg.freq_dim, cfg.dim)
+    self.time_embedding_2 = lin32(cfg.dim, cfg.dim)
+    self.time_projection = lin32(cfg.dim, 6 * cfg.dim)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def stacked_blocks(rngs: nnx.Rngs) -> WanBlock:
+      return WanBlock(cfg, rngs=rngs)
+
+    self.blocks = stacked_blocks(rngs)
+    self.head = lin32(cfg.dim, cfg.out_channels * cfg.patch_volume, init_scale=0.1)
+    self.head_modulation = nnx.Param(
+        (jax.random.normal(rngs.params(), (1, 2, cfg.dim), F32) / np.sqrt(cfg.dim)).astype(pd))
+
+  def embed_time(self, timestep_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(e [B, D], e0 [B, 6, D]): the raw time embedding (head) and the block modulation input."""
+    t = timestep_sinusoid(timestep_B, self.config.freq_dim)
+    e = self.time_embedding_2(jax.nn.silu(self.time_embedding_1(t)))
+    e0 = self.time_projection(jax.nn.silu(e))
+    return e, e0.reshape(e.shape[0], 6, -1)
+
+  def embed_text(self, context_BxLxT: jax.Array) -> jax.Array:
+    """Zero-pads the prompt embedding to text_len rows (as upstream), then projects it."""
+    cfg = self.config
+    length = context_BxLxT.shape[1]
+    if length > cfg.text_len or context_BxLxT.shape[2] != cfg.text_dim:
+      raise ValueError(f"context must be [B, L<={cfg.text_len}, {cfg.text_dim}], "
+                       f"got {context_BxLxT.shape}")
+    ctx = jnp.pad(context_BxLxT, ((0, 0), (0, cfg.text_len - length), (0, 0)))
+    return self.text_embedding_2(jax.nn.gelu(self.text_embedding_1(ctx), approximate=True))
+
+  def __call__(self, latents_BxFxHxWxC: jax.Array, timestep_B: jax.Array,
+               context_BxLxT: jax.Array) -> jax.Array:
+    cfg = self.config
+    b, f, h, w, c = latents_BxFxHxWxC.shape
+    pt, ph, pw = cfg.patch_size
+    if c != cfg.in_channels or f % pt or h % ph or w % pw:
+      raise ValueError(f"latents {latents_BxFxHxWxC.shape} do not fit patch {cfg.patch_size} "
+                       f"and {cfg.in_channels} channels")
+    gf, gh, gw = f // pt, h // ph, w // pw
+    patches = latents_BxFxHxWxC.reshape(b, gf, pt, gh, ph, gw, pw, c)
+    patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, gf * gh * gw, -1)
+    x_BxNxD = self.patch_embedding(patches).astype(F32)
+
+    e_BxD, e0_Bx6xD = self.embed_time(timestep_B)
+    context_BxSxD = self.embed_text(context_BxLxT)
+    cos, sin = rope_tables((gf, gh, gw), cfg.rope_split, cfg.rope_theta, cfg.rope_max_positions)
+    rope = (jnp.asarray(cos), jnp.asarray(sin))
+
+    graphdef, layer_states = nnx.split(self.blocks)
+
+    def one_layer(x, layer_state):
+      block = nnx.merge(graphdef, layer_state)
+      return block(x, e0_Bx6xD, context_BxSxD, rope), None
+
+    x_BxNxD, _ = jax.lax.scan(_remat(one_layer, cfg.remat), x_BxNxD, layer_states)
+
+    m = self.head_modulation[...].astype(F32) + e_BxD[:, None, :]
+    out = self.head(layer_norm(x_BxNxD, cfg.eps) * (1 + m[:, 1:2]) + m[:, 0:1])
+    out = out.reshape(b, gf, gh, gw, pt, ph, pw, cfg.out_channels)
+    return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, f, h, w, cfg.out_channels)

@@ -1,0 +1,1 @@
+"""Reading PyTorch checkpoints, mapping their keys, and converted JAX (Orbax) checkpoints."""

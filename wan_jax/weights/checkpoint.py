@@ -1,0 +1,122 @@
+"""Converted transformer checkpoints: one Orbax checkpoint per expert plus `manifest.json`.
+
+Each expert is written block by block with Orbax's partial saves (one block's tensors in memory
+at a time) and finalised atomically; the manifest is written last, so a folder without one is
+never taken for a finished conversion. Leaves are per layer (`blocks/7/self_attn/q/kernel`);
+stacking over layers happens when a model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT = "wan_jax.transformer/1"
+
+
+def _ocp():
+  # Orbax's v1 API warns that it is experimental on import; the partial-save API is v1-only.
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import orbax.checkpoint.experimental.v1 as ocp
+  return ocp
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for name, value in flat.items():
+    node = tree
+    *parents, leaf = name.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _group_of(name: str) -> str:
+  m = re.match(r"blocks\.(\d+)\.", name)
+  return f"block {m.group(1)}" if m else "embeddings and head"
+
+
+def write_expert(params: Iterable[tuple[str, np.ndarray]], path: Path,
+                 on_group_saved=None) -> int:
+  """Saves (name, array) pairs group by group (the top level, then each block); returns bytes."""
+  ocp = _ocp()
+  path = Path(path)
+  if path.exists():
+    raise FileExistsError(f"{path} already exists")
+  written, group, pending = 0, None, {}
+
+  def flush():
+    nonlocal written
+    if pending:
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ocp.partial.save(path, nest(pending))
+      written += sum(a.nbytes for a in pending.values())
+      if on_group_saved:
+        on_group_saved(group, written)
+      pending.clear()
+
+  for name, array in params:
+    if _group_of(name) != group:
+      flush()
+      group = _group_of(name)
+    pending[name] = array
+  flush()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ocp.partial.finalize(path)
+  return written
+
+
+def read_expert(path: Path) -> dict[str, np.ndarray]:
+  """Every tensor of one converted expert, as host numpy arrays keyed by per-layer name."""
+  ocp = _ocp()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    tree = ocp.load_pytree(Path(path))
+  return flatten(tree)
+
+
+def remove_partial(path: Path) -> None:
+  """Deletes an expert folder and any unfinished partial-save session next to it."""
+  path = Path(path)
+  for p in [path, *path.parent.glob(path.name + ".partial_save*")]:
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+  tmp = Path(out) / (MANIFEST + ".tmp")
+  tmp.write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
+  os.replace(tmp, Path(out) / MANIFEST)
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+  """The manifest of a converted folder, or None if `out` is not one."""
+  path = Path(out) / MANIFEST
+  if not path.is_file():
+    return None
+  manifest = json.loads(path.read_text())
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path}: unsupported format {manifest.get('format')!r} (want {FORMAT})")
+  return manifest

@@ -1,0 +1,68 @@
+"""PyTorch transformer checkpoints (any detected layout) -> converted JAX checkpoints."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wan_jax.weights import checkpoint
+from wan_jax.weights.sources import find_experts
+
+PARAM_DTYPES = ("bfloat16", "float32", "float16")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+  if name not in PARAM_DTYPES:
+    raise ValueError(f"dtype must be one of {PARAM_DTYPES}, got {name!r}")
+  import ml_dtypes
+  return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat16", *,
+                         num_heads: int | None = None, overwrite: bool = False,
+                         log: Callable[[str], None] = print) -> dict:
+  """Converts every expert found in `src` into `out`; returns the manifest written.
+
+  Memory holds one transformer block at a time. On any error the experts written so far are
+  removed and no manifest is written, so `out` never looks like a finished conversion.
+  """
+  src, out = Path(src), Path(out)
+  np_dtype = numpy_dtype(dtype)
+  layout, experts = find_experts(src, num_heads=num_heads)
+  log(f"{src}: {layout} layout, experts: {', '.join(experts)}")
+  if checkpoint.read_manifest(out) is not None or any((out / n).exists() for n in experts):
+    if not overwrite:
+      raise FileExistsError(f"{out} already holds a conversion; pass --overwrite to replace it")
+    for name in experts:
+      checkpoint.remove_partial(out / name)
+    (out / checkpoint.MANIFEST).unlink(missing_ok=True)
+  out.mkdir(parents=True, exist_ok=True)
+
+  manifest = {"source": str(src.resolve()), "layout": layout, "dtype": dtype, "experts": {}}
+  done: list[str] = []
+  try:
+    for name, expert in experts.items():
+      cfg = expert.config
+      start = time.time()
+      log(f"{name}: {expert.description}: {cfg.num_layers} layers, dim {cfg.dim}, "
+          f"{cfg.num_heads} heads -> {out / name} ({dtype})")
+
+      def progress(group: str, written: int, name=name):
+        log(f"  {name}: saved {group} ({written / 2**30:.2f} GiB so far)")
+
+      nbytes = checkpoint.write_expert(expert.converted(np_dtype), out / name, progress)
+      done.append(name)
+      log(f"{name}: {nbytes / 2**30:.2f} GiB in {time.time() - start:.1f} s")
+      manifest["experts"][name] = {"path": name, "source": expert.description,
+                                   "config": cfg.arch_dict()}
+  except BaseException:
+    for name in experts:
+      checkpoint.remove_partial(out / name)
+    raise
+  checkpoint.write_manifest(out, manifest)
+  log(f"wrote {out / checkpoint.MANIFEST}")
+  return manifest
+

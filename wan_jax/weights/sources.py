@@ -1,0 +1,137 @@
+"""Finding the transformer experts in what a user downloaded, and reading them as our tensors.
+
+Accepted, detected from the files (never asked for):
+- an official Wan 2.2 release folder: `high_noise_model/`, `low_noise_model/`;
+- a diffusers release folder: `transformer/` (high-noise), `transformer_2/` (low-noise);
+- one expert folder: sharded safetensors with `*.index.json`, or a single file inside;
+- one .safetensors file (original keys, diffusers keys, or ComfyUI's `model.diffusion_model.*`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from wan_jax.model.config import WanConfig
+from wan_jax.weights import transformer_keys as tk
+from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore
+
+# Folder names of each release layout -> our expert names.
+RELEASE_LAYOUTS = {
+    "official": {"high_noise_model": "high_noise", "low_noise_model": "low_noise"},
+    "diffusers": {"transformer": "high_noise", "transformer_2": "low_noise"},
+}
+
+
+@dataclasses.dataclass
+class ExpertSource:
+  """One expert's tensors with the key layout resolved; reads one tensor at a time."""
+
+  store: TensorStore
+  prefix: str
+  key_layout: str  # "original" | "diffusers"
+  config: WanConfig
+
+  @property
+  def description(self) -> str:
+    kind = "ComfyUI" if self.prefix else self.key_layout
+    return f"{self.store.description} ({kind} keys)"
+
+  def source_key(self, original: str) -> str:
+    key = tk.to_diffusers_key(original) if self.key_layout == "diffusers" else original
+    return self.prefix + key
+
+  def converted(self, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+    """(our per-layer name, tensor in `dtype`) for every parameter, shapes checked."""
+    expected = expected_shapes(self.config)
+    for ours, (original, kind) in tk.parameter_map(self.config).items():
+      key = self.source_key(original)
+      array = tk.transform_for(kind)(self.store.read(key).astype(np.float32, copy=False))
+      if array.shape != expected[ours]:
+        raise CheckpointError(f"{self.store.description}: tensor {key!r} has shape "
+                              f"{self.store.shape(key)}, which gives {array.shape} but the model "
+                              f"needs {expected[ours]} for {ours}")
+      yield ours, array.astype(dtype)
+
+
+def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
+  """Our per-layer parameter name -> shape, read off an abstract model (nothing allocated)."""
+  from flax import nnx  # local: keeps the key tools importable without building a model
+  from wan_jax.model.transformer import WanTransformer
+
+  abstract = nnx.eval_shape(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)))
+  shapes: dict[str, tuple[int, ...]] = {}
+  for path, leaf in nnx.to_flat_state(nnx.state(abstract)):
+    name = ".".join(str(p) for p in path)
+    shape = tuple(leaf.value.shape) if hasattr(leaf, "value") else tuple(leaf.shape)
+    if path[0] == "blocks":
+      for i in range(cfg.num_layers):
+        shapes[f"blocks.{i}.{name[len('blocks.'):]}"] = shape[1:]
+    else:
+      shapes[name] = shape
+  return shapes
+
+
+def _heads_from_config_json(folder: Path) -> int | None:
+  path = folder / "config.json"
+  if not path.is_file():
+    return None
+  cfg = json.loads(path.read_text())
+  return cfg.get("num_heads") or cfg.get("num_attention_heads")
+
+
+def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
+  """One expert from a file or a folder of shards."""
+  store = TensorStore.open(path)
+  keys = store.keys()
+  prefix, layout = tk.detect_key_layout(keys)
+  by_original = _original_names(keys, prefix, layout)
+  folder = path if path.is_dir() else path.parent
+  heads = num_heads or (_heads_from_config_json(folder) if path.is_dir() else None)
+  cfg = tk.infer_config(lambda k: store.shape(by_original[k]), list(by_original), num_heads=heads)
+  tk.check_keys(cfg, set(by_original))
+  return ExpertSource(store, prefix, layout, cfg)
+
+
+def _original_names(keys: list[str], prefix: str, layout: str) -> dict[str, str]:
+  """Original Wan name -> key in the file (renaming diffusers keys back, dropping the prefix)."""
+  wanted = [k for k in keys if k.startswith(prefix)]
+  if layout == "original":
+    return {k[len(prefix):]: k for k in wanted}
+  # Rename back through the forward map of a model as deep as the file; keys we do not know keep
+  # their own name so they appear in the "unexpected" list.
+  layer_ids = {int(m.group(1)) for k in wanted
+               if (m := re.match(r"blocks\.(\d+)\.", k[len(prefix):]))}
+  depth = WanConfig(dim=6, num_heads=1, num_layers=max(layer_ids, default=-1) + 1)
+  reverse = {prefix + tk.to_diffusers_key(original): original
+             for original, _ in tk.parameter_map(depth).values()}
+  return {reverse.get(k, k[len(prefix):]): k for k in wanted}
+
+
+def find_experts(src: str | Path, num_heads: int | None = None) -> tuple[str, dict[str, ExpertSource]]:
+  """(layout name, {expert name: source}) for whatever the user pointed at."""
+  src = Path(src)
+  if not src.exists():
+    raise CheckpointError(f"{src} does not exist")
+  if src.is_file():
+    if src.suffix != ".safetensors":
+      raise CheckpointError(f"{src}: expected a .safetensors file (got {src.suffix or 'no suffix'})")
+    expert = open_expert(src, num_heads)
+    return ("comfyui" if expert.prefix else "single_file"), {"transformer": expert}
+  for layout, folders in RELEASE_LAYOUTS.items():
+    present = {name: src / folder for folder, name in folders.items() if (src / folder).is_dir()}
+    if present:
+      if layout == "diffusers" and list(present) == ["high_noise"]:
+        present = {"transformer": src / "transformer"}  # Wan 2.1 style: one transformer.
+      return layout, {name: open_expert(p, num_heads) for name, p in present.items()}
+  if any(src.glob("*.safetensors")):
+    return "expert_folder", {"transformer": open_expert(src, num_heads)}
+  raise CheckpointError(
+      f"{src}: unknown checkpoint layout; expected high_noise_model/ + low_noise_model/ "
+      "(official), transformer/ + transformer_2/ (diffusers), a folder of .safetensors shards, "
+      f"or a .safetensors file. Found: {sorted(p.name for p in src.iterdir())[:20]}")
