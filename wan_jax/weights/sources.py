@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +23,8 @@ from wan_jax.weights import transformer_keys as tk
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore
 
 # Folder names of each release layout -> our expert names.
+log = logging.getLogger(__name__)
+
 RELEASE_LAYOUTS = {
     "official": {"high_noise_model": "high_noise", "low_noise_model": "low_noise"},
     "diffusers": {"transformer": "high_noise", "transformer_2": "low_noise"},
@@ -77,12 +80,15 @@ def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _heads_from_config_json(folder: Path) -> int | None:
+def _config_json_fields(folder: Path) -> dict[str, object]:
+  """num_heads, text_len and eps from an expert folder's config.json (official or diffusers)."""
   path = folder / "config.json"
   if not path.is_file():
-    return None
-  cfg = json.loads(path.read_text())
-  return cfg.get("num_heads") or cfg.get("num_attention_heads")
+    return {}
+  raw = json.loads(path.read_text())
+  fields = {"num_heads": raw.get("num_heads") or raw.get("num_attention_heads"),
+            "text_len": raw.get("text_len"), "eps": raw.get("eps")}
+  return {k: v for k, v in fields.items() if v is not None}
 
 
 def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
@@ -91,9 +97,16 @@ def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
   keys = store.keys()
   prefix, layout = tk.detect_key_layout(keys)
   by_original = _original_names(keys, prefix, layout)
-  folder = path if path.is_dir() else path.parent
-  heads = num_heads or (_heads_from_config_json(folder) if path.is_dir() else None)
-  cfg = tk.infer_config(lambda k: store.shape(by_original[k]), list(by_original), num_heads=heads)
+  fields = _config_json_fields(path) if path.is_dir() else {}
+  if num_heads:
+    fields["num_heads"] = num_heads
+
+  def shape_of(original: str) -> tuple[int, ...]:
+    if original not in by_original:
+      raise CheckpointError(f"{store.description}: missing tensor {original!r}")
+    return store.shape(by_original[original])
+
+  cfg = tk.infer_config(shape_of, list(by_original), **fields)
   tk.check_keys(cfg, set(by_original))
   return ExpertSource(store, prefix, layout, cfg)
 
@@ -101,6 +114,9 @@ def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
 def _original_names(keys: list[str], prefix: str, layout: str) -> dict[str, str]:
   """Original Wan name -> key in the file (renaming diffusers keys back, dropping the prefix)."""
   wanted = [k for k in keys if k.startswith(prefix)]
+  if len(wanted) < len(keys):  # e.g. a ComfyUI all-in-one file that also holds the VAE
+    log.warning("ignoring %d tensors outside %r (not transformer weights), e.g. %s",
+                len(keys) - len(wanted), prefix, next(k for k in keys if not k.startswith(prefix)))
   if layout == "original":
     return {k[len(prefix):]: k for k in wanted}
   # Rename back through the forward map of a model as deep as the file; keys we do not know keep
