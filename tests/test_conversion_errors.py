@@ -1,0 +1,132 @@
+"""Bad checkpoints give clear errors, and a failed conversion leaves nothing that looks finished."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import wan_jax
+from wan_jax.weights.safetensors_reader import CheckpointError, SafetensorsFile
+from wan_jax.weights.sources import find_experts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_expert(tmp_path: Path, official_release: Path, edit=None) -> Path:
+  """A copy of the high-noise expert as a single file, optionally edited."""
+  sd = {}
+  for shard in sorted((official_release / "high_noise_model").glob("*.safetensors")):
+    sd.update(load_file(str(shard)))
+  if edit:
+    edit(sd)
+  path = tmp_path / "expert.safetensors"
+  save_file(sd, str(path))
+  return path
+
+
+def test_unknown_layout(tmp_path):
+  (tmp_path / "notes.txt").write_text("hello")
+  with pytest.raises(CheckpointError, match="unknown checkpoint layout"):
+    find_experts(tmp_path)
+  save_file({"encoder.weight": torch.zeros(2)}, str(tmp_path / "vae.safetensors"))
+  with pytest.raises(CheckpointError, match="unknown transformer key layout"):
+    find_experts(tmp_path / "vae.safetensors")
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path, official_release):
+  def edit(sd):
+    del sd["blocks.1.cross_attn.norm_k.weight"]
+    sd["blocks.0.img_emb.proj.weight"] = torch.zeros(3)
+  path = one_expert(tmp_path, official_release, edit)
+  with pytest.raises(CheckpointError) as e:
+    find_experts(path, num_heads=4)
+  assert "missing (1): ['blocks.1.cross_attn.norm_k.weight']" in str(e.value)
+  assert "unexpected (1): ['blocks.0.img_emb.proj.weight']" in str(e.value)
+
+
+def test_wrong_shape(tmp_path, official_release):
+  def edit(sd):
+    sd["blocks.0.self_attn.v.weight"] = torch.zeros(64, 32)
+  path = one_expert(tmp_path, official_release, edit)
+  with pytest.raises(CheckpointError, match=r"blocks\.0\.self_attn\.v\.weight.*shape"):
+    wan_jax.load_transformer(path, num_heads=4)
+
+
+def test_truncated_file_names_the_file(tmp_path, official_release):
+  path = one_expert(tmp_path, official_release)
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) - 1000])
+  with pytest.raises(CheckpointError, match=rf"{path.name} is truncated"):
+    SafetensorsFile(path)
+  path.write_bytes(data[:5])
+  with pytest.raises(CheckpointError, match="not a safetensors file"):
+    SafetensorsFile(path)
+
+
+def test_missing_shard_in_index(tmp_path, official_release):
+  copy = tmp_path / "release"
+  shutil.copytree(official_release, copy)
+  next((copy / "low_noise_model").glob("*-00002-of-*.safetensors")).unlink()
+  with pytest.raises(CheckpointError, match="shard files that are missing"):
+    find_experts(copy)
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(REPO / "convert" / "wan22.py"), *map(str, args)],
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_failed_conversion_leaves_no_checkpoint(tmp_path, official_release):
+  """The low-noise expert fails after the high-noise one converted: nothing is kept."""
+  copy = tmp_path / "release"
+  shutil.copytree(official_release, copy)
+  folder = copy / "low_noise_model"
+  weight_map = json.loads(next(folder.glob("*.index.json")).read_text())["weight_map"]
+  bad_key = "blocks.1.ffn.2.weight"
+  shard = folder / weight_map[bad_key]
+  sd = load_file(str(shard))
+  sd[bad_key] = torch.zeros(64, 95)  # right name, wrong shape: found only while converting
+  save_file(sd, str(shard))
+  out = tmp_path / "out"
+  result = run_cli(copy, out)
+  assert result.returncode == 2
+  assert bad_key in result.stderr and "Traceback" not in result.stderr
+  assert "high_noise: saved block 1" in result.stdout  # the first expert had been written
+  assert not (out / "manifest.json").exists()
+  assert sorted(p.name for p in out.iterdir()) == []
+  with pytest.raises(CheckpointError):
+    wan_jax.load_transformer(out)
+
+
+def test_existing_output_needs_overwrite(tmp_path, diffusers_release):
+  out = tmp_path / "out"
+  assert run_cli(diffusers_release / "transformer", out, "--dtype", "float32").returncode == 0
+  again = run_cli(diffusers_release / "transformer", out)
+  assert again.returncode == 2 and "--overwrite" in again.stderr
+  replaced = run_cli(diffusers_release / "transformer", out, "--overwrite")
+  assert replaced.returncode == 0, replaced.stderr
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["dtype"] == "bfloat16" and list(manifest["experts"]) == ["transformer"]
+  assert manifest["experts"]["transformer"]["config"]["num_heads"] == 4
+
+
+def test_asking_for_a_missing_expert(tmp_path, diffusers_release):
+  with pytest.raises(ValueError, match="holds experts"):
+    wan_jax.load_transformer(diffusers_release, dtype="float32")
+  with pytest.raises(ValueError, match="no expert 'middle'"):
+    wan_jax.load_transformer(diffusers_release, expert="middle")
+
+
+def test_pth_is_refused_with_a_clear_error(tmp_path):
+  path = tmp_path / "model.pth"
+  path.write_bytes(b"not really")
+  result = run_cli(path, tmp_path / "out")
+  assert result.returncode == 2 and "expected a .safetensors file" in result.stderr
