@@ -38,8 +38,7 @@ class DualWanTransformer(nnx.Module):
 
   def __call__(self, latents_BxFxHxWxC: jax.Array, timestep_B: jax.Array,
                context_BxLxT: jax.Array) -> jax.Array:
-    experts = nnx.split((self.high_noise, self.low_noise))
-    graphdef, state = experts
+    graphdef, state = nnx.split((self.high_noise, self.low_noise))
 
     def run(index: int):
       def branch(state):

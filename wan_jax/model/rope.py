@@ -19,19 +19,27 @@ def _axis_angles(positions: int, channels: int, theta: float) -> np.ndarray:
 
 
 def rope_tables(grid: tuple[int, int, int], split: tuple[int, int, int], theta: float,
-                max_positions: int) -> tuple[np.ndarray, np.ndarray]:
-  """cos and sin, each [F*H*W, head_dim/2] fp32, tokens ordered f-major then h then w."""
+                max_positions: int) -> tuple[jax.Array, jax.Array]:
+  """cos and sin, each [F*H*W, head_dim/2] fp32, tokens ordered f-major then h then w.
+
+  Per-axis tables are exact (float64 on the host, then fp32) and small; the per-token table is
+  a broadcast of them made on the device, so no [N, head_dim] constant lands in the program.
+  """
   f, h, w = grid
   if max(grid) > max_positions:
     raise ValueError(f"latent grid {grid} exceeds the RoPE table of {max_positions} positions")
-  at, ah, aw = (_axis_angles(n, c, theta) for n, c in zip(grid, split))
-  angles_FxHxWxP = np.concatenate([
-      np.broadcast_to(at[:, None, None, :], (f, h, w, at.shape[1])),
-      np.broadcast_to(ah[None, :, None, :], (f, h, w, ah.shape[1])),
-      np.broadcast_to(aw[None, None, :, :], (f, h, w, aw.shape[1])),
-  ], axis=-1)
-  angles_NxP = angles_FxHxWxP.reshape(f * h * w, -1)
-  return np.cos(angles_NxP).astype(np.float32), np.sin(angles_NxP).astype(np.float32)
+  per_axis = [_axis_angles(n, c, theta) for n, c in zip(grid, split)]
+
+  def table(fn) -> jax.Array:
+    at, ah, aw = (jnp.asarray(fn(a), jnp.float32) for a in per_axis)
+    full = jnp.concatenate([
+        jnp.broadcast_to(at[:, None, None, :], (f, h, w, at.shape[1])),
+        jnp.broadcast_to(ah[None, :, None, :], (f, h, w, ah.shape[1])),
+        jnp.broadcast_to(aw[None, None, :, :], (f, h, w, aw.shape[1])),
+    ], axis=-1)
+    return full.reshape(f * h * w, -1)
+
+  return table(np.cos), table(np.sin)
 
 
 def apply_rope(x_BxNxHxD: jax.Array, cos_NxP: jax.Array, sin_NxP: jax.Array) -> jax.Array:

@@ -157,8 +157,7 @@ class WanTransformer(nnx.Module):
 
     e_BxD, e0_Bx6xD = self.embed_time(timestep_B)
     context_BxSxD = self.embed_text(context_BxLxT)
-    cos, sin = rope_tables((gf, gh, gw), cfg.rope_split, cfg.rope_theta, cfg.rope_max_positions)
-    rope = (jnp.asarray(cos), jnp.asarray(sin))
+    rope = rope_tables((gf, gh, gw), cfg.rope_split, cfg.rope_theta, cfg.rope_max_positions)
 
     graphdef, layer_states = nnx.split(self.blocks)
 
