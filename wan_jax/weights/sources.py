@@ -54,12 +54,13 @@ class ExpertSource:
     expected = expected_shapes(self.config)
     for ours, (original, kind) in tk.parameter_map(self.config).items():
       key = self.source_key(original)
-      array = tk.transform_for(kind)(self.store.read(key).astype(np.float32, copy=False))
+      # Cast first: transposing the (often smaller) target dtype is the cheaper copy.
+      array = tk.transform_for(kind)(self.store.read(key).astype(dtype, copy=False))
       if array.shape != expected[ours]:
         raise CheckpointError(f"{self.store.description}: tensor {key!r} has shape "
                               f"{self.store.shape(key)}, which gives {array.shape} but the model "
                               f"needs {expected[ours]} for {ours}")
-      yield ours, array.astype(dtype)
+      yield ours, array
 
 
 def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
