@@ -86,11 +86,13 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str |
   """One Wan expert, ready to call.
 
   path: a folder made by `convert/wan22.py`, or any PyTorch checkpoint layout it accepts.
-  dtype: the parameter dtype ("bfloat16", "float32", "float16").
+  dtype: the parameter dtype ("bfloat16", "float32", "float16"); also the compute dtype unless
+    `compute_dtype` says otherwise, so "float32" gives full-precision results.
   expert: "high_noise" / "low_noise" when the path holds both.
   runtime: WanConfig runtime fields (compute_dtype, attention, attention_chunk_size, remat).
   """
   arch, params = _load_params(Path(path), expert, dtype, num_heads)
+  runtime.setdefault("compute_dtype", dtype)
   cfg = WanConfig.from_arch_dict(arch, param_dtype=dtype, **runtime)
   return assemble(cfg, params)
 

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from flax import nnx
 
 from wan_jax.model.config import WanConfig
+from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import transformer_keys as tk
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore
 
-# Folder names of each release layout -> our expert names.
 log = logging.getLogger(__name__)
 
+# Folder names of each release layout -> our expert names.
 RELEASE_LAYOUTS = {
     "official": {"high_noise_model": "high_noise", "low_noise_model": "low_noise"},
     "diffusers": {"transformer": "high_noise", "transformer_2": "low_noise"},
@@ -65,9 +67,6 @@ class ExpertSource:
 
 def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
   """Our per-layer parameter name -> shape, read off an abstract model (nothing allocated)."""
-  from flax import nnx  # local: keeps the key tools importable without building a model
-  from wan_jax.model.transformer import WanTransformer
-
   abstract = nnx.eval_shape(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)))
   shapes: dict[str, tuple[int, ...]] = {}
   for path, leaf in nnx.to_flat_state(nnx.state(abstract)):
