@@ -130,3 +130,23 @@ def test_pth_is_refused_with_a_clear_error(tmp_path):
   path.write_bytes(b"not really")
   result = run_cli(path, tmp_path / "out")
   assert result.returncode == 2 and "expected a .safetensors file" in result.stderr
+
+
+def test_a_killed_conversion_is_cleaned_up_by_the_next_one(tmp_path, diffusers_release):
+  """A conversion killed mid-expert leaves only Orbax's partial-save folder: never loadable,
+  and removed by the next run."""
+  import orbax.checkpoint.experimental.v1 as ocp
+
+  from wan_jax.weights import checkpoint
+  out = tmp_path / "out"
+  out.mkdir()
+  # What a conversion killed after its first group leaves behind.
+  ocp.partial.save(out / "transformer", {"patch_embedding": {"bias": np.zeros(3, np.float32)}})
+  assert checkpoint.unfinished(out / "transformer")
+  with pytest.raises(CheckpointError):
+    wan_jax.load_transformer(out)
+  result = run_cli(diffusers_release / "transformer", out, "--dtype", "float32")
+  assert result.returncode == 0, result.stderr
+  assert "did not finish" in result.stdout
+  assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "transformer"]
+  wan_jax.load_transformer(out)

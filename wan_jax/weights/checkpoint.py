@@ -98,10 +98,15 @@ def read_expert(path: Path) -> dict[str, np.ndarray]:
   return flatten(tree)
 
 
+def unfinished(path: Path) -> list[Path]:
+  """Partial-save sessions Orbax left beside `path` (a conversion that was killed)."""
+  path = Path(path)
+  return sorted(path.parent.glob(path.name + ".partial_save*"))
+
+
 def remove_partial(path: Path) -> None:
   """Deletes an expert folder and any unfinished partial-save session next to it."""
-  path = Path(path)
-  for p in [path, *path.parent.glob(path.name + ".partial_save*")]:
+  for p in [Path(path), *unfinished(path)]:
     shutil.rmtree(p, ignore_errors=True)
 
 

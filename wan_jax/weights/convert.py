@@ -36,9 +36,11 @@ def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat1
   if checkpoint.read_manifest(out) is not None or any((out / n).exists() for n in experts):
     if not overwrite:
       raise FileExistsError(f"{out} already holds a conversion; pass --overwrite to replace it")
-    for name in experts:
-      checkpoint.remove_partial(out / name)
     (out / checkpoint.MANIFEST).unlink(missing_ok=True)
+  for name in experts:
+    for stale in checkpoint.unfinished(out / name):
+      log(f"removing {stale} (left by a conversion that did not finish)")
+    checkpoint.remove_partial(out / name)
   out.mkdir(parents=True, exist_ok=True)
 
   manifest = {"source": str(src.resolve()), "layout": layout, "dtype": dtype, "experts": {}}
