@@ -1,0 +1,1 @@
+"""Reading the user's folders of images, clips, masks and captions into training items."""

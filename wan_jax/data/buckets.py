@@ -1,0 +1,90 @@
+"""Aspect-ratio buckets: area-based, sides a multiple of 16, never upscaling.
+
+For a target resolution r, an item of w x h gets the largest bucket of area <= r*r (capped at
+the item's own area) with its aspect ratio, sides rounded down to multiples of 16. The item is
+then resized (down) to cover the bucket and cropped; the mask gets the same resize, crop and flip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from typing import Hashable, Sequence
+
+import numpy as np
+from PIL import Image
+
+MULTIPLE = 16
+
+
+def bucket_for(width: int, height: int, resolution: int) -> tuple[int, int]:
+  """(bucket height, bucket width) for an item at one target resolution."""
+  scale = min(1.0, math.sqrt(resolution * resolution / (width * height)))
+  bw = max(MULTIPLE, int(width * scale) // MULTIPLE * MULTIPLE)
+  bh = max(MULTIPLE, int(height * scale) // MULTIPLE * MULTIPLE)
+  if bw > width or bh > height:
+    raise ValueError(f"{width}x{height} is smaller than the smallest bucket ({MULTIPLE}px)")
+  return bh, bw
+
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+  """The geometry applied identically to pixels and mask."""
+
+  resize_hw: tuple[int, int]
+  top: int
+  left: int
+  flip: bool
+
+
+def plan_crop(height: int, width: int, bucket_hw: tuple[int, int], rng: np.random.Generator,
+              random_crop: bool, flip_prob: float) -> Crop:
+  bh, bw = bucket_hw
+  scale = max(bh / height, bw / width)  # <= 1: buckets never exceed the item
+  rh, rw = max(bh, round(height * scale)), max(bw, round(width * scale))
+  if random_crop:
+    top, left = int(rng.integers(rh - bh + 1)), int(rng.integers(rw - bw + 1))
+  else:
+    top, left = (rh - bh) // 2, (rw - bw) // 2
+  return Crop((rh, rw), top, left, bool(rng.random() < flip_prob))
+
+
+def apply_crop(frames_FxHxWxC: np.ndarray, crop: Crop, bucket_hw: tuple[int, int]) -> np.ndarray:
+  """Resizes (Lanczos for uint8 pixels, area-like box filter for float masks), crops, flips."""
+  rh, rw = crop.resize_hw
+  out = []
+  for frame in frames_FxHxWxC:
+    if frame.dtype == np.uint8:
+      img = Image.fromarray(frame).resize((rw, rh), Image.LANCZOS)
+    else:
+      img = Image.fromarray(frame.astype(np.float32), mode="F").resize((rw, rh), Image.BOX)
+    out.append(np.asarray(img))
+  arr = np.stack(out)[:, crop.top:crop.top + bucket_hw[0], crop.left:crop.left + bucket_hw[1]]
+  return arr[:, :, ::-1] if crop.flip else arr
+
+
+def bucket_batches(bucket_keys: Sequence[Hashable], batch_size: int, rng: np.random.Generator
+                   ) -> tuple[list[list[int]], int]:
+  """Batches of item indices, each from one bucket, in a shuffled order.
+
+  A bucket whose size is not a multiple of batch_size ends with a short batch; it is filled with
+  other items of the same bucket (drawn at random), so shapes stay fixed and no item is dropped.
+  Returns (batches, number of filler slots) so the run summary can report the repeats.
+  """
+  by_bucket: dict[Hashable, list[int]] = defaultdict(list)
+  for i, key in enumerate(bucket_keys):
+    by_bucket[key].append(i)
+  batches, filled = [], 0
+  for key in sorted(by_bucket, key=str):
+    members = list(rng.permutation(by_bucket[key]))
+    for start in range(0, len(members), batch_size):
+      batch = [int(i) for i in members[start:start + batch_size]]
+      short = batch_size - len(batch)
+      if short:
+        fill = rng.choice(members, size=short, replace=short > len(members))
+        batch += [int(i) for i in fill]
+        filled += short
+      batches.append(batch)
+  order = rng.permutation(len(batches))
+  return [batches[i] for i in order], filled

@@ -1,0 +1,61 @@
+"""Per-dataset options (one ml-collections entry per dataset in `config.datasets`).
+
+Keys follow the names users know from ai-toolkit where they exist. Override from the command line,
+e.g. `--config.datasets[0].folder_path=/data/clips --config.datasets[0].num_frames=81`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ml_collections
+
+MISSING_MASK_POLICIES = ("error", "unmasked", "skip")
+
+
+def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.folder_path = ""  # images and/or clips; captions beside them
+  c.mask_path = ""  # masks named like the media (stem.png, stem.mp4 or a folder stem/); "" = none
+  c.caption_ext = "txt"
+  c.default_caption = ""  # for items without a caption file
+  c.caption_dropout_rate = 0.05  # share of steps that see the blank caption
+  c.resolution = (512,)  # one or several target resolutions (area = r*r), in pixels
+  c.num_frames = 1  # 1 = images; clips snap down to 4k+1 frames
+  c.fps = 16.0  # target frame rate of the "window" selection
+  c.frame_selection = "evenly"  # "evenly" over the whole clip, or a random "window" at fps
+  c.invert_mask = False
+  c.mask_min_value = 0.0  # weights span [mask_min_value, 1]
+  c.alpha_mask = False  # use the image's alpha channel as its mask
+  c.loss_multiplier = 1.0
+  c.repeats = 1
+  c.missing_mask = "error"  # "error" (names the files) | "unmasked" (weight 1) | "skip"
+  c.random_crop = False
+  c.flip_prob = 0.0
+  c.update(overrides)
+  return c
+
+
+def resolutions(cfg: ml_collections.ConfigDict) -> list[int]:
+  """`resolution` as a sorted list, whether one number or several were given."""
+  res = cfg.resolution
+  values: Sequence[Any] = res if isinstance(res, (list, tuple)) else [res]
+  out = sorted({int(r) for r in values})
+  if not out or min(out) < 16:
+    raise ValueError(f"resolution must be one or more sizes >= 16 pixels, got {res!r}")
+  return out
+
+
+def validate(cfg: ml_collections.ConfigDict, where: str = "dataset") -> None:
+  """Refuses impossible settings before any file is read."""
+  if cfg.missing_mask not in MISSING_MASK_POLICIES:
+    raise ValueError(f"{where}.missing_mask must be one of {MISSING_MASK_POLICIES}")
+  if not 0.0 <= cfg.caption_dropout_rate <= 1.0:
+    raise ValueError(f"{where}.caption_dropout_rate must be in [0, 1]")
+  if not 0.0 <= cfg.mask_min_value < 1.0:
+    raise ValueError(f"{where}.mask_min_value must be in [0, 1)")
+  if int(cfg.repeats) < 1 or int(cfg.num_frames) < 1:
+    raise ValueError(f"{where}.repeats and {where}.num_frames must be >= 1")
+  if cfg.frame_selection not in ("evenly", "window"):
+    raise ValueError(f"{where}.frame_selection must be 'evenly' or 'window'")
+  resolutions(cfg)

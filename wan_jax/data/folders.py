@@ -1,0 +1,176 @@
+"""Scanning a dataset folder: media, captions and masks matched by file stem, every problem
+named. Runs once before training; anything unusable is skipped here with a warning (and counted
+in the report) or stops the run with one error that lists the files."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from wan_jax.data import config as dcfg
+from wan_jax.data.frames import snap_num_frames
+from wan_jax.data.media import MediaError, MediaInfo, is_image, is_video, probe
+
+log = logging.getLogger(__name__)
+ASPECT_TOLERANCE = 0.01
+
+
+class DataError(ValueError):
+  """The dataset cannot be used as configured; raised before training starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  media: Path
+  info: MediaInfo
+  caption: str
+  mask: Path | None  # None: unmasked, or alpha_mask on an image with alpha
+  dataset: int
+  num_frames: int  # frames this item contributes (1 for images, the snapped count for clips)
+
+
+@dataclasses.dataclass
+class ScanReport:
+  items: list[Item] = dataclasses.field(default_factory=list)
+  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
+  notes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+  def skip(self, path: Path, reason: str) -> None:
+    log.warning("skipping %s: %s", path, reason)
+    self.skipped.append((str(path), reason))
+
+  def summary(self) -> str:
+    lines = [f"{len(self.items)} items, {len(self.skipped)} skipped"]
+    reasons = collections.Counter(r.split(":")[0] for _, r in self.skipped)
+    lines += [f"  skipped, {r}: {n}" for r, n in sorted(reasons.items())]
+    lines += [f"  {k}: {n}" for k, n in sorted(self.notes.items())]
+    return "\n".join(lines)
+
+
+def _read_caption(media: Path, cfg: ml_collections.ConfigDict, report: ScanReport) -> str | None:
+  path = media.with_suffix("." + cfg.caption_ext.lstrip("."))
+  if not path.is_file():
+    report.notes["items without a caption file (default_caption used)"] += 1
+    return cfg.default_caption
+  try:
+    text = path.read_bytes().decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    report.skip(media, f"caption not UTF-8: {path} ({e.reason} at byte {e.start})")
+    return None
+  text = " ".join(text.split())
+  if not text:
+    log.warning("%s is empty; using default_caption %r", path, cfg.default_caption)
+    report.notes["empty caption files (default_caption used)"] += 1
+    return cfg.default_caption
+  return text
+
+
+def _find_mask(media: Path, mask_dir: Path) -> tuple[Path | None, list[Path]]:
+  """(mask, other candidates). Precedence: a folder of per-frame masks, a video, an image."""
+  candidates = [mask_dir / media.stem] if (mask_dir / media.stem).is_dir() else []
+  candidates += sorted(p for p in mask_dir.glob(media.stem + ".*")
+                       if p.is_file() and is_video(p))
+  candidates += sorted(p for p in mask_dir.glob(media.stem + ".*")
+                       if p.is_file() and is_image(p))
+  return (candidates[0] if candidates else None), candidates[1:]
+
+
+def _check_image_mask(mask: Path, info: MediaInfo, invert: bool) -> str | None:
+  """Why an image mask cannot be used (aspect, decode, all black), or None."""
+  try:
+    img = Image.open(mask)
+    img.load()
+  except (OSError, SyntaxError, ValueError) as e:
+    return f"mask cannot be decoded: {mask} ({e})"
+  mw, mh = img.size
+  if abs(mw / mh - info.width / info.height) > ASPECT_TOLERANCE * info.width / info.height:
+    return (f"mask aspect differs: {mask} is {mw}x{mh}, the media is "
+            f"{info.width}x{info.height}")
+  values = np.asarray(img.convert("L"))
+  if not np.any((255 - values) if invert else values):
+    return f"mask is all black (nothing to train): {mask}"
+  return None
+
+
+def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
+                 report: ScanReport | None = None) -> ScanReport:
+  """Items of one dataset entry, appended to `report`; raises DataError for unusable setups."""
+  report = report if report is not None else ScanReport()
+  where = f"datasets[{index}]"
+  dcfg.validate(cfg, where)
+  folder = Path(cfg.folder_path).expanduser()
+  if not cfg.folder_path or not folder.is_dir():
+    raise DataError(f"{where}.folder_path {str(folder)!r} is not a folder")
+  mask_dir = Path(cfg.mask_path).expanduser() if cfg.mask_path else None
+  if mask_dir is not None and not mask_dir.is_dir():
+    raise DataError(f"{where}.mask_path {str(mask_dir)!r} is not a folder")
+  num_frames = snap_num_frames(int(cfg.num_frames))
+  if num_frames != int(cfg.num_frames):
+    log.warning("%s.num_frames %d is not 4k+1; using %d", where, cfg.num_frames, num_frames)
+
+  files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+  media = [p for p in files if is_image(p) or is_video(p)]
+  others = [p for p in files if p not in media and p.suffix.lstrip(".") != cfg.caption_ext]
+  if others:
+    log.info("%s: ignoring %d files that are neither media nor captions, e.g. %s", folder,
+             len(others), others[0].name)
+    report.notes["files ignored (not media or captions)"] += len(others)
+  if not media:
+    raise DataError(f"{folder} holds no images ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp'}))}) "
+                    "or videos (.mp4, .webm, .mov, .gif)")
+
+  missing_masks: list[Path] = []
+  before = len(report.items)
+  for path in media:
+    try:
+      info = probe(path)
+    except MediaError as e:
+      report.skip(path, f"unreadable media: {e}")
+      continue
+    frames = 1 if info.frames == 1 and is_image(path) else num_frames
+    if is_video(path) and info.frames < frames:
+      report.skip(path, f"clip too short: {info.frames} frames, num_frames is {frames}")
+      continue
+    caption = _read_caption(path, cfg, report)
+    if caption is None:
+      continue
+    mask = None
+    if mask_dir is not None:
+      mask, extra = _find_mask(path, mask_dir)
+      if extra:
+        log.warning("%s: several masks %s; using %s", path, [p.name for p in extra], mask.name)
+      if mask is None:
+        if cfg.missing_mask == "error":
+          missing_masks.append(path)
+          continue
+        if cfg.missing_mask == "skip":
+          report.skip(path, f"no mask in {mask_dir}")
+          continue
+        report.notes["items trained unmasked (no mask file)"] += 1
+      elif is_image(mask) and (problem := _check_image_mask(mask, info, cfg.invert_mask)):
+        report.skip(path, problem)
+        continue
+    elif cfg.alpha_mask and is_image(path) and not _has_alpha(path):
+      report.notes["alpha_mask set but the image has no alpha (trained unmasked)"] += 1
+    item = Item(path, info, caption, mask, index, frames)
+    report.items.extend([item] * int(cfg.repeats))
+  if missing_masks:
+    names = ", ".join(p.name for p in missing_masks[:20])
+    raise DataError(f"{len(missing_masks)} items have no mask in {mask_dir}: {names}"
+                    f"{' ...' if len(missing_masks) > 20 else ''}. Add the masks, or set "
+                    f"{where}.missing_mask to 'unmasked' or 'skip'")
+  if len(report.items) == before:
+    raise DataError(f"{where} ({folder}): no usable items; {len(report.skipped)} skipped, see the "
+                    "warnings above")
+  return report
+
+
+def _has_alpha(path: Path) -> bool:
+  with Image.open(path) as img:
+    return "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)

@@ -1,0 +1,47 @@
+"""Masks -> per-item loss weights on the latent grid.
+
+The VAE turns 8x8 pixel cells into one latent cell and frames [0], [1..4], [5..8], ... into latent
+frames 0, 1, 2, ...; the weight of a latent cell is the average of the mask over the pixels it
+covers (area pooling: partial coverage gives partial weight), then mapped to [mask_min_value, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SPATIAL = 8
+TEMPORAL = 4
+
+
+def latent_frames(num_frames: int) -> int:
+  if (num_frames - 1) % TEMPORAL:
+    raise ValueError(f"frame count {num_frames} is not of the form 4k+1")
+  return (num_frames - 1) // TEMPORAL + 1
+
+
+def pool_mask(mask_FxHxW: np.ndarray, num_frames: int) -> np.ndarray:
+  """Area-average pooling onto [latent frames, H/8, W/8]; one mask frame covers every frame."""
+  f, h, w = mask_FxHxW.shape
+  if h % SPATIAL or w % SPATIAL:
+    raise ValueError(f"mask {h}x{w} is not a multiple of {SPATIAL}")
+  if f not in (1, num_frames):
+    raise ValueError(f"mask has {f} frames for a {num_frames}-frame clip")
+  cells = mask_FxHxW.astype(np.float64).reshape(f, h // SPATIAL, SPATIAL, w // SPATIAL, SPATIAL)
+  cells = cells.mean(axis=(2, 4))
+  if f == 1:
+    return np.repeat(cells, latent_frames(num_frames), axis=0).astype(np.float32)
+  first, rest = cells[:1], cells[1:]
+  groups = rest.reshape(-1, TEMPORAL, *rest.shape[1:]).mean(axis=1)
+  return np.concatenate([first, groups]).astype(np.float32)
+
+
+def weight_map(mask_FxHxW: np.ndarray, num_frames: int, mask_min_value: float = 0.0,
+               invert: bool = False) -> np.ndarray | None:
+  """Weights [F', H/8, W/8] in [mask_min_value, 1]; None when the mask is all black."""
+  if not 0.0 <= mask_min_value < 1.0:
+    raise ValueError(f"mask_min_value must be in [0, 1), got {mask_min_value}")
+  mask = 1.0 - mask_FxHxW if invert else mask_FxHxW
+  if not np.any(mask > 0):
+    return None
+  pooled = pool_mask(np.clip(mask, 0.0, 1.0), num_frames)
+  return (mask_min_value + (1.0 - mask_min_value) * pooled).astype(np.float32)
