@@ -1,0 +1,159 @@
+"""The Grain pipeline over raw media: scanned items -> bucketed global batches -> this process's
+rows, decoded -> multiprocess prefetch.
+
+  plan (MapDataset: one element = one global batch of item indices, all from one bucket)
+    -> seeded shuffle of the batch order (reshuffled every epoch)
+    -> repeat
+    -> decode this process's rows (ShardByJaxProcess), seeded per (batch index, row)
+    -> to_iter_dataset -> mp_prefetch
+
+Batch composition is re-drawn every epoch too. Every random choice (composition, order, frames,
+crop, flip, caption dropout) is a pure function of (seed, position), so an iterator restored from
+its saved state yields exactly the batches the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from wan_jax.data.buckets import bucket_batches
+from wan_jax.data.examples import SkipItem, bucket_of, load_example
+from wan_jax.data.folders import Item, ScanReport, scan_dataset
+from wan_jax.data import config as dcfg
+
+log = logging.getLogger(__name__)
+MAX_SUBSTITUTES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One item at one of its dataset's resolutions."""
+
+  item: Item
+  resolution: int
+
+
+class BatchPlan(grain.MapDataset):
+  """Global batches of entry indices for any epoch: index i is batch i % n of epoch i // n."""
+
+  def __init__(self, bucket_keys: Sequence[Any], global_batch: int, seed: int):
+    super().__init__()
+    self._keys = list(bucket_keys)
+    self._global_batch = global_batch
+    self._seed = seed
+    self._length = len(self._epoch(0))
+
+  @functools.lru_cache(maxsize=2)
+  def _epoch(self, epoch: int) -> tuple[tuple[int, ...], ...]:
+    rng = np.random.default_rng([self._seed, epoch, 0xB0C])
+    batches, _ = bucket_batches(self._keys, self._global_batch, rng)
+    return tuple(tuple(b) for b in batches)
+
+  def filler_slots(self) -> int:
+    return bucket_batches(self._keys, self._global_batch, np.random.default_rng(0))[1]
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, i = divmod(index, self._length)
+    return self._epoch(epoch)[i]
+
+  def __str__(self) -> str:
+    return f"BatchPlan({self._length} batches of {self._global_batch})"
+
+
+@dataclasses.dataclass
+class Pipeline:
+  dataset: grain.IterDataset
+  entries: list[Entry]
+  report: ScanReport
+  batches_per_epoch: int
+  local_batch: int
+
+  def summary(self) -> str:
+    buckets = sorted({bucket_of(e.item, e.resolution) for e in self.entries})
+    return (f"{self.report.summary()}\n  {len(self.entries)} examples in {len(buckets)} buckets "
+            f"(frames, height, width): {buckets[:8]}{' ...' if len(buckets) > 8 else ''}\n"
+            f"  {self.batches_per_epoch} batches per epoch of {self.local_batch} per process")
+
+
+def _decode_rows(index: int, batch: tuple[int, ...], *, entries: list[Entry],
+                 datasets: list[ml_collections.ConfigDict], bucket_members: dict,
+                 shard_index: int, shard_count: int, seed: int) -> dict[str, np.ndarray]:
+  rows = len(batch) // shard_count
+  mine = batch[shard_index * rows:(shard_index + 1) * rows]
+  examples, substituted = [], []
+  for row, entry_id in enumerate(mine):
+    rng = np.random.default_rng([seed, index, shard_index * rows + row])
+    candidates = [entry_id] + _alternates(entry_id, bucket_members, rng)
+    for attempt, cand in enumerate(candidates):
+      entry = entries[cand]
+      cfg = datasets[entry.item.dataset]
+      try:
+        ex = load_example(entry.item, entry.resolution, cfg, rng)
+        break
+      except SkipItem:
+        continue
+    else:
+      raise RuntimeError(f"{len(candidates)} items of bucket {bucket_of(entry.item, entry.resolution)}"
+                         " failed to load in a row; see the warnings above")
+    if rng.random() < float(cfg.caption_dropout_rate):
+      ex.caption = ""
+    examples.append((ex, float(cfg.loss_multiplier)))
+    substituted.append(attempt > 0)
+  return {
+      "pixels": np.stack([e.pixels for e, _ in examples]),
+      "weights": np.stack([e.weights for e, _ in examples]),
+      "caption": np.array([e.caption for e, _ in examples], dtype=object),
+      "loss_multiplier": np.array([m for _, m in examples], np.float32),
+      "substituted": np.array(substituted),
+  }
+
+
+def _alternates(entry_id: int, bucket_members: dict, rng: np.random.Generator) -> list[int]:
+  """Other entries of the same bucket, to stand in for one that fails to decode mid-run."""
+  members = bucket_members[entry_id]
+  picks = rng.choice(len(members), size=min(MAX_SUBSTITUTES, len(members)), replace=False)
+  return [members[i] for i in picks if members[i] != entry_id]
+
+
+def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: int, seed: int,
+                   num_workers: int = 0, num_epochs: int | None = None,
+                   shard: grain.sharding.ShardOptions | None = None) -> Pipeline:
+  """Scans every dataset (errors surface here, before training) and builds the iterator."""
+  shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  if global_batch % shard.shard_count:
+    raise ValueError(f"global batch {global_batch} does not split over {shard.shard_count} processes")
+  report = ScanReport()
+  for i, ds in enumerate(datasets):
+    scan_dataset(ds, i, report)
+  entries = [Entry(item, r) for item in report.items
+             for r in dcfg.resolutions(datasets[item.dataset])]
+  keys = [bucket_of(e.item, e.resolution) for e in entries]
+  by_key: dict[Any, list[int]] = {}
+  for i, k in enumerate(keys):
+    by_key.setdefault(k, []).append(i)
+  bucket_members = {i: by_key[k] for i, k in enumerate(keys)}
+
+  plan = BatchPlan(keys, global_batch, seed)
+  filler = plan.filler_slots()
+  if filler:
+    log.info("%d batch slots per epoch repeat an item to fill the last batch of a bucket", filler)
+    report.notes["batch slots filled with a repeated item (per epoch)"] = filler
+  decode = functools.partial(_decode_rows, entries=entries, datasets=list(datasets),
+                             bucket_members=bucket_members, shard_index=shard.shard_index,
+                             shard_count=shard.shard_count, seed=seed)
+  ds = plan.shuffle(seed).repeat(num_epochs).map_with_index(decode).to_iter_dataset()
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return Pipeline(ds, entries, report, len(plan), global_batch // shard.shard_count)
