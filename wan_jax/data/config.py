@@ -14,7 +14,8 @@ MISSING_MASK_POLICIES = ("error", "unmasked", "skip")
 
 
 def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  # Not type-safe: `resolution` may be one number or a list of them.
+  c = ml_collections.ConfigDict(type_safe=False)
   c.folder_path = ""  # images and/or clips; captions beside them
   c.mask_path = ""  # masks named like the media (stem.png, stem.mp4 or a folder stem/); "" = none
   c.caption_ext = "txt"

@@ -155,5 +155,8 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
                              shard_count=shard.shard_count, seed=seed)
   ds = plan.shuffle(seed).repeat(num_epochs).map_with_index(decode).to_iter_dataset()
   if num_workers > 0:
+    from absl import flags  # Grain's workers read absl flags; plain Python callers never parse them
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return Pipeline(ds, entries, report, len(plan), global_batch // shard.shard_count)
