@@ -22,7 +22,6 @@ except ImportError:  # run from a source checkout without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wan_jax.weights.convert import PARAM_DTYPES, convert_transformers  # noqa: E402
-from wan_jax.weights.safetensors_reader import CheckpointError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     convert_transformers(args.src, args.out, args.dtype, num_heads=args.num_heads,
                          overwrite=args.overwrite)
-  except (CheckpointError, FileExistsError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:  # CheckpointError, bad JSON, permissions, missing files
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

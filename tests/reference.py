@@ -114,3 +114,28 @@ def reference_forward(model: WanTransformer3DModel, latents, timestep, context) 
 def rel_error(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def save_comfyui_fp8_scaled(model: WanTransformer3DModel, path: Path) -> WanTransformer3DModel:
+  """ComfyUI's "fp8_scaled" format: block linears stored float8_e4m3fn with a per-tensor
+  scale_weight (and a scale_input and the scaled_fp8 marker that carry nothing for us). Returns
+  a reference model holding the dequantised weights the file really encodes."""
+  sd = original_state_dict(model)
+  out = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+  dequantised = {}
+  for key, w in sd.items():
+    name = f"model.diffusion_model.{key}"
+    if key.startswith("blocks.") and key.endswith(".weight") and w.ndim == 2:
+      scale = w.abs().max() / 448.0
+      q = (w / scale).to(torch.float8_e4m3fn)
+      out[name] = q
+      out[name[:-len("weight")] + "scale_weight"] = scale.reshape(1)
+      out[name[:-len("weight")] + "scale_input"] = torch.ones(1)
+      dequantised[key] = q.to(torch.float32) * scale
+    else:
+      out[name] = w.contiguous()
+      dequantised[key] = w
+  save_file(out, str(path))
+  ref = make_reference(seed=0)
+  ref.load_state_dict(convert_wan_transformer_to_diffusers(dequantised))
+  return ref

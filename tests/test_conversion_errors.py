@@ -150,3 +150,31 @@ def test_a_killed_conversion_is_cleaned_up_by_the_next_one(tmp_path, diffusers_r
   assert "did not finish" in result.stdout
   assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "transformer"]
   wan_jax.load_transformer(out)
+
+
+def test_relative_and_odd_paths(tmp_path, diffusers_release, monkeypatch):
+  import jax.numpy as jnp
+  monkeypatch.chdir(tmp_path)
+  result = subprocess.run([sys.executable, str(REPO / "convert" / "wan22.py"),
+                           str(diffusers_release / "transformer"), "rel out"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  model = wan_jax.load_transformer("rel out", dtype=jnp.float32)  # relative path, jnp dtype
+  assert model.config.param_dtype == "float32"
+  bad = run_cli(diffusers_release / "transformer", tmp_path / "out[1]")
+  assert bad.returncode == 2 and "cannot contain" in bad.stderr and "Traceback" not in bad.stderr
+  assert not (tmp_path / "out[1]").exists()
+
+
+def test_cli_reports_bad_settings_without_a_traceback(tmp_path, diffusers_release):
+  result = run_cli(diffusers_release / "transformer", tmp_path / "out", "--num-heads", "3")
+  assert result.returncode == 2
+  assert "not divisible" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_index_json(tmp_path, official_release):
+  copy = tmp_path / "release"
+  shutil.copytree(official_release, copy)
+  next((copy / "high_noise_model").glob("*.index.json")).write_text("{oops")
+  with pytest.raises(CheckpointError, match="not valid JSON"):
+    find_experts(copy)

@@ -71,3 +71,16 @@ def test_bad_boundary():
   m = wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="boundary"):
     wan_jax.DualWanTransformer(m, m, boundary=875)
+
+
+def test_a_batch_across_the_boundary_is_reported(dual, caplog):
+  latents, _, context = inputs(0.0)
+  with caplog.at_level("WARNING"):
+    call(dual, latents, jnp.array([900.0, 100.0]), context)
+    jax.effects_barrier()
+  assert "straddles the expert boundary" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    call(dual, latents, jnp.array([100.0, 200.0]), context)
+    jax.effects_barrier()
+  assert "straddles" not in caplog.text

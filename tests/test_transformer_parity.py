@@ -86,7 +86,7 @@ def test_bf16_parameters_and_compute(tmp_path, diffusers_release, high_ref):
 
 @pytest.mark.parametrize("attention", ["xla", "chunked"])
 def test_real_head_dim_rope_split(tmp_path, attention):
-  """head_dim 128 splits RoPE 44/42/42 as in the 14B model; heads come from config.json."""
+  """head_dim 128 splits RoPE 44/42/42 as in the 14B model."""
   torch.manual_seed(7)
   ref = WanTransformer3DModel(**{**TINY, "num_attention_heads": 2, "attention_head_dim": 128,
                                  "num_layers": 1}).eval()
@@ -100,3 +100,14 @@ def test_real_head_dim_rope_split(tmp_path, attention):
   assert model.config.num_heads == 2 and model.config.rope_split == (44, 42, 42)
   inputs = random_inputs(seed=8, frames=5, height=8, width=14)
   assert rel_error(forward(model, *inputs), reference_forward(ref, *inputs)) < 1e-5
+
+
+def test_comfyui_fp8_scaled_file(tmp_path, high_ref):
+  from reference import save_comfyui_fp8_scaled
+  path = tmp_path / "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+  ref = save_comfyui_fp8_scaled(high_ref, path)
+  model = wan_jax.load_transformer(path, num_heads=4, **FP32)
+  inputs = random_inputs(seed=9)
+  assert rel_error(forward(model, *inputs), reference_forward(ref, *inputs)) < 1e-5
+  # The fp8 rounding is real: the dequantised model is not the original.
+  assert rel_error(reference_forward(ref, *inputs), reference_forward(high_ref, *inputs)) > 1e-3

@@ -23,8 +23,18 @@ from wan_jax.model.layers import matmul_precision
 def resolve_impl(impl: str, dtype: jnp.dtype) -> str:
   if impl != "auto":
     return impl
-  on_gpu = jax.default_backend() == "gpu"
-  return "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "chunked"
+  return "cudnn" if _cudnn_flash_available() and dtype in (jnp.bfloat16, jnp.float16) else "chunked"
+
+
+def _cudnn_flash_available() -> bool:
+  """An NVIDIA GPU of compute capability 8.0+ (cuDNN flash attention); not ROCm, not older."""
+  device = jax.devices()[0]
+  if device.platform != "gpu" or "cuda" not in device.client.platform_version.lower():
+    return False
+  try:
+    return float(getattr(device, "compute_capability", "0")) >= 8.0
+  except ValueError:
+    return False
 
 
 def attention(q_BxLxHxD: jax.Array, k_BxSxHxD: jax.Array, v_BxSxHxD: jax.Array, *,
@@ -90,7 +100,10 @@ def _chunked_attention(q, k, v, chunk_size: int):
 
     init = (jnp.full((b, h, cq), -jnp.inf, jnp.float32), jnp.zeros((b, h, cq), jnp.float32),
             jnp.zeros((b, cq, h, d), jnp.float32))
-    (_, l, acc), _ = jax.lax.scan(over_keys, init, (k_chunks, v_chunks, key_valid_NKxCK))
+    # Rematerialising each key step keeps the backward pass at one [cq, ck] score block per
+    # head instead of storing every step's scores (which would grow with the key length).
+    (_, l, acc), _ = jax.lax.scan(jax.checkpoint(over_keys, prevent_cse=False), init,
+                                  (k_chunks, v_chunks, key_valid_NKxCK))
     return (acc / l.swapaxes(1, 2)[..., None]).astype(q.dtype)
 
   out = jax.lax.map(jax.checkpoint(one_query_chunk), q_chunks)

@@ -5,17 +5,29 @@ t >= boundary * 1000 -> the high-noise expert, else the low-noise one (boundary 
 
 A batch is routed as a whole by its FIRST timestep, `timestep[0]`: every item of a batch must lie
 on the same side of the boundary (the training sampler draws each batch inside one expert's range).
+A batch that straddles the boundary is still routed by timestep[0], and logs a warning naming its
+timesteps, so a caller that breaks the rule finds out. (Running both experts for such batches
+would make every compiled step reserve memory for two experts' activations.)
 """
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wan_jax.model.transformer import WanTransformer
 
 NUM_TRAIN_TIMESTEPS = 1000
+log = logging.getLogger(__name__)
+
+
+def _warn_mixed(timestep_B: np.ndarray, threshold: float) -> None:
+  log.warning("a batch straddles the expert boundary (t >= %g is high-noise): timesteps %s; "
+              "all of it went to the expert of timestep[0]", threshold, np.asarray(timestep_B))
 
 
 class DualWanTransformer(nnx.Module):
@@ -46,4 +58,8 @@ class DualWanTransformer(nnx.Module):
         return model(latents_BxFxHxWxC, timestep_B, context_BxLxT)
       return branch
 
-    return jax.lax.cond(self.uses_high_noise(timestep_B), run(0), run(1), state)
+    high = self.uses_high_noise(timestep_B)
+    mixed = jnp.any((timestep_B.astype(jnp.float32) >= jnp.float32(self.threshold)) != high)
+    jax.lax.cond(mixed, lambda t: jax.debug.callback(_warn_mixed, t, self.threshold),
+                 lambda t: None, timestep_B)
+    return jax.lax.cond(high, run(0), run(1), state)

@@ -52,6 +52,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def absolute(path: str | os.PathLike) -> Path:
+  """Orbax needs absolute paths, and globs its folders: refuse the characters a glob reads."""
+  path = Path(path).expanduser().resolve()
+  if any(c in str(path) for c in "[]*?"):
+    raise ValueError(f"{path}: checkpoint paths cannot contain [ ] * or ? (Orbax reads them as "
+                     "glob patterns); choose another folder name")
+  return path
+
+
 def _group_of(name: str) -> str:
   m = re.match(r"blocks\.(\d+)\.", name)
   return f"block {m.group(1)}" if m else "embeddings and head"
@@ -61,7 +70,7 @@ def write_expert(params: Iterable[tuple[str, np.ndarray]], path: Path,
                  on_group_saved=None) -> int:
   """Saves (name, array) pairs group by group (the top level, then each block); returns bytes."""
   ocp = _ocp()
-  path = Path(path)
+  path = absolute(path)
   if path.exists():
     raise FileExistsError(f"{path} already exists")
   written, group, pending = 0, None, {}
@@ -94,7 +103,7 @@ def read_expert(path: Path) -> dict[str, np.ndarray]:
   ocp = _ocp()
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    tree = ocp.load_pytree(Path(path))
+    tree = ocp.load_pytree(absolute(path))
   return flatten(tree)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import ml_dtypes
 import numpy as np
 
 from wan_jax.weights import checkpoint
@@ -14,10 +15,19 @@ from wan_jax.weights.sources import find_experts
 PARAM_DTYPES = ("bfloat16", "float32", "float16")
 
 
-def numpy_dtype(name: str) -> np.dtype:
+def dtype_name(dtype: Any) -> str:
+  """"bfloat16" for "bfloat16", jnp.bfloat16 or np.dtype(ml_dtypes.bfloat16); checked."""
+  try:
+    name = np.dtype(dtype).name
+  except TypeError:
+    name = str(dtype)
   if name not in PARAM_DTYPES:
-    raise ValueError(f"dtype must be one of {PARAM_DTYPES}, got {name!r}")
-  import ml_dtypes
+    raise ValueError(f"dtype must be one of {PARAM_DTYPES}, got {dtype!r}")
+  return name
+
+
+def numpy_dtype(dtype: Any) -> np.dtype:
+  name = dtype_name(dtype)
   return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
@@ -29,7 +39,8 @@ def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat1
   Memory holds one transformer block at a time. On any error the experts written so far are
   removed and no manifest is written, so `out` never looks like a finished conversion.
   """
-  src, out = Path(src), Path(out)
+  src, out = Path(src).expanduser().resolve(), checkpoint.absolute(out)
+  dtype = dtype_name(dtype)
   np_dtype = numpy_dtype(dtype)
   layout, experts = find_experts(src, num_heads=num_heads)
   log(f"{src}: {layout} layout, experts: {', '.join(experts)}")

@@ -16,7 +16,7 @@ from wan_jax.model.config import WanConfig
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import checkpoint
-from wan_jax.weights.convert import numpy_dtype
+from wan_jax.weights.convert import dtype_name, numpy_dtype
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import find_experts
 
@@ -91,7 +91,8 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str |
   expert: "high_noise" / "low_noise" when the path holds both.
   runtime: WanConfig runtime fields (compute_dtype, attention, attention_chunk_size, remat).
   """
-  arch, params = _load_params(Path(path), expert, dtype, num_heads)
+  dtype = dtype_name(dtype)
+  arch, params = _load_params(Path(path).expanduser().resolve(), expert, dtype, num_heads)
   runtime.setdefault("compute_dtype", dtype)
   cfg = WanConfig.from_arch_dict(arch, param_dtype=dtype, **runtime)
   return assemble(cfg, params)
@@ -100,6 +101,7 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str |
 def load_dual_transformer(path: str | Path, dtype: str = "bfloat16", *, boundary: float = 0.875,
                           num_heads: int | None = None, **runtime: Any) -> DualWanTransformer:
   """Both A14B experts (official, diffusers or converted layout) behind the timestep switch."""
+  dtype = dtype_name(dtype)
   high = load_transformer(path, dtype, expert="high_noise", num_heads=num_heads, **runtime)
   low = load_transformer(path, dtype, expert="low_noise", num_heads=num_heads, **runtime)
   return DualWanTransformer(high, low, boundary=boundary)

@@ -27,6 +27,17 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used as it is; the message names the file and the problem."""
 
 
+def read_json(path: Path) -> dict:
+  """A JSON object from a checkpoint's side files, or a CheckpointError naming the file."""
+  try:
+    data = json.loads(Path(path).read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+  if not isinstance(data, dict):
+    raise CheckpointError(f"{path}: expected a JSON object")
+  return data
+
+
 class SafetensorsFile:
   """Index of one .safetensors file; `read(key)` returns a fresh numpy array."""
 
@@ -104,7 +115,9 @@ class TensorStore:
     if len(indexes) > 1:
       raise CheckpointError(f"{path}: several safetensors index files: {[p.name for p in indexes]}")
     if indexes:
-      weight_map = json.loads(indexes[0].read_text())["weight_map"]
+      weight_map = read_json(indexes[0]).get("weight_map")
+      if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{indexes[0]}: no 'weight_map' in the index")
       names = sorted(set(weight_map.values()))
       missing = [n for n in names if not (path / n).is_file()]
       if missing:

@@ -10,7 +10,6 @@ Accepted, detected from the files (never asked for):
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from pathlib import Path
@@ -22,7 +21,7 @@ from flax import nnx
 from wan_jax.model.config import WanConfig
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import transformer_keys as tk
-from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore
+from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore, read_json
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,7 @@ class ExpertSource:
   prefix: str
   key_layout: str  # "original" | "diffusers"
   config: WanConfig
+  scales: dict[str, str] = dataclasses.field(default_factory=dict)  # fp8 weight -> its scale key
 
   @property
   def description(self) -> str:
@@ -56,8 +56,11 @@ class ExpertSource:
     expected = expected_shapes(self.config)
     for ours, (original, kind) in tk.parameter_map(self.config).items():
       key = self.source_key(original)
+      raw = self.store.read(key)
+      if original in self.scales:  # ComfyUI "fp8 scaled": weight = fp8 value * scale_weight
+        raw = raw.astype(np.float32) * self.store.read(self.scales[original]).astype(np.float32)
       # Cast first: transposing the (often smaller) target dtype is the cheaper copy.
-      array = tk.transform_for(kind)(self.store.read(key).astype(dtype, copy=False))
+      array = tk.transform_for(kind)(raw.astype(dtype, copy=False))
       if array.shape != expected[ours]:
         raise CheckpointError(f"{self.store.description}: tensor {key!r} has shape "
                               f"{self.store.shape(key)}, which gives {array.shape} but the model "
@@ -85,7 +88,7 @@ def _config_json_fields(folder: Path) -> dict[str, object]:
   path = folder / "config.json"
   if not path.is_file():
     return {}
-  raw = json.loads(path.read_text())
+  raw = read_json(path)
   fields = {"num_heads": raw.get("num_heads") or raw.get("num_attention_heads"),
             "text_len": raw.get("text_len"), "eps": raw.get("eps")}
   return {k: v for k, v in fields.items() if v is not None}
@@ -97,6 +100,7 @@ def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
   keys = store.keys()
   prefix, layout = tk.detect_key_layout(keys)
   by_original = _original_names(keys, prefix, layout)
+  scales = _fp8_scales(by_original)
   fields = _config_json_fields(path) if path.is_dir() else {}
   if num_heads:
     fields["num_heads"] = num_heads
@@ -108,7 +112,26 @@ def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
 
   cfg = tk.infer_config(shape_of, list(by_original), **fields)
   tk.check_keys(cfg, set(by_original))
-  return ExpertSource(store, prefix, layout, cfg)
+  return ExpertSource(store, prefix, layout, cfg, scales)
+
+
+FP8_AUX_SUFFIXES = (".scale_weight", ".scale_input")
+
+
+def _fp8_scales(by_original: dict[str, str]) -> dict[str, str]:
+  """Takes ComfyUI's fp8-scaled side tensors out of `by_original`; returns weight -> scale key.
+
+  `scale_input` (activation scales for fp8 matmuls) and the `scaled_fp8` marker carry nothing
+  a dequantised model needs.
+  """
+  aux = [k for k in by_original if k == "scaled_fp8" or k.endswith(FP8_AUX_SUFFIXES)]
+  scales = {k[:-len(".scale_weight")] + ".weight": by_original[k]
+            for k in aux if k.endswith(".scale_weight")}
+  for k in aux:
+    del by_original[k]
+  if aux:
+    log.info("fp8-scaled checkpoint: %d weights dequantised with their scale_weight", len(scales))
+  return scales
 
 
 def _original_names(keys: list[str], prefix: str, layout: str) -> dict[str, str]:
