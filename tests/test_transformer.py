@@ -81,3 +81,15 @@ def test_a14b_preset_has_the_published_parameter_count():
   count = sum(int(np.prod(l.shape)) for l in jax.tree.leaves(nnx.state(abstract)))
   assert count == 14_288_491_584
   assert wan_jax.t2v_a14b().rope_split == (44, 42, 42)
+
+
+def test_time_sinusoid_matches_float64():
+  """Upstream Wan builds the time embedding in float64; fp32 products at t ~ 1000 are ~6e-5 off."""
+  from wan_jax.model.transformer import timestep_sinusoid
+  t = np.concatenate([[0.0, 0.001, 1.0, 874.9, 875.0, 999.999, 1000.0],
+                      np.random.default_rng(0).uniform(0, 1000, 2000)]).astype(np.float32)
+  freqs = np.power(10000.0, -np.arange(128) / 128)
+  angles = t.astype(np.float64)[:, None] * freqs
+  want = np.concatenate([np.cos(angles), np.sin(angles)], axis=-1)
+  got = np.asarray(jax.jit(timestep_sinusoid, static_argnums=1)(jnp.asarray(t), 256))
+  assert np.abs(got - want).max() < 1e-6

@@ -92,12 +92,37 @@ def _remat(fn, policy: str):
   return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
 
 
+def _leading_bits(x: np.ndarray, bits: int) -> np.ndarray:
+  """The first `bits` significant bits of float64 x (so small products of them are exact)."""
+  mantissa, exponent = np.frexp(x)
+  return np.ldexp(np.round(mantissa * 2.0**bits), exponent - bits)
+
+
+_TWO_PI_1 = _leading_bits(2 * np.pi, 16)  # 2*pi in three fp32 parts (Cody-Waite reduction)
+_TWO_PI_2 = _leading_bits(2 * np.pi - _TWO_PI_1, 16)
+_TWO_PI_3 = 2 * np.pi - _TWO_PI_1 - _TWO_PI_2
+
+
 def timestep_sinusoid(t_B: jax.Array, dim: int) -> jax.Array:
-  """[cos, sin] of t * 10000^(-k/half), k < half: [B, dim] fp32 (cos first, as upstream)."""
+  """[cos, sin] of t * 10000^(-k/half), k < half: [B, dim] fp32 (cos first, as upstream).
+
+  Upstream computes the angles in float64: at t ~ 1000 a plain fp32 product is off by ~6e-5 rad.
+  Here t = integer part + fraction and each frequency is split into exact 13-bit pieces, so the
+  large products are exact and are reduced modulo 2*pi before rounding: ~5e-7 from float64.
+  """
   half = dim // 2
-  freqs = jnp.asarray(np.power(10000.0, -np.arange(half, dtype=np.float64) / half), F32)
-  args = t_B.astype(F32)[:, None] * freqs[None, :]
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  freqs = np.power(10000.0, -np.arange(half, dtype=np.float64) / half)
+  f1 = _leading_bits(freqs, 13)
+  f2 = _leading_bits(freqs - f1, 13)
+  f3 = freqs - f1 - f2
+  const = lambda x: jnp.asarray(x, F32)
+  t = t_B.astype(F32)[:, None]
+  whole = jnp.floor(t)  # <= 1000: 10 bits, so whole * f1 and whole * f2 are exact in fp32
+  p1 = whole * const(f1)
+  turns = jnp.round(p1 / const(2 * np.pi))
+  reduced = ((p1 - turns * const(_TWO_PI_1)) - turns * const(_TWO_PI_2)) - turns * const(_TWO_PI_3)
+  angle = reduced + whole * const(f2) + whole * const(f3) + (t - whole) * const(freqs)
+  return jnp.concatenate([jnp.cos(angle), jnp.sin(angle)], axis=-1)
 
 
 class WanTransformer(nnx.Module):
