@@ -19,7 +19,7 @@ from wan_jax.data.media import MediaError, probe, read_image, read_mask, read_vi
 
 def solid_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
   """Frame i is a flat grey of level 20 * i, so decoded frames can be told apart."""
-  return np.stack([np.full((h, w, 3), 20 * i, np.uint8) for i in range(n)])
+  return np.stack([np.full((h, w, 3), (20 * i) % 256, np.uint8) for i in range(n)])
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float = 24.0) -> Path:
@@ -182,13 +182,114 @@ def test_examples_keep_mask_and_pixels_aligned(messy):
   np.testing.assert_allclose(small.weights[0, 0], [0, 0, 0, 0, 1, 1, 1, 1])
 
 
-def test_unmasked_items_get_unit_weights_and_black_alpha_is_skipped(tmp_path):
-  rgba = np.zeros((32, 48, 4), np.uint8)
-  Image.fromarray(rgba).save(tmp_path / "clear.png")  # alpha all zero: nothing to train
+def test_alpha_masks(tmp_path):
+  Image.fromarray(np.zeros((32, 48, 4), np.uint8)).save(tmp_path / "clear.png")  # transparent
+  half = np.zeros((32, 48, 4), np.uint8)
+  half[:, :24, 3] = 255
+  Image.fromarray(half).save(tmp_path / "half.png")
   Image.new("RGB", (48, 32)).save(tmp_path / "plain.png")
   cfg = dataset_config(folder_path=str(tmp_path), alpha_mask=True)
-  items = {i.media.name: i for i in scan_dataset(cfg).items}
-  plain = load_example(items["plain.png"], 32, cfg, np.random.default_rng(0))
-  assert plain.weights.min() == 1.0
-  with pytest.raises(SkipItem):
-    load_example(items["clear.png"], 32, cfg, np.random.default_rng(0))
+  report = scan_dataset(cfg)
+  assert [Path(f).name for f, _ in report.skipped] == ["clear.png"]
+  items = {i.media.name: i for i in report.items}
+  assert load_example(items["plain.png"], 32, cfg, np.random.default_rng(0)).weights.min() == 1.0
+  w = load_example(items["half.png"], 64, cfg, np.random.default_rng(0)).weights
+  np.testing.assert_allclose(w[0, 0], [1, 1, 1, 0, 0, 0])
+
+
+def test_a_file_that_breaks_after_the_scan_is_skipped_not_fatal(tmp_path):
+  Image.new("RGB", (48, 32), (200, 10, 10)).save(tmp_path / "a.png")
+  cfg = dataset_config(folder_path=str(tmp_path))
+  item = scan_dataset(cfg).items[0]
+  (tmp_path / "a.png").write_bytes(b"gone")
+  with pytest.raises(SkipItem, match="a.png"):
+    load_example(item, 32, cfg, np.random.default_rng(0))
+
+
+# --- what the first review found --------------------------------------------------------------
+
+def write_faststart_mp4(path: Path, frames: np.ndarray) -> None:
+  """An MP4 with its index at the front, as web uploads have: truncated, it still opens."""
+  import av
+  with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+    stream = out.add_stream("libx264", rate=16)
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    for f in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        out.mux(packet)
+    for packet in stream.encode():
+      out.mux(packet)
+
+
+def test_truncated_faststart_clip_is_caught_by_the_scan(tmp_path):
+  rng = np.random.default_rng(0)
+  write_faststart_mp4(tmp_path / "cut.mp4", rng.integers(0, 255, (40, 64, 64, 3), np.uint8))
+  data = (tmp_path / "cut.mp4").read_bytes()
+  (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])
+  write_mp4(tmp_path / "ok.mp4", solid_frames(40, 64, 64))
+  report = scan_dataset(dataset_config(folder_path=str(tmp_path), num_frames=33))
+  assert [i.media.name for i in report.items] == ["ok.mp4"]
+  assert "cut.mp4" in report.skipped[0][0]  # too short or undecodable, named either way
+
+
+def test_mask_videos_and_folders_are_checked_at_scan(tmp_path):
+  media, masks = tmp_path / "media", tmp_path / "masks"
+  media.mkdir(), masks.mkdir()
+  for name in ("wide", "count", "ok"):
+    write_mp4(media / f"{name}.mp4", solid_frames(9, 48, 64))
+  write_mp4(masks / "wide.mp4", solid_frames(9, 64, 64) + 100)  # another aspect
+  (masks / "count").mkdir()  # 5 per-frame masks for a 9-frame clip
+  for i in range(5):
+    Image.new("L", (64, 48), 255).save(masks / "count" / f"{i}.png")
+  (masks / "ok").mkdir()
+  for i in range(9):
+    Image.new("L", (64, 48), 255 if i in (0, 10) else 0).save(masks / "ok" / f"{i}.png")
+  report = scan_dataset(dataset_config(folder_path=str(media), mask_path=str(masks),
+                                       num_frames=9))
+  assert [i.media.name for i in report.items] == ["ok.mp4"]
+  reasons = dict((Path(f).name, r) for f, r in report.skipped)
+  assert "aspect" in reasons["wide.mp4"] and "5 frames" in reasons["count.mp4"]
+
+
+def test_per_frame_masks_sort_naturally(tmp_path):
+  for i in range(12):  # 0.png .. 11.png, no zero padding: frame 2 is 2.png, not 10.png
+    Image.new("L", (8, 8), 255 if i == 2 else 0).save(tmp_path / f"{i}.png")
+  np.testing.assert_allclose(read_mask(tmp_path, [2, 10])[:, 0, 0], [1.0, 0.0])
+
+
+def test_16_bit_masks_are_scaled_not_clipped(tmp_path):
+  Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "m.png")
+  np.testing.assert_allclose(read_mask(tmp_path / "m.png", None), 0.5, atol=0.01)
+
+
+def test_masks_match_by_exact_stem_even_with_glob_characters(tmp_path):
+  media, masks = tmp_path / "media", tmp_path / "masks"
+  media.mkdir(), masks.mkdir()
+  for name in ("a", "shot[1]"):
+    Image.new("RGB", (32, 32)).save(media / f"{name}.png")
+  half_white(32, 32).save(masks / "a.b.png")  # not a's mask
+  half_white(32, 32).save(masks / "shot[1].png")
+  with pytest.raises(DataError, match=r"1 items have no mask.*a\.png"):
+    scan_dataset(dataset_config(folder_path=str(media), mask_path=str(masks)))
+  report = scan_dataset(dataset_config(folder_path=str(media), mask_path=str(masks),
+                                       missing_mask="skip"))
+  assert [(i.media.name, i.mask.name) for i in report.items] == [("shot[1].png", "shot[1].png")]
+
+
+def test_tiny_images_are_skipped_by_name(tmp_path):
+  Image.new("RGB", (40, 12)).save(tmp_path / "tiny.png")
+  Image.new("RGB", (40, 40)).save(tmp_path / "fine.png")
+  report = scan_dataset(dataset_config(folder_path=str(tmp_path)))
+  assert [i.media.name for i in report.items] == ["fine.png"]
+  assert "tiny.png" in report.skipped[0][0] and "too small" in report.skipped[0][1]
+
+
+def test_an_image_with_a_mask_folder_uses_its_first_frame(tmp_path):
+  media, masks = tmp_path / "media", tmp_path / "masks"
+  media.mkdir(), (masks / "pic").mkdir(parents=True)
+  Image.new("RGB", (32, 32)).save(media / "pic.png")
+  for i in range(3):
+    half_white(32, 32).save(masks / "pic" / f"{i}.png")
+  cfg = dataset_config(folder_path=str(media), mask_path=str(masks), resolution=32)
+  ex = load_example(scan_dataset(cfg).items[0], 32, cfg, np.random.default_rng(0))
+  np.testing.assert_allclose(ex.weights[0, 0], [1, 1, 0, 0])

@@ -94,3 +94,13 @@ def test_batches_share_a_bucket_and_keep_every_item():
   assert all(len(b) == 2 and len({keys[i] for i in b}) == 1 for b in batches)
   assert set().union(*batches) == set(range(len(keys)))
   assert filled == 3  # 5 -> 3 batches (1 filler), 3 -> 2 (1), 1 -> 1 (1)
+
+
+def test_extreme_aspect_ratios_keep_the_area_cap():
+  bh, bw = bucket_for(10000, 20, 64)
+  assert bh == 16 and bh * bw <= 64 * 64
+
+
+def test_window_below_the_target_fps_takes_consecutive_frames():
+  idx, note = select_frames(100, 9, "window", 8.0, 16.0, np.random.default_rng(0))
+  assert np.all(np.diff(idx) == 1) and "below the target" in note

@@ -23,6 +23,13 @@ def bucket_for(width: int, height: int, resolution: int) -> tuple[int, int]:
   scale = min(1.0, math.sqrt(resolution * resolution / (width * height)))
   bw = max(MULTIPLE, int(width * scale) // MULTIPLE * MULTIPLE)
   bh = max(MULTIPLE, int(height * scale) // MULTIPLE * MULTIPLE)
+  # Raising a short side to 16 px (extreme aspect ratios) must not lift the area over r*r.
+  cap = resolution * resolution
+  if bw * bh > cap:
+    if bh == MULTIPLE:
+      bw = max(MULTIPLE, cap // bh // MULTIPLE * MULTIPLE)
+    else:
+      bh = max(MULTIPLE, cap // bw // MULTIPLE * MULTIPLE)
   if bw > width or bh > height:
     raise ValueError(f"{width}x{height} is smaller than the smallest bucket ({MULTIPLE}px)")
   return bh, bw

@@ -45,28 +45,39 @@ def _resize_to(mask_FxHxW: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def load_example(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
                  rng: np.random.Generator) -> Example:
-  """Decodes and shapes one item; raises SkipItem (with a warning naming the file) if unusable."""
-  frames, bh, bw = bucket_of(item, resolution)
+  """Decodes and shapes one item; raises SkipItem (with a warning naming the file) if unusable.
+
+  The scan has already decoded every file once, so this is for what changes between runs (a file
+  edited or removed mid-training); nothing else escapes, so a worker never dies on one file.
+  """
   try:
-    alpha = None
-    if is_image(item.media):
-      pixels, alpha = read_image(item.media)
-      indices = None
-    else:
-      indices, note = select_frames(item.info.frames, frames, cfg.frame_selection,
-                                    item.info.fps, cfg.fps, rng)
-      if note:
-        log.warning("%s: %s", item.media, note)
-      pixels = read_video(item.media, indices)
-    if item.mask is not None:
-      mask = read_mask(item.mask, indices)
-    elif cfg.alpha_mask and alpha is not None:
-      mask = alpha
-    else:
-      mask = None
-  except MediaError as e:
+    return _load(item, resolution, cfg, rng)
+  except (MediaError, ValueError, OSError) as e:
+    if isinstance(e, SkipItem):
+      raise
     log.warning("skipping %s: %s", item.media, e)
-    raise SkipItem(str(e)) from e
+    raise SkipItem(f"{item.media}: {e}") from e
+
+
+def _load(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
+          rng: np.random.Generator) -> Example:
+  frames, bh, bw = bucket_of(item, resolution)
+  alpha = None
+  if is_image(item.media):
+    pixels, alpha = read_image(item.media)
+    indices = None
+  else:
+    indices, note = select_frames(item.info.frames, frames, cfg.frame_selection,
+                                  item.info.fps, cfg.fps, rng)
+    if note:
+      log.warning("%s: %s", item.media, note)
+    pixels = read_video(item.media, indices)
+  if item.mask is not None:
+    mask = read_mask(item.mask, indices)
+  elif cfg.alpha_mask and alpha is not None:
+    mask = alpha
+  else:
+    mask = None
 
   height, width = pixels.shape[1:3]
   crop = plan_crop(height, width, (bh, bw), rng, bool(cfg.random_crop), float(cfg.flip_prob))

@@ -10,12 +10,13 @@ import logging
 from pathlib import Path
 
 import ml_collections
-import numpy as np
-from PIL import Image
+import tqdm
 
 from wan_jax.data import config as dcfg
 from wan_jax.data.frames import snap_num_frames
-from wan_jax.data.media import MediaError, MediaInfo, is_image, is_video, probe
+from wan_jax.data.buckets import bucket_for
+from wan_jax.data.media import (MediaError, MediaInfo, is_image, is_video, probe, probe_mask,
+                                read_image)
 
 log = logging.getLogger(__name__)
 ASPECT_TOLERANCE = 0.01
@@ -71,29 +72,35 @@ def _read_caption(media: Path, cfg: ml_collections.ConfigDict, report: ScanRepor
   return text
 
 
-def _find_mask(media: Path, mask_dir: Path) -> tuple[Path | None, list[Path]]:
-  """(mask, other candidates). Precedence: a folder of per-frame masks, a video, an image."""
-  candidates = [mask_dir / media.stem] if (mask_dir / media.stem).is_dir() else []
-  candidates += sorted(p for p in mask_dir.glob(media.stem + ".*")
-                       if p.is_file() and is_video(p))
-  candidates += sorted(p for p in mask_dir.glob(media.stem + ".*")
-                       if p.is_file() and is_image(p))
-  return (candidates[0] if candidates else None), candidates[1:]
+def index_masks(mask_dir: Path) -> dict[str, list[Path]]:
+  """Mask candidates by exact stem, in precedence order: a folder of per-frame masks, a video,
+  an image. (Exact stems: `a.b.png` is not a mask for `a.png`; names may hold glob characters.)"""
+  found: dict[str, list[tuple[int, Path]]] = collections.defaultdict(list)
+  for p in mask_dir.iterdir():
+    if p.name.startswith("."):
+      continue
+    if p.is_dir():
+      found[p.name].append((0, p))
+    elif is_video(p):
+      found[p.stem].append((1, p))
+    elif is_image(p):
+      found[p.stem].append((2, p))
+  return {stem: [p for _, p in sorted(c)] for stem, c in found.items()}
 
 
-def _check_image_mask(mask: Path, info: MediaInfo, invert: bool) -> str | None:
-  """Why an image mask cannot be used (aspect, decode, all black), or None."""
+def _mask_problem(mask: Path, media: MediaInfo, frames: int, invert: bool) -> str | None:
+  """Why a mask cannot be used with this media (decode, aspect, frames, all black), or None."""
   try:
-    img = Image.open(mask)
-    img.load()
-  except (OSError, SyntaxError, ValueError) as e:
-    return f"mask cannot be decoded: {mask} ({e})"
-  mw, mh = img.size
-  if abs(mw / mh - info.width / info.height) > ASPECT_TOLERANCE * info.width / info.height:
-    return (f"mask aspect differs: {mask} is {mw}x{mh}, the media is "
-            f"{info.width}x{info.height}")
-  values = np.asarray(img.convert("L"))
-  if not np.any((255 - values) if invert else values):
+    info = probe_mask(mask)
+  except MediaError as e:
+    return f"mask cannot be read: {e}"
+  if abs(info.width / info.height - media.width / media.height) > (
+      ASPECT_TOLERANCE * media.width / media.height):
+    return (f"mask aspect differs: {mask} is {info.width}x{info.height}, the media is "
+            f"{media.width}x{media.height}")
+  if frames > 1 and info.frames > 1 and info.frames != media.frames:
+    return f"mask has {info.frames} frames, the clip has {media.frames}: {mask}"
+  if not (info.any_below_white if invert else info.any_nonzero):
     return f"mask is all black (nothing to train): {mask}"
   return None
 
@@ -125,26 +132,36 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
     raise DataError(f"{folder} holds no images ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp'}))}) "
                     "or videos (.mp4, .webm, .mov, .gif)")
 
+  masks_by_stem = index_masks(mask_dir) if mask_dir is not None else {}
   missing_masks: list[Path] = []
   before = len(report.items)
-  for path in media:
+  for path in tqdm.tqdm(media, desc=f"scanning {folder.name}", unit="file",
+                        disable=len(media) < 100):
     try:
-      info = probe(path)
+      info = probe(path)  # decodes everything once: broken files are found now, not mid-run
     except MediaError as e:
       report.skip(path, f"unreadable media: {e}")
       continue
-    frames = 1 if info.frames == 1 and is_image(path) else num_frames
+    frames = 1 if is_image(path) else num_frames
     if is_video(path) and info.frames < frames:
       report.skip(path, f"clip too short: {info.frames} frames, num_frames is {frames}")
+      continue
+    try:
+      for r in dcfg.resolutions(cfg):
+        bucket_for(info.width, info.height, r)
+    except ValueError as e:
+      report.skip(path, f"too small: {e}")
       continue
     caption = _read_caption(path, cfg, report)
     if caption is None:
       continue
     mask = None
     if mask_dir is not None:
-      mask, extra = _find_mask(path, mask_dir)
-      if extra:
-        log.warning("%s: several masks %s; using %s", path, [p.name for p in extra], mask.name)
+      candidates = masks_by_stem.get(path.stem, [])
+      mask = candidates[0] if candidates else None
+      if len(candidates) > 1:
+        log.warning("%s: several masks %s; using %s", path, [p.name for p in candidates],
+                    mask.name)
       if mask is None:
         if cfg.missing_mask == "error":
           missing_masks.append(path)
@@ -153,11 +170,16 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
           report.skip(path, f"no mask in {mask_dir}")
           continue
         report.notes["items trained unmasked (no mask file)"] += 1
-      elif is_image(mask) and (problem := _check_image_mask(mask, info, cfg.invert_mask)):
+      elif problem := _mask_problem(mask, info, frames, bool(cfg.invert_mask)):
         report.skip(path, problem)
         continue
-    elif cfg.alpha_mask and is_image(path) and not _has_alpha(path):
-      report.notes["alpha_mask set but the image has no alpha (trained unmasked)"] += 1
+    elif cfg.alpha_mask and is_image(path):
+      _, alpha = read_image(path)
+      if alpha is None:
+        report.notes["alpha_mask set but the image has no alpha (trained unmasked)"] += 1
+      elif not ((alpha < 1).any() if cfg.invert_mask else alpha.any()):
+        report.skip(path, "alpha mask is all black (fully transparent: nothing to train)")
+        continue
     item = Item(path, info, caption, mask, index, frames)
     report.items.extend([item] * int(cfg.repeats))
   if missing_masks:
@@ -170,7 +192,3 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
                     "warnings above")
   return report
 
-
-def _has_alpha(path: Path) -> bool:
-  with Image.open(path) as img:
-    return "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)

@@ -26,6 +26,7 @@ import numpy as np
 from wan_jax.data.buckets import bucket_batches
 from wan_jax.data.examples import SkipItem, bucket_of, load_example
 from wan_jax.data.folders import Item, ScanReport, scan_dataset
+from wan_jax.data.weight_maps import latent_frames
 from wan_jax.data import config as dcfg
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ def _decode_rows(index: int, batch: tuple[int, ...], *, entries: list[Entry],
                  shard_index: int, shard_count: int, seed: int) -> dict[str, np.ndarray]:
   rows = len(batch) // shard_count
   mine = batch[shard_index * rows:(shard_index + 1) * rows]
-  examples, substituted = [], []
+  pixels, weights, captions, multipliers, substituted, valid = [], [], [], [], [], []
   for row, entry_id in enumerate(mine):
     rng = np.random.default_rng([seed, index, shard_index * rows + row])
     candidates = [entry_id] + _alternates(entry_id, bucket_members, rng)
+    ex = None
     for attempt, cand in enumerate(candidates):
       entry = entries[cand]
       cfg = datasets[entry.item.dataset]
@@ -104,19 +106,28 @@ def _decode_rows(index: int, batch: tuple[int, ...], *, entries: list[Entry],
         break
       except SkipItem:
         continue
-    else:
-      raise RuntimeError(f"{len(candidates)} items of bucket {bucket_of(entry.item, entry.resolution)}"
-                         " failed to load in a row; see the warnings above")
-    if rng.random() < float(cfg.caption_dropout_rate):
-      ex.caption = ""
-    examples.append((ex, float(cfg.loss_multiplier)))
+    if ex is None:  # every candidate failed: an empty row with zero weight, never a crash
+      f, h, w = bucket_of(entries[entry_id].item, entries[entry_id].resolution)
+      pixels.append(np.zeros((f, h, w, 3), np.uint8))
+      weights.append(np.zeros((latent_frames(f), h // 8, w // 8), np.float32))
+      captions.append("")
+      multipliers.append(0.0)
+      substituted.append(True)
+      valid.append(False)
+      continue
+    pixels.append(ex.pixels)
+    weights.append(ex.weights)
+    captions.append("" if rng.random() < float(cfg.caption_dropout_rate) else ex.caption)
+    multipliers.append(float(cfg.loss_multiplier))
     substituted.append(attempt > 0)
+    valid.append(True)
   return {
-      "pixels": np.stack([e.pixels for e, _ in examples]),
-      "weights": np.stack([e.weights for e, _ in examples]),
-      "caption": np.array([e.caption for e, _ in examples], dtype=object),
-      "loss_multiplier": np.array([m for _, m in examples], np.float32),
-      "substituted": np.array(substituted),
+      "pixels": np.stack(pixels),
+      "weights": np.stack(weights),
+      "caption": np.array(captions, dtype=object),
+      "loss_multiplier": np.array(multipliers, np.float32),
+      "substituted": np.array(substituted),  # a stand-in from the same bucket was used
+      "valid": np.array(valid),  # False: nothing in the bucket decoded; zero weight, skip it
   }
 
 
@@ -129,16 +140,24 @@ def _alternates(entry_id: int, bucket_members: dict, rng: np.random.Generator) -
 
 def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: int, seed: int,
                    num_workers: int = 0, num_epochs: int | None = None,
-                   shard: grain.sharding.ShardOptions | None = None) -> Pipeline:
-  """Scans every dataset (errors surface here, before training) and builds the iterator."""
+                   shard: grain.sharding.ShardOptions | None = None, read_threads: int = 2,
+                   prefetch_batches: int = 2) -> Pipeline:
+  """Scans every dataset (errors surface here, before training) and builds the iterator.
+
+  read_threads / prefetch_batches bound how far ahead each process (or worker) decodes: a batch
+  of 81-frame clips is hundreds of MB, so Grain's default of 500 elements ahead would not fit.
+  """
   shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
   if global_batch % shard.shard_count:
     raise ValueError(f"global batch {global_batch} does not split over {shard.shard_count} processes")
   report = ScanReport()
   for i, ds in enumerate(datasets):
     scan_dataset(ds, i, report)
-  entries = [Entry(item, r) for item in report.items
-             for r in dcfg.resolutions(datasets[item.dataset])]
+  entries = []
+  for item in report.items:
+    # A small item can land in the same bucket at several resolutions: once is enough.
+    buckets = {bucket_of(item, r): r for r in reversed(dcfg.resolutions(datasets[item.dataset]))}
+    entries += [Entry(item, r) for r in sorted(buckets.values())]
   keys = [bucket_of(e.item, e.resolution) for e in entries]
   by_key: dict[Any, list[int]] = {}
   for i, k in enumerate(keys):
@@ -153,7 +172,8 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
   decode = functools.partial(_decode_rows, entries=entries, datasets=list(datasets),
                              bucket_members=bucket_members, shard_index=shard.shard_index,
                              shard_count=shard.shard_count, seed=seed)
-  ds = plan.shuffle(seed).repeat(num_epochs).map_with_index(decode).to_iter_dataset()
+  read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+  ds = plan.shuffle(seed).repeat(num_epochs).map_with_index(decode).to_iter_dataset(read)
   if num_workers > 0:
     from absl import flags  # Grain's workers read absl flags; plain Python callers never parse them
     if not flags.FLAGS.is_parsed():
