@@ -7,6 +7,9 @@ stay near one block (~1.4 GB fp32) whatever the number of layers: that is what l
 convert on a 24 GiB machine.
 
   python benchmarks/convert_memory.py --layers 4 --dtype bfloat16 --workdir /tmp/convert-bench
+
+With --load it then times `wan_jax.load_transformer` on the result in a fresh child process
+(peak RSS includes the model itself: on the CPU backend the parameters live in host memory).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main() -> None:
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
   parser.add_argument("--workdir", type=Path, default=Path("/tmp/wan-jax-convert-bench"))
+  parser.add_argument("--load", action="store_true", help="also time load_transformer")
   args = parser.parse_args()
   shutil.rmtree(args.workdir, ignore_errors=True)
   src, out = args.workdir / "expert", args.workdir / "out"
@@ -105,8 +109,33 @@ def main() -> None:
   print(f"converted to {args.dtype} in {seconds:.0f} s ({report['gib_per_s']:.2f} GiB/s read)")
   print(f"peak RSS of the converter: {peak / 2**30:.2f} GiB for a {size / 2**30:.2f} GiB "
         f"checkpoint (one fp32 block is {block_bytes / 2**30:.2f} GiB)")
+  if args.load:
+    report |= time_load(out, args.dtype)
+    print(f"load_transformer: {report['load_s']:.0f} s, child peak RSS "
+          f"{report['load_peak_rss_gib']:.2f} GiB (model {report['model_gib']:.2f} GiB)")
   print(json.dumps(report))
   shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+LOAD_SCRIPT = """
+import json, resource, sys, time
+import jax
+import wan_jax
+start = time.time()
+model = wan_jax.load_transformer(sys.argv[1], dtype=sys.argv[2])
+jax.block_until_ready(jax.tree.leaves(model))
+nbytes = sum(x.nbytes for x in jax.tree.leaves(model) if hasattr(x, "nbytes"))
+print(json.dumps({"load_s": time.time() - start, "model_gib": nbytes / 2**30,
+                  "load_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def time_load(out: Path, dtype: str) -> dict:
+  result = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(out), dtype],
+                          capture_output=True, text=True)
+  if result.returncode:
+    sys.exit(f"loading failed:\n{result.stderr}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
