@@ -49,13 +49,17 @@ class BatchPlan(grain.MapDataset):
     self._keys = list(bucket_keys)
     self._global_batch = global_batch
     self._seed = seed
+    self._plans: dict[int, tuple[tuple[int, ...], ...]] = {}  # the epochs in use, at most two
     self._length = len(self._epoch(0))
 
-  @functools.lru_cache(maxsize=2)
   def _epoch(self, epoch: int) -> tuple[tuple[int, ...], ...]:
-    rng = np.random.default_rng([self._seed, epoch, 0xB0C])
-    batches, _ = bucket_batches(self._keys, self._global_batch, rng)
-    return tuple(tuple(b) for b in batches)
+    if epoch not in self._plans:
+      rng = np.random.default_rng([self._seed, epoch, 0xB0C])
+      batches, _ = bucket_batches(self._keys, self._global_batch, rng)
+      if len(self._plans) >= 2:
+        del self._plans[min(self._plans)]
+      self._plans[epoch] = tuple(tuple(b) for b in batches)
+    return self._plans[epoch]
 
   def filler_slots(self) -> int:
     return bucket_batches(self._keys, self._global_batch, np.random.default_rng(0))[1]
