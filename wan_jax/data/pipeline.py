@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from typing import Any, Sequence
 
 import grain
@@ -49,17 +50,30 @@ class BatchPlan(grain.MapDataset):
     self._keys = list(bucket_keys)
     self._global_batch = global_batch
     self._seed = seed
-    self._plans: dict[int, tuple[tuple[int, ...], ...]] = {}  # the epochs in use, at most two
+    self._plans: dict[int, tuple[tuple[int, ...], ...]] = {}  # recent epochs (read threads share it)
+    self._lock = threading.Lock()
     self._length = len(self._epoch(0))
 
+  def __getstate__(self):  # worker processes get a copy without the lock
+    state = self.__dict__.copy()
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
   def _epoch(self, epoch: int) -> tuple[tuple[int, ...], ...]:
-    if epoch not in self._plans:
-      rng = np.random.default_rng([self._seed, epoch, 0xB0C])
-      batches, _ = bucket_batches(self._keys, self._global_batch, rng)
-      if len(self._plans) >= 2:
-        del self._plans[min(self._plans)]
-      self._plans[epoch] = tuple(tuple(b) for b in batches)
-    return self._plans[epoch]
+    with self._lock:
+      plan = self._plans.get(epoch)
+      if plan is None:
+        rng = np.random.default_rng([self._seed, epoch, 0xB0C])
+        batches, _ = bucket_batches(self._keys, self._global_batch, rng)
+        plan = tuple(tuple(b) for b in batches)
+        while len(self._plans) >= 3:
+          del self._plans[min(self._plans)]
+        self._plans[epoch] = plan
+      return plan
 
   def filler_slots(self) -> int:
     return bucket_batches(self._keys, self._global_batch, np.random.default_rng(0))[1]
