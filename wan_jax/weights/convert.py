@@ -54,8 +54,7 @@ def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat1
     checkpoint.remove_partial(out / name)
   out.mkdir(parents=True, exist_ok=True)
 
-  manifest = {"source": str(src.resolve()), "layout": layout, "dtype": dtype, "experts": {}}
-  done: list[str] = []
+  manifest = {"source": str(src), "layout": layout, "dtype": dtype, "experts": {}}
   try:
     for name, expert in experts.items():
       cfg = expert.config
@@ -67,7 +66,6 @@ def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat1
         log(f"  {name}: saved {group} ({written / 2**30:.2f} GiB so far)")
 
       nbytes = checkpoint.write_expert(expert.converted(np_dtype), out / name, progress)
-      done.append(name)
       log(f"{name}: {nbytes / 2**30:.2f} GiB in {time.time() - start:.1f} s")
       manifest["experts"][name] = {"path": name, "source": expert.description,
                                    "config": cfg.arch_dict()}
