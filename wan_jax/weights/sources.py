@@ -9,9 +9,12 @@ Accepted, detected from the files (never asked for):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import os
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +27,7 @@ from wan_jax.weights import transformer_keys as tk
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore, read_json
 
 log = logging.getLogger(__name__)
+CONVERT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 # Folder names of each release layout -> our expert names.
 RELEASE_LAYOUTS = {
@@ -51,21 +55,38 @@ class ExpertSource:
     key = tk.to_diffusers_key(original) if self.key_layout == "diffusers" else original
     return self.prefix + key
 
-  def converted(self, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
-    """(our per-layer name, tensor in `dtype`) for every parameter, shapes checked."""
+  def converted(self, dtype: np.dtype, workers: int = CONVERT_THREADS
+                ) -> Iterator[tuple[str, np.ndarray]]:
+    """(our per-layer name, tensor in `dtype`) for every parameter, in order, shapes checked.
+
+    `workers` threads convert ahead (numpy's copies release the GIL); at most 2 * workers + 1
+    tensors are in memory at once.
+    """
     expected = expected_shapes(self.config)
-    for ours, (original, kind) in tk.parameter_map(self.config).items():
-      key = self.source_key(original)
-      raw = self.store.read(key)
-      if original in self.scales:  # ComfyUI "fp8 scaled": weight = fp8 value * scale_weight
-        raw = raw.astype(np.float32) * self.store.read(self.scales[original]).astype(np.float32)
-      # Cast first: transposing the (often smaller) target dtype is the cheaper copy.
-      array = tk.transform_for(kind)(raw.astype(dtype, copy=False))
-      if array.shape != expected[ours]:
-        raise CheckpointError(f"{self.store.description}: tensor {key!r} has shape "
-                              f"{self.store.shape(key)}, which gives {array.shape} but the model "
-                              f"needs {expected[ours]} for {ours}")
-      yield ours, array
+    with ThreadPoolExecutor(workers) as pool:
+      window: collections.deque = collections.deque()
+      for ours, (original, kind) in tk.parameter_map(self.config).items():
+        window.append((ours, pool.submit(self._convert, ours, original, kind, dtype, expected)))
+        if len(window) > 2 * workers:
+          name, future = window.popleft()
+          yield name, future.result()
+      while window:
+        name, future = window.popleft()
+        yield name, future.result()
+
+  def _convert(self, ours: str, original: str, kind: str, dtype: np.dtype,
+               expected: dict[str, tuple[int, ...]]) -> np.ndarray:
+    key = self.source_key(original)
+    raw = self.store.read(key)
+    if original in self.scales:  # ComfyUI "fp8 scaled": weight = fp8 value * scale_weight
+      raw = raw.astype(np.float32) * self.store.read(self.scales[original]).astype(np.float32)
+    # Cast first: transposing the (often smaller) target dtype is the cheaper copy.
+    array = tk.transform_for(kind)(raw.astype(dtype, copy=False))
+    if array.shape != expected[ours]:
+      raise CheckpointError(f"{self.store.description}: tensor {key!r} has shape "
+                            f"{self.store.shape(key)}, which gives {array.shape} but the model "
+                            f"needs {expected[ours]} for {ours}")
+    return array
 
 
 def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
