@@ -1,0 +1,56 @@
+"""The built-in demo data set, generated on first use: a few images, a short clip, masks and
+captions, small enough for a CPU run, with the odd file real data sets have (an image without a
+caption file, a mask at another resolution)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = (96, 64)  # width, height
+
+
+def _scene(rng: np.random.Generator, shift: int = 0) -> tuple[Image.Image, Image.Image]:
+  """A gradient background with a coloured disc (the subject) and the disc's mask."""
+  w, h = SIZE
+  x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+  y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+  tint = rng.uniform(0.3, 1.0, 3).astype(np.float32)
+  background = ((0.5 * x + 0.5 * y) * tint).astype(np.uint8).repeat(1, axis=2)
+  image = Image.fromarray(np.broadcast_to(background, (h, w, 3)).copy())
+  mask = Image.new("L", SIZE, 0)
+  cx, cy, r = 30 + shift, 32, 18
+  colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+  ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+  ImageDraw.Draw(mask).ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+  return image, mask
+
+
+def make_demo_dataset(root: str | Path) -> tuple[Path, Path]:
+  """(media folder, mask folder) under `root`, created if missing; returns existing ones as is."""
+  root = Path(root)
+  media, masks = root / "media", root / "masks"
+  if media.is_dir() and masks.is_dir() and any(media.iterdir()):
+    return media, masks
+  media.mkdir(parents=True, exist_ok=True)
+  masks.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    image, mask = _scene(rng)
+    image.save(media / f"ball{i}.png")
+    if i == 3:  # a mask at half resolution: same aspect, resized by the loader
+      mask = mask.resize((SIZE[0] // 2, SIZE[1] // 2))
+    mask.save(masks / f"ball{i}.png")
+    if i != 2:  # ball2 has no caption file: default_caption applies
+      (media / f"ball{i}.txt").write_text(f"a coloured ball, photo {i}")
+  frames, frame_masks = zip(*(_scene(np.random.default_rng(7), shift=3 * t) for t in range(9)))
+  iio.imwrite(media / "rolling.mp4", np.stack([np.asarray(f) for f in frames]), plugin="pyav",
+              fps=16, codec="libx264")
+  (masks / "rolling").mkdir(exist_ok=True)
+  for t, m in enumerate(frame_masks):
+    m.save(masks / "rolling" / f"{t}.png")
+  (media / "rolling.txt").write_text("a ball rolling to the right")
+  return media, masks
