@@ -8,6 +8,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reference import make_reference, save_comfyui_file, save_official_expert  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _private_scan_cache(tmp_path_factory, monkeypatch):
+  """Scan caches go to a temporary folder, never the user's ~/.cache."""
+  monkeypatch.setenv("WAN_JAX_CACHE", str(tmp_path_factory.mktemp("wan_jax_cache")))
+
+
 @pytest.fixture(scope="session")
 def high_ref():
   return make_reference(seed=1)

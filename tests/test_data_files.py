@@ -293,3 +293,28 @@ def test_an_image_with_a_mask_folder_uses_its_first_frame(tmp_path):
   cfg = dataset_config(folder_path=str(media), mask_path=str(masks), resolution=32)
   ex = load_example(scan_dataset(cfg).items[0], 32, cfg, np.random.default_rng(0))
   np.testing.assert_allclose(ex.weights[0, 0], [1, 1, 0, 0])
+
+
+def test_a_relaunch_decodes_only_what_changed(tmp_path, monkeypatch):
+  from wan_jax.data import folders
+  media, cache = tmp_path / "media", tmp_path / "cache"
+  media.mkdir()
+  write_mp4(media / "clip.mp4", solid_frames(9))
+  Image.new("RGB", (32, 32)).save(media / "a.png")
+  (media / "broken.png").write_bytes(b"nope")
+  decoded = []
+  real = folders.probe
+  monkeypatch.setattr(folders, "probe", lambda p: decoded.append(p.name) or real(p))
+  cfg = dataset_config(folder_path=str(media), num_frames=9)
+
+  first = folders.scan_dataset(cfg, cache_dir=cache)
+  assert sorted(decoded) == ["a.png", "broken.png", "clip.mp4"]
+  decoded.clear()
+  second = folders.scan_dataset(cfg, cache_dir=cache)
+  assert decoded == []  # all remembered, the broken file too
+  assert second.skipped == first.skipped and [i.info for i in second.items] == [
+      i.info for i in first.items]
+  Image.new("RGB", (48, 32)).save(media / "a.png")  # changed: decoded again
+  third = folders.scan_dataset(cfg, cache_dir=cache)
+  assert decoded == ["a.png"]
+  assert {i.media.name: i.info.width for i in third.items}["a.png"] == 48

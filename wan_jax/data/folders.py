@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import ml_collections
@@ -15,11 +16,13 @@ import tqdm
 from wan_jax.data import config as dcfg
 from wan_jax.data.frames import snap_num_frames
 from wan_jax.data.buckets import bucket_for
-from wan_jax.data.media import (MediaError, MediaInfo, is_image, is_video, probe, probe_mask,
-                                read_image)
+from wan_jax.data.media import (MediaError, MediaInfo, is_image, is_video, mask_frames, probe,
+                                probe_mask, read_image)
+from wan_jax.data.probe_cache import ProbeCache, default_cache_dir
 
 log = logging.getLogger(__name__)
 ASPECT_TOLERANCE = 0.01
+SCAN_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 class DataError(ValueError):
@@ -88,10 +91,11 @@ def index_masks(mask_dir: Path) -> dict[str, list[Path]]:
   return {stem: [p for _, p in sorted(c)] for stem, c in found.items()}
 
 
-def _mask_problem(mask: Path, media: MediaInfo, frames: int, invert: bool) -> str | None:
+def _mask_problem(mask: Path, media: MediaInfo, frames: int, invert: bool,
+                  probe_fn=probe) -> str | None:
   """Why a mask cannot be used with this media (decode, aspect, frames, all black), or None."""
   try:
-    info = probe_mask(mask)
+    info = probe_mask(mask, probe_fn)
   except MediaError as e:
     return f"mask cannot be read: {e}"
   if abs(info.width / info.height - media.width / media.height) > (
@@ -105,9 +109,19 @@ def _mask_problem(mask: Path, media: MediaInfo, frames: int, invert: bool) -> st
   return None
 
 
+_DEFAULT = object()
+
+
 def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
-                 report: ScanReport | None = None) -> ScanReport:
-  """Items of one dataset entry, appended to `report`; raises DataError for unusable setups."""
+                 report: ScanReport | None = None, cache_dir: Path | None | object = _DEFAULT,
+                 workers: int = SCAN_THREADS) -> ScanReport:
+  """Items of one dataset entry, appended to `report`; raises DataError for unusable setups.
+
+  Every file is decoded once, on `workers` threads; what was learned is kept in a probe cache
+  under `cache_dir` (default: `$WAN_JAX_CACHE` or ~/.cache/wan_jax; None: no cache), so a
+  relaunch only decodes files that changed.
+  """
+  cache_dir = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
   report = report if report is not None else ScanReport()
   where = f"datasets[{index}]"
   dcfg.validate(cfg, where)
@@ -133,12 +147,32 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
                     "or videos (.mp4, .webm, .mov, .gif)")
 
   masks_by_stem = index_masks(mask_dir) if mask_dir is not None else {}
+  cache = ProbeCache(folder, cache_dir)
+  to_probe = list(media)
+  for path in media:
+    first = masks_by_stem.get(path.stem, [None])[0]
+    if first is not None:
+      to_probe += mask_frames(first) if first.is_dir() else [first]
+  cache.warm(to_probe, probe, workers,
+             progress=lambda it: tqdm.tqdm(it, total=len(to_probe), unit="file",
+                                           desc=f"scanning {folder.name}",
+                                           disable=len(to_probe) < 100))
+  cached_probe = lambda p: cache.probe(p, probe)
+  try:
+    _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_stem,
+                num_frames, cached_probe)
+  finally:
+    cache.save()
+  return report
+
+
+def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_stem, num_frames,
+                cached_probe) -> None:
   missing_masks: list[Path] = []
   before = len(report.items)
-  for path in tqdm.tqdm(media, desc=f"scanning {folder.name}", unit="file",
-                        disable=len(media) < 100):
+  for path in media:
     try:
-      info = probe(path)  # decodes everything once: broken files are found now, not mid-run
+      info = cached_probe(path)  # every file decoded once: broken files show now, not mid-run
     except MediaError as e:
       report.skip(path, f"unreadable media: {e}")
       continue
@@ -170,7 +204,7 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
           report.skip(path, f"no mask in {mask_dir}")
           continue
         report.notes["items trained unmasked (no mask file)"] += 1
-      elif problem := _mask_problem(mask, info, frames, bool(cfg.invert_mask)):
+      elif problem := _mask_problem(mask, info, frames, bool(cfg.invert_mask), cached_probe):
         report.skip(path, problem)
         continue
     elif cfg.alpha_mask and is_image(path):
@@ -190,5 +224,4 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
   if len(report.items) == before:
     raise DataError(f"{where} ({folder}): no usable items; {len(report.skipped)} skipped, see the "
                     "warnings above")
-  return report
 

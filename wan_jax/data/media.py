@@ -136,14 +136,14 @@ def mask_frames(path: Path) -> list[Path]:
   return sorted((p for p in path.iterdir() if is_image(p)), key=natural_key)
 
 
-def probe_mask(path: Path) -> MediaInfo:
+def probe_mask(path: Path, probe_fn=probe) -> MediaInfo:
   """Size, frame count and whether anything is white, for an image, video or folder mask."""
   if not path.is_dir():
-    return probe(path)
+    return probe_fn(path)
   files = mask_frames(path)
   if not files:
     raise MediaError(f"{path}: mask folder holds no images")
-  infos = [probe(f) for f in files]
+  infos = [probe_fn(f) for f in files]
   sizes = {(i.width, i.height) for i in infos}
   if len(sizes) > 1:
     raise MediaError(f"{path}: per-frame masks have different sizes {sorted(sizes)}")
