@@ -11,10 +11,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def dtype_of(name: str) -> jnp.dtype:
-  return jnp.dtype(name)
-
-
 def matmul_precision(compute_dtype: jnp.dtype) -> jax.lax.Precision:
   """Full precision for fp32 compute (no TF32 on GPUs); the fast default otherwise."""
   return jax.lax.Precision.HIGHEST if compute_dtype == jnp.float32 else jax.lax.Precision.DEFAULT

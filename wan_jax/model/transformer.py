@@ -19,7 +19,7 @@ from flax import nnx
 
 from wan_jax.model.attention import attention
 from wan_jax.model.config import WanConfig
-from wan_jax.model.layers import LayerNorm, Linear, RMSNorm, dtype_of, layer_norm
+from wan_jax.model.layers import LayerNorm, Linear, RMSNorm, layer_norm
 from wan_jax.model.rope import apply_rope, rope_tables
 
 F32 = jnp.float32
@@ -29,7 +29,7 @@ class Attention(nnx.Module):
   """Self- or cross-attention: q/k RMS-normalised across all heads before the head split."""
 
   def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
-    pd, cd = dtype_of(cfg.param_dtype), dtype_of(cfg.compute_dtype)
+    pd, cd = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
     lin = functools.partial(Linear, cfg.dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
     self.q, self.k, self.v, self.o = lin(), lin(), lin(), lin()
     self.norm_q = RMSNorm(cfg.dim, cfg.eps, param_dtype=pd)
@@ -56,7 +56,7 @@ class WanBlock(nnx.Module):
   """Self-attention and FFN with 6-way modulation; ungated cross-attention in between."""
 
   def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
-    pd, cd = dtype_of(cfg.param_dtype), dtype_of(cfg.compute_dtype)
+    pd, cd = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
     self.modulation = nnx.Param(
         (jax.random.normal(rngs.params(), (1, 6, cfg.dim), F32) / np.sqrt(cfg.dim)).astype(pd))
     self.self_attn = Attention(cfg, rngs=rngs)
@@ -129,7 +129,7 @@ class WanTransformer(nnx.Module):
   """One Wan 2.x expert. Parameter names follow the original Wan keys where they can."""
 
   def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
-    pd, cd = dtype_of(cfg.param_dtype), dtype_of(cfg.compute_dtype)
+    pd, cd = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
     lin = functools.partial(Linear, param_dtype=pd, compute_dtype=cd, rngs=rngs)
     lin32 = functools.partial(Linear, param_dtype=pd, compute_dtype=F32, rngs=rngs)
     self.config = cfg

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from wan_jax.weights.safetensors_reader import read_json
+from wan_jax.weights.transformer_keys import LAYER_RE
 
 MANIFEST = "manifest.json"
 FORMAT = "wan_jax.transformer/1"
@@ -62,7 +64,7 @@ def absolute(path: str | os.PathLike) -> Path:
 
 
 def _group_of(name: str) -> str:
-  m = re.match(r"blocks\.(\d+)\.", name)
+  m = LAYER_RE.match(name)
   return f"block {m.group(1)}" if m else "embeddings and head"
 
 
@@ -130,7 +132,7 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
   path = Path(out) / MANIFEST
   if not path.is_file():
     return None
-  manifest = json.loads(path.read_text())
+  manifest = read_json(path)
   if manifest.get("format") != FORMAT:
     raise ValueError(f"{path}: unsupported format {manifest.get('format')!r} (want {FORMAT})")
   return manifest

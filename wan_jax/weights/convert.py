@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import ml_dtypes
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
 import numpy as np
 
 from wan_jax.weights import checkpoint
@@ -27,8 +27,7 @@ def dtype_name(dtype: Any) -> str:
 
 
 def numpy_dtype(dtype: Any) -> np.dtype:
-  name = dtype_name(dtype)
-  return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+  return np.dtype(dtype_name(dtype))  # "bfloat16" resolves once ml_dtypes is imported
 
 
 def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat16", *,

@@ -3,6 +3,7 @@ straight from a PyTorch checkpoint (converted on the fly, nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import checkpoint
 from wan_jax.weights.convert import dtype_name, numpy_dtype
 from wan_jax.weights.safetensors_reader import CheckpointError
-from wan_jax.weights.sources import find_experts
+from wan_jax.weights.sources import ExpertSource, find_experts
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +51,52 @@ def assemble(cfg: WanConfig, params: dict[str, np.ndarray]) -> WanTransformer:
   return nnx.merge(graphdef, state)
 
 
-def _pick(names: list[str], expert: str | None, where: str) -> str:
-  if expert is None:
-    if len(names) == 1:
-      return names[0]
-    raise ValueError(f"{where} holds experts {names}; pass expert= one of them "
-                     "(or use load_dual_transformer)")
-  if expert not in names:
-    raise ValueError(f"{where} has no expert {expert!r}; it holds {names}")
-  return expert
+@dataclasses.dataclass
+class _Opened:
+  """A path looked at once: a converted folder's manifest, or the PyTorch experts it holds."""
 
+  path: Path
+  manifest: dict[str, Any] | None
+  experts: dict[str, ExpertSource] | None
 
-def _load_params(path: Path, expert: str | None, dtype: str, num_heads: int | None
-                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """(arch dict, per-layer tensors in `dtype`) for one expert of a converted or PyTorch path."""
-  np_dtype = numpy_dtype(dtype)
-  manifest = checkpoint.read_manifest(path) if path.is_dir() else None
-  if manifest is not None:
-    name = _pick(list(manifest["experts"]), expert, str(path))
-    entry = manifest["experts"][name]
-    if manifest["dtype"] != dtype and np_dtype.itemsize > numpy_dtype(manifest["dtype"]).itemsize:
+  @classmethod
+  def of(cls, path: str | Path, num_heads: int | None) -> "_Opened":
+    path = Path(path).expanduser().resolve()
+    manifest = checkpoint.read_manifest(path) if path.is_dir() else None
+    if manifest is not None:
+      return cls(path, manifest, None)
+    return cls(path, None, find_experts(path, num_heads=num_heads)[1])
+
+  def names(self) -> list[str]:
+    return list(self.manifest["experts"] if self.manifest else self.experts)
+
+  def params(self, name: str, dtype: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(arch dict, per-layer tensors in `dtype`) of one expert."""
+    np_dtype = numpy_dtype(dtype)
+    if self.manifest is None:
+      source = self.experts[name]
+      log.info("converting %s on the fly (%s)", source.description, dtype)
+      return source.config.arch_dict(), dict(source.converted(np_dtype))
+    entry = self.manifest["experts"][name]
+    stored = self.manifest["dtype"]
+    if np_dtype.itemsize > numpy_dtype(stored).itemsize:
       log.warning("%s was converted in %s; loading as %s cannot restore the lost precision",
-                  path, manifest["dtype"], dtype)
-    params = checkpoint.read_expert(path / entry["path"])
+                  self.path, stored, dtype)
+    params = checkpoint.read_expert(self.path / entry["path"])
     return entry["config"], {k: v.astype(np_dtype, copy=False) for k, v in params.items()}
-  _, experts = find_experts(path, num_heads=num_heads)
-  name = _pick(list(experts), expert, str(path))
-  source = experts[name]
-  log.info("converting %s on the fly (%s)", source.description, dtype)
-  return source.config.arch_dict(), dict(source.converted(np_dtype))
+
+  def build(self, name: str | None, dtype: str, runtime: dict[str, Any]) -> WanTransformer:
+    names = self.names()
+    if name is None:
+      if len(names) != 1:
+        raise ValueError(f"{self.path} holds experts {names}; pass expert= one of them "
+                         "(or use load_dual_transformer)")
+      name = names[0]
+    elif name not in names:
+      raise ValueError(f"{self.path} has no expert {name!r}; it holds {names}")
+    arch, params = self.params(name, dtype)
+    runtime = {"compute_dtype": dtype, **runtime}
+    return assemble(WanConfig.from_arch_dict(arch, param_dtype=dtype, **runtime), params)
 
 
 def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str | None = None,
@@ -91,17 +109,12 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str |
   expert: "high_noise" / "low_noise" when the path holds both.
   runtime: WanConfig runtime fields (compute_dtype, attention, attention_chunk_size, remat).
   """
-  dtype = dtype_name(dtype)
-  arch, params = _load_params(Path(path).expanduser().resolve(), expert, dtype, num_heads)
-  runtime.setdefault("compute_dtype", dtype)
-  cfg = WanConfig.from_arch_dict(arch, param_dtype=dtype, **runtime)
-  return assemble(cfg, params)
+  return _Opened.of(path, num_heads).build(expert, dtype_name(dtype), runtime)
 
 
 def load_dual_transformer(path: str | Path, dtype: str = "bfloat16", *, boundary: float = 0.875,
                           num_heads: int | None = None, **runtime: Any) -> DualWanTransformer:
   """Both A14B experts (official, diffusers or converted layout) behind the timestep switch."""
-  dtype = dtype_name(dtype)
-  high = load_transformer(path, dtype, expert="high_noise", num_heads=num_heads, **runtime)
-  low = load_transformer(path, dtype, expert="low_noise", num_heads=num_heads, **runtime)
-  return DualWanTransformer(high, low, boundary=boundary)
+  opened, dtype = _Opened.of(path, num_heads), dtype_name(dtype)
+  return DualWanTransformer(opened.build("high_noise", dtype, runtime),
+                            opened.build("low_noise", dtype, runtime), boundary=boundary)

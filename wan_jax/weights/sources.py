@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import os
 import logging
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -65,7 +64,7 @@ class ExpertSource:
     expected = expected_shapes(self.config)
     with ThreadPoolExecutor(workers) as pool:
       window: collections.deque = collections.deque()
-      for ours, (original, kind) in tk.parameter_map(self.config).items():
+      for ours, (original, kind) in tk.parameter_map(self.config.num_layers).items():
         window.append((ours, pool.submit(self._convert, ours, original, kind, dtype, expected)))
         if len(window) > 2 * workers:
           name, future = window.popleft()
@@ -165,11 +164,9 @@ def _original_names(keys: list[str], prefix: str, layout: str) -> dict[str, str]
     return {k[len(prefix):]: k for k in wanted}
   # Rename back through the forward map of a model as deep as the file; keys we do not know keep
   # their own name so they appear in the "unexpected" list.
-  layer_ids = {int(m.group(1)) for k in wanted
-               if (m := re.match(r"blocks\.(\d+)\.", k[len(prefix):]))}
-  depth = WanConfig(dim=6, num_heads=1, num_layers=max(layer_ids, default=-1) + 1)
+  layer_ids = {int(m.group(1)) for k in wanted if (m := tk.LAYER_RE.match(k[len(prefix):]))}
   reverse = {prefix + tk.to_diffusers_key(original): original
-             for original, _ in tk.parameter_map(depth).values()}
+             for original, _ in tk.parameter_map(max(layer_ids, default=-1) + 1).values()}
   return {reverse.get(k, k[len(prefix):]): k for k in wanted}
 
 

@@ -69,14 +69,17 @@ def transform_for(kind: str) -> Callable[[np.ndarray], np.ndarray]:
   return lambda w: w
 
 
-def parameter_map(cfg: WanConfig) -> dict[str, tuple[str, str]]:
+LAYER_RE = re.compile(r"blocks\.(\d+)\.")  # the layer number in any of the three namings
+
+
+def parameter_map(num_layers: int) -> dict[str, tuple[str, str]]:
   """Our per-layer parameter name -> (original key, transform kind) for the whole model."""
   out: dict[str, tuple[str, str]] = {}
   for orig, ours, kind in _TOP:
     out[f"{ours}.kernel"] = (f"{orig}.weight", kind)
     out[f"{ours}.bias"] = (f"{orig}.bias", "none")
   out["head_modulation"] = ("head.modulation", "none")
-  for i in range(cfg.num_layers):
+  for i in range(num_layers):
     for orig, ours, kind in _BLOCK:
       out[f"blocks.{i}.{ours}.kernel"] = (f"blocks.{i}.{orig}.weight", kind)
       out[f"blocks.{i}.{ours}.bias"] = (f"blocks.{i}.{orig}.bias", "none")
@@ -111,7 +114,7 @@ def infer_config(shape_of: Callable[[str], tuple[int, ...]], keys: list[str],
   num_heads (or keep the checkpoint's config.json beside it) for anything else.
   """
   dim, in_ch, *patch = shape_of("patch_embedding.weight")
-  layers = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
+  layers = {int(m.group(1)) for k in keys if (m := LAYER_RE.match(k))}
   if not layers or sorted(layers) != list(range(len(layers))):
     raise CheckpointError(f"transformer blocks are not numbered 0..N-1: {sorted(layers)[:50]}")
   patch_volume = int(np.prod(patch))
@@ -126,7 +129,7 @@ def infer_config(shape_of: Callable[[str], tuple[int, ...]], keys: list[str],
 
 def check_keys(cfg: WanConfig, present: set[str]) -> None:
   """Missing or unexpected tensors are one error that lists them (original key names)."""
-  wanted = {orig for orig, _ in parameter_map(cfg).values()}
+  wanted = {orig for orig, _ in parameter_map(cfg.num_layers).values()}
   missing, unexpected = sorted(wanted - present), sorted(present - wanted)
   if missing or unexpected:
     lines = ["transformer checkpoint does not match the Wan architecture:"]
