@@ -44,16 +44,17 @@ def peak_memory_gib() -> float | None:
   return None if peak is None else peak / 2**30
 
 
-def timed(fn, *args, steps: int) -> tuple[float, list[float]]:
+def timed(fn, *args, steps: int) -> tuple[float, list[float], jax.Array]:
+  """(first call incl. compile, later call times, the last output)."""
   start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
+  out = jax.block_until_ready(fn(*args))
   compile_s = time.perf_counter() - start
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    out = jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return compile_s, times
+  return compile_s, times, out
 
 
 def slice_of(model: wan_jax.WanTransformer, small: wan_jax.WanConfig):
@@ -99,8 +100,7 @@ def main() -> None:
   init_s = time.perf_counter() - start
   graphdef, state = nnx.split(model)
   forward = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))
-  compile_s, times = timed(forward, state, latents, timestep, context, steps=args.steps)
-  out = forward(state, latents, timestep, context)
+  compile_s, times, out = timed(forward, state, latents, timestep, context, steps=args.steps)
   report = {"preset": args.preset, "layers": cfg.num_layers, "tokens": tokens,
             "attention": args.attention, "dtype": args.dtype, "init_s": init_s,
             "compile_s": compile_s, "median_s": statistics.median(times),

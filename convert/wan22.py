@@ -7,7 +7,7 @@ a diffusers release folder (transformer/ = high-noise, transformer_2/ = low-nois
 folder of safetensors shards, or one .safetensors file (original, diffusers or ComfyUI keys).
 OUT receives one Orbax checkpoint per expert and manifest.json; load it with
 `wan_jax.load_transformer(OUT, expert=...)` or `wan_jax.load_dual_transformer(OUT)`.
-Memory stays at about one transformer block (~1.4 GB for the 14B in fp32), not the model.
+Memory stays near one or two transformer blocks (~1.4 GB each for the 14B in fp32), not the model.
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ def test_pth_is_refused_with_a_clear_error(tmp_path):
 
 
 def test_a_killed_conversion_is_cleaned_up_by_the_next_one(tmp_path, diffusers_release):
-  """A conversion killed mid-expert leaves only Orbax's partial-save folder: never loadable,
-  and removed by the next run."""
+  """A conversion killed mid-expert leaves only Orbax's partial-save folder and no manifest, so
+  the folder is not taken for a conversion (nor anything else loadable); the next run removes it."""
   import orbax.checkpoint.experimental.v1 as ocp
 
   from wan_jax.weights import checkpoint
@@ -143,7 +143,8 @@ def test_a_killed_conversion_is_cleaned_up_by_the_next_one(tmp_path, diffusers_r
   # What a conversion killed after its first group leaves behind.
   ocp.partial.save(out / "transformer", {"patch_embedding": {"bias": np.zeros(3, np.float32)}})
   assert checkpoint.unfinished(out / "transformer")
-  with pytest.raises(CheckpointError):
+  assert checkpoint.read_manifest(out) is None
+  with pytest.raises(CheckpointError, match="unknown checkpoint layout"):
     wan_jax.load_transformer(out)
   result = run_cli(diffusers_release / "transformer", out, "--dtype", "float32")
   assert result.returncode == 0, result.stderr

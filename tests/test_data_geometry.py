@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wan_jax.data.buckets import apply_crop, bucket_batches, bucket_for, plan_crop
+from wan_jax.data.buckets import apply_crop, batch_counts, bucket_batches, bucket_for, plan_crop
 from wan_jax.data.frames import ClipTooShort, select_frames, snap_num_frames
 from wan_jax.data.weight_maps import weight_map
 
@@ -90,10 +90,12 @@ def test_frame_counts_and_selection():
 
 def test_batches_share_a_bucket_and_keep_every_item():
   keys = [(1, 64, 64)] * 5 + [(1, 32, 96)] * 3 + [(5, 64, 64)]
-  batches, filled = bucket_batches(keys, 2, np.random.default_rng(0))
+  batches = bucket_batches(keys, 2, np.random.default_rng(0))
   assert all(len(b) == 2 and len({keys[i] for i in b}) == 1 for b in batches)
   assert set().union(*batches) == set(range(len(keys)))
-  assert filled == 3  # 5 -> 3 batches (1 filler), 3 -> 2 (1), 1 -> 1 (1)
+  # 5 -> 3 batches (1 filler), 3 -> 2 (1), 1 -> 1 (1)
+  assert batch_counts(keys, 2) == (len(batches), 3) == (6, 3)
+  assert sum(len(b) for b in batches) - len(keys) == 3
 
 
 def test_extreme_aspect_ratios_keep_the_area_cap():

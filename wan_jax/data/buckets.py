@@ -7,6 +7,7 @@ then resized (down) to cover the bucket and cropped; the mask gets the same resi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections import defaultdict
@@ -71,18 +72,24 @@ def apply_crop(frames_FxHxWxC: np.ndarray, crop: Crop, bucket_hw: tuple[int, int
   return arr[:, :, ::-1] if crop.flip else arr
 
 
+def batch_counts(bucket_keys: Sequence[Hashable], batch_size: int) -> tuple[int, int]:
+  """(batches, filler slots) that bucket_batches makes: fixed by the bucket sizes alone."""
+  sizes = collections.Counter(bucket_keys).values()
+  return sum(-(-n // batch_size) for n in sizes), sum(-n % batch_size for n in sizes)
+
+
 def bucket_batches(bucket_keys: Sequence[Hashable], batch_size: int, rng: np.random.Generator
-                   ) -> tuple[list[list[int]], int]:
-  """Batches of item indices, each from one bucket, in a shuffled order.
+                   ) -> list[list[int]]:
+  """Batches of item indices, each from one bucket, members drawn at random, grouped by bucket
+  (shuffling the batch order is the pipeline's job).
 
   A bucket whose size is not a multiple of batch_size ends with a short batch; it is filled with
   other items of the same bucket (drawn at random), so shapes stay fixed and no item is dropped.
-  Returns (batches, number of filler slots) so the run summary can report the repeats.
   """
   by_bucket: dict[Hashable, list[int]] = defaultdict(list)
   for i, key in enumerate(bucket_keys):
     by_bucket[key].append(i)
-  batches, filled = [], 0
+  batches = []
   for key in sorted(by_bucket, key=str):
     members = list(rng.permutation(by_bucket[key]))
     for start in range(0, len(members), batch_size):
@@ -91,7 +98,5 @@ def bucket_batches(bucket_keys: Sequence[Hashable], batch_size: int, rng: np.ran
       if short:
         fill = rng.choice(members, size=short, replace=short > len(members))
         batch += [int(i) for i in fill]
-        filled += short
       batches.append(batch)
-  order = rng.permutation(len(batches))
-  return [batches[i] for i in order], filled
+  return batches

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from wan_jax.data.frames import SELECTIONS
+
 MISSING_MASK_POLICIES = ("error", "unmasked", "skip")
 
 
@@ -47,6 +49,11 @@ def resolutions(cfg: ml_collections.ConfigDict) -> list[int]:
   return out
 
 
+def caption_suffix(cfg: ml_collections.ConfigDict) -> str:
+  """".txt" whether caption_ext was given as "txt" or ".txt"."""
+  return "." + str(cfg.caption_ext).lstrip(".")
+
+
 def validate(cfg: ml_collections.ConfigDict, where: str = "dataset") -> None:
   """Refuses impossible settings before any file is read."""
   if cfg.missing_mask not in MISSING_MASK_POLICIES:
@@ -57,6 +64,6 @@ def validate(cfg: ml_collections.ConfigDict, where: str = "dataset") -> None:
     raise ValueError(f"{where}.mask_min_value must be in [0, 1)")
   if int(cfg.repeats) < 1 or int(cfg.num_frames) < 1:
     raise ValueError(f"{where}.repeats and {where}.num_frames must be >= 1")
-  if cfg.frame_selection not in ("evenly", "window"):
-    raise ValueError(f"{where}.frame_selection must be 'evenly' or 'window'")
+  if cfg.frame_selection not in SELECTIONS:
+    raise ValueError(f"{where}.frame_selection must be one of {SELECTIONS}")
   resolutions(cfg)

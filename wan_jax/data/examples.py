@@ -8,7 +8,6 @@ import logging
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from wan_jax.data.buckets import apply_crop, bucket_for, plan_crop
 from wan_jax.data.folders import Item
@@ -34,13 +33,6 @@ class SkipItem(ValueError):
 def bucket_of(item: Item, resolution: int) -> tuple[int, int, int]:
   """(frames, height, width): examples sharing it can share a batch."""
   return (item.num_frames, *bucket_for(item.info.width, item.info.height, resolution))
-
-
-def _resize_to(mask_FxHxW: np.ndarray, height: int, width: int) -> np.ndarray:
-  if mask_FxHxW.shape[1:] == (height, width):
-    return mask_FxHxW
-  return np.stack([np.asarray(Image.fromarray(m, mode="F").resize((width, height), Image.BOX))
-                   for m in mask_FxHxW.astype(np.float32)])
 
 
 def load_example(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
@@ -85,7 +77,7 @@ def _load(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
   if mask is None:
     weights = np.ones((latent_frames(frames), bh // 8, bw // 8), np.float32)
   else:
-    mask = apply_crop(_resize_to(mask, height, width), crop, (bh, bw))
+    mask = apply_crop(mask, crop, (bh, bw))  # resized from its own size (same aspect) in one step
     weights = weight_map(mask, frames, float(cfg.mask_min_value), bool(cfg.invert_mask))
     if weights is None:
       log.warning("skipping %s: mask %s is all black", item.media, item.mask or "(alpha)")

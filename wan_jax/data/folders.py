@@ -16,8 +16,8 @@ import tqdm
 from wan_jax.data import config as dcfg
 from wan_jax.data.frames import snap_num_frames
 from wan_jax.data.buckets import bucket_for
-from wan_jax.data.media import (MediaError, MediaInfo, is_image, is_video, mask_frames, probe,
-                                probe_mask, read_image)
+from wan_jax.data.media import (IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaInfo, is_image,
+                                is_video, mask_frames, probe, probe_mask)
 from wan_jax.data.probe_cache import ProbeCache, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ScanReport:
 
 
 def _read_caption(media: Path, cfg: ml_collections.ConfigDict, report: ScanReport) -> str | None:
-  path = media.with_suffix("." + cfg.caption_ext.lstrip("."))
+  path = media.with_suffix(dcfg.caption_suffix(cfg))
   if not path.is_file():
     report.notes["items without a caption file (default_caption used)"] += 1
     return cfg.default_caption
@@ -92,7 +92,7 @@ def index_masks(mask_dir: Path) -> dict[str, list[Path]]:
 
 
 def _mask_problem(mask: Path, media: MediaInfo, frames: int, invert: bool,
-                  probe_fn=probe) -> str | None:
+                  probe_fn) -> str | None:
   """Why a mask cannot be used with this media (decode, aspect, frames, all black), or None."""
   try:
     info = probe_mask(mask, probe_fn)
@@ -137,14 +137,15 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
 
   files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
   media = [p for p in files if is_image(p) or is_video(p)]
-  others = [p for p in files if p not in media and p.suffix.lstrip(".") != cfg.caption_ext]
+  others = [p for p in files if not (is_image(p) or is_video(p))
+            and p.suffix != dcfg.caption_suffix(cfg)]
   if others:
     log.info("%s: ignoring %d files that are neither media nor captions, e.g. %s", folder,
              len(others), others[0].name)
     report.notes["files ignored (not media or captions)"] += len(others)
   if not media:
-    raise DataError(f"{folder} holds no images ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp'}))}) "
-                    "or videos (.mp4, .webm, .mov, .gif)")
+    raise DataError(f"{folder} holds no images ({' '.join(IMAGE_EXTS)}) or videos "
+                    f"({' '.join(VIDEO_EXTS)})")
 
   masks_by_stem = index_masks(mask_dir) if mask_dir is not None else {}
   cache = ProbeCache(folder, cache_dir)
@@ -208,11 +209,12 @@ def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_ste
         report.skip(path, problem)
         continue
     elif cfg.alpha_mask and is_image(path):
-      _, alpha = read_image(path)
-      if alpha is None:
+      if info.alpha == "none":
         report.notes["alpha_mask set but the image has no alpha (trained unmasked)"] += 1
-      elif not ((alpha < 1).any() if cfg.invert_mask else alpha.any()):
-        report.skip(path, "alpha mask is all black (fully transparent: nothing to train)")
+      elif info.alpha == ("opaque" if cfg.invert_mask else "empty"):
+        report.skip(path, "alpha mask is all black after invert_mask (nothing to train)"
+                    if cfg.invert_mask else
+                    "alpha mask is all black (fully transparent: nothing to train)")
         continue
     item = Item(path, info, caption, mask, index, frames)
     report.items.extend([item] * int(cfg.repeats))

@@ -48,6 +48,7 @@ class MediaInfo:
   fps: float | None  # frames / duration for videos; None for images
   any_nonzero: bool = True  # False for an all-black frame set (used for masks)
   any_below_white: bool = True  # False for an all-white frame set (an inverted mask's black)
+  alpha: str = "none"  # images: "none", "empty" (fully transparent), "partial", "opaque"
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -64,9 +65,9 @@ def _open_image(path: Path) -> Image.Image:
   return img
 
 
-def _video_frames(path: Path, fmt: str = "rgb24"):
+def _video_frames(path: Path):
   import imageio.v3 as iio
-  return iio.imiter(path, plugin="pyav", format=fmt)
+  return iio.imiter(path, plugin="pyav", format="rgb24")
 
 
 def probe(path: Path) -> MediaInfo:
@@ -78,7 +79,12 @@ def probe(path: Path) -> MediaInfo:
   if is_image(path):
     img = _open_image(path)
     gray = np.asarray(img.convert("L"))
-    return MediaInfo(img.width, img.height, 1, None, bool(gray.any()), bool((gray < 255).any()))
+    alpha = "none"
+    if has_alpha(img):
+      a = np.asarray(img.convert("RGBA"))[..., 3]
+      alpha = "empty" if not a.any() else "opaque" if (a == 255).all() else "partial"
+    return MediaInfo(img.width, img.height, 1, None, bool(gray.any()), bool((gray < 255).any()),
+                     alpha)
   import imageio.v3 as iio
   frames, height, width, nonzero, below_white = 0, 0, 0, False, False
   try:

@@ -24,7 +24,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from wan_jax.data.buckets import bucket_batches
+from wan_jax.data.buckets import batch_counts, bucket_batches
 from wan_jax.data.examples import SkipItem, bucket_of, load_example
 from wan_jax.data.folders import Item, ScanReport, scan_dataset
 from wan_jax.data.weight_maps import latent_frames
@@ -36,10 +36,11 @@ MAX_SUBSTITUTES = 8
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """One item at one of its dataset's resolutions."""
+  """One item at one of its dataset's resolutions, and the bucket that puts it in."""
 
   item: Item
   resolution: int
+  bucket: tuple[int, int, int]  # (frames, height, width)
 
 
 class BatchPlan(grain.MapDataset):
@@ -52,7 +53,7 @@ class BatchPlan(grain.MapDataset):
     self._seed = seed
     self._plans: dict[int, tuple[tuple[int, ...], ...]] = {}  # recent epochs (read threads share it)
     self._lock = threading.Lock()
-    self._length = len(self._epoch(0))
+    self._length, self.filler_slots = batch_counts(self._keys, global_batch)
 
   def __getstate__(self):  # worker processes get a copy without the lock
     state = self.__dict__.copy()
@@ -68,15 +69,11 @@ class BatchPlan(grain.MapDataset):
       plan = self._plans.get(epoch)
       if plan is None:
         rng = np.random.default_rng([self._seed, epoch, 0xB0C])
-        batches, _ = bucket_batches(self._keys, self._global_batch, rng)
-        plan = tuple(tuple(b) for b in batches)
+        plan = tuple(tuple(b) for b in bucket_batches(self._keys, self._global_batch, rng))
         while len(self._plans) >= 3:
           del self._plans[min(self._plans)]
         self._plans[epoch] = plan
       return plan
-
-  def filler_slots(self) -> int:
-    return bucket_batches(self._keys, self._global_batch, np.random.default_rng(0))[1]
 
   def __len__(self) -> int:
     return self._length
@@ -100,7 +97,7 @@ class Pipeline:
   local_batch: int
 
   def summary(self) -> str:
-    buckets = sorted({bucket_of(e.item, e.resolution) for e in self.entries})
+    buckets = sorted({e.bucket for e in self.entries})
     return (f"{self.report.summary()}\n  {len(self.entries)} examples in {len(buckets)} buckets "
             f"(frames, height, width): {buckets[:8]}{' ...' if len(buckets) > 8 else ''}\n"
             f"  {self.batches_per_epoch} batches per epoch of {self.local_batch} per process")
@@ -109,14 +106,15 @@ class Pipeline:
 def _decode_rows(index: int, batch: tuple[int, ...], *, entries: list[Entry],
                  datasets: list[ml_collections.ConfigDict], bucket_members: dict,
                  shard_index: int, shard_count: int, seed: int) -> dict[str, np.ndarray]:
+  """This process's rows of global batch `index`, decoded; randomness from (seed, index, row)."""
   rows = len(batch) // shard_count
   mine = batch[shard_index * rows:(shard_index + 1) * rows]
   pixels, weights, captions, multipliers, substituted, valid = [], [], [], [], [], []
   for row, entry_id in enumerate(mine):
-    rng = np.random.default_rng([seed, index, shard_index * rows + row])
-    candidates = [entry_id] + _alternates(entry_id, bucket_members, rng)
-    ex = None
-    for attempt, cand in enumerate(candidates):
+    global_row = shard_index * rows + row
+    rng = np.random.default_rng([seed, index, global_row])
+    ex, attempt = None, 0
+    for attempt, cand in enumerate(_candidates(entry_id, bucket_members, [seed, index, global_row])):
       entry = entries[cand]
       cfg = datasets[entry.item.dataset]
       try:
@@ -125,7 +123,7 @@ def _decode_rows(index: int, batch: tuple[int, ...], *, entries: list[Entry],
       except SkipItem:
         continue
     if ex is None:  # every candidate failed: an empty row with zero weight, never a crash
-      f, h, w = bucket_of(entries[entry_id].item, entries[entry_id].resolution)
+      f, h, w = entries[entry_id].bucket
       pixels.append(np.zeros((f, h, w, 3), np.uint8))
       weights.append(np.zeros((latent_frames(f), h // 8, w // 8), np.float32))
       captions.append("")
@@ -149,11 +147,13 @@ def _decode_rows(index: int, batch: tuple[int, ...], *, entries: list[Entry],
   }
 
 
-def _alternates(entry_id: int, bucket_members: dict, rng: np.random.Generator) -> list[int]:
-  """Other entries of the same bucket, to stand in for one that fails to decode mid-run."""
+def _candidates(entry_id: int, bucket_members: dict, seed: list[int]):
+  """The entry, then (drawn only if it fails to decode) other entries of its bucket."""
+  yield entry_id
   members = bucket_members[entry_id]
+  rng = np.random.default_rng([*seed, 1])
   picks = rng.choice(len(members), size=min(MAX_SUBSTITUTES, len(members)), replace=False)
-  return [members[i] for i in picks if members[i] != entry_id]
+  yield from (members[i] for i in picks if members[i] != entry_id)
 
 
 def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: int, seed: int,
@@ -175,15 +175,15 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
   for item in report.items:
     # A small item can land in the same bucket at several resolutions: once is enough.
     buckets = {bucket_of(item, r): r for r in reversed(dcfg.resolutions(datasets[item.dataset]))}
-    entries += [Entry(item, r) for r in sorted(buckets.values())]
-  keys = [bucket_of(e.item, e.resolution) for e in entries]
+    entries += [Entry(item, r, b) for b, r in sorted(buckets.items(), key=lambda br: br[1])]
+  keys = [e.bucket for e in entries]
   by_key: dict[Any, list[int]] = {}
   for i, k in enumerate(keys):
     by_key.setdefault(k, []).append(i)
   bucket_members = {i: by_key[k] for i, k in enumerate(keys)}
 
   plan = BatchPlan(keys, global_batch, seed)
-  filler = plan.filler_slots()
+  filler = plan.filler_slots
   if filler:
     log.info("%d batch slots per epoch repeat an item to fill the last batch of a bucket", filler)
     report.notes["batch slots filled with a repeated item (per epoch)"] = filler

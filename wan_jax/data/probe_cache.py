@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from wan_jax.data.media import MediaError, MediaInfo
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2  # bump when MediaInfo changes
 
 
 def default_cache_dir() -> Path:

@@ -35,7 +35,7 @@ def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat1
                          log: Callable[[str], None] = print) -> dict:
   """Converts every expert found in `src` into `out`; returns the manifest written.
 
-  Memory holds one transformer block at a time. On any error the experts written so far are
+  Memory holds about one transformer block (plus a few tensors converting ahead). On any error the experts written so far are
   removed and no manifest is written, so `out` never looks like a finished conversion.
   """
   src, out = Path(src).expanduser().resolve(), checkpoint.absolute(out)
