@@ -318,3 +318,12 @@ def test_a_relaunch_decodes_only_what_changed(tmp_path, monkeypatch):
   third = folders.scan_dataset(cfg, cache_dir=cache)
   assert decoded == ["a.png"]
   assert {i.media.name: i.info.width for i in third.items}["a.png"] == 48
+
+
+def test_caption_ext_with_or_without_a_dot(tmp_path):
+  Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+  (tmp_path / "a.caption").write_text("hello")
+  for ext in ("caption", ".caption"):
+    report = scan_dataset(dataset_config(folder_path=str(tmp_path), caption_ext=ext))
+    assert report.items[0].caption == "hello"
+    assert "files ignored" not in report.summary()
