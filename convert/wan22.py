@@ -1,13 +1,16 @@
 """Convert Wan 2.2 PyTorch checkpoints to wan-jax (Orbax) checkpoints.
 
-  python convert/wan22.py SRC OUT [--dtype bfloat16|float32|float16]
+  python convert/wan22.py SRC OUT [--dtype bfloat16|float32|float16] [--only vae,text_encoder]
 
-SRC is detected, not declared: an official release folder (high_noise_model/, low_noise_model/),
-a diffusers release folder (transformer/ = high-noise, transformer_2/ = low-noise), one expert
-folder of safetensors shards, or one .safetensors file (original, diffusers or ComfyUI keys).
-OUT receives one Orbax checkpoint per expert and manifest.json; load it with
-`wan_jax.load_transformer(OUT, expert=...)` or `wan_jax.load_dual_transformer(OUT)`.
-Memory stays near one or two transformer blocks (~1.4 GB each for the 14B in fp32), not the model.
+SRC is detected, not declared: an official release folder (high_noise_model/, low_noise_model/,
+Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/), a diffusers release folder
+(transformer/ = high-noise, transformer_2/ = low-noise, vae/, text_encoder/, tokenizer/), or one
+component on its own: an expert, VAE or text-encoder file (.safetensors or .pth; .pth files are
+read without running pickle code) or folder, or a tokenizer folder.
+OUT receives one Orbax checkpoint per component, the tokenizer, and manifest.json. More components
+can be converted into the same OUT later. Load with wan_jax.load_dual_transformer(OUT),
+load_vae(OUT), load_text_encoder(OUT), load_tokenizer(OUT).
+Memory stays near one transformer block (~1.4 GB for the 14B in fp32) or one umT5 layer.
 """
 
 from __future__ import annotations
@@ -21,24 +24,34 @@ try:
 except ImportError:  # run from a source checkout without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wan_jax.weights.convert import PARAM_DTYPES, convert_transformers  # noqa: E402
+from wan_jax.weights.convert import COMPONENTS, PARAM_DTYPES, convert_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split("\n\n", 2)[2])
-  parser.add_argument("src", type=Path, help="checkpoint folder or .safetensors file")
+  parser.add_argument("src", type=Path, help="release folder, component folder or file")
   parser.add_argument("out", type=Path, help="output folder")
   parser.add_argument("--dtype", default="bfloat16", choices=PARAM_DTYPES,
-                      help="parameter dtype of the converted weights (default: bfloat16)")
+                      help="the transformers' parameter dtype (default: bfloat16)")
+  parser.add_argument("--vae-dtype", default="float32", choices=PARAM_DTYPES,
+                      help="the VAE's parameter dtype (default: float32, as released)")
+  parser.add_argument("--text-encoder-dtype", default="bfloat16", choices=PARAM_DTYPES,
+                      help="umT5's parameter dtype (default: bfloat16, as released)")
+  parser.add_argument("--only", default=None,
+                      help=f"comma-separated components to convert: {', '.join(COMPONENTS)} "
+                           "(default: all found)")
   parser.add_argument("--num-heads", type=int, default=None,
                       help="attention heads, when no config.json says (default: dim / 128)")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing conversion")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace components OUT already holds")
   args = parser.parse_args(argv)
+  only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
   try:
-    convert_transformers(args.src, args.out, args.dtype, num_heads=args.num_heads,
-                         overwrite=args.overwrite)
+    convert_checkpoint(args.src, args.out, args.dtype, vae_dtype=args.vae_dtype,
+                       text_encoder_dtype=args.text_encoder_dtype, only=only,
+                       num_heads=args.num_heads, overwrite=args.overwrite)
   except (ValueError, OSError) as e:  # CheckpointError, bad JSON, permissions, missing files
     print(f"error: {e}", file=sys.stderr)
     return 2

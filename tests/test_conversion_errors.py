@@ -114,7 +114,8 @@ def test_existing_output_needs_overwrite(tmp_path, diffusers_release):
   replaced = run_cli(diffusers_release / "transformer", out, "--overwrite")
   assert replaced.returncode == 0, replaced.stderr
   manifest = json.loads((out / "manifest.json").read_text())
-  assert manifest["dtype"] == "bfloat16" and list(manifest["experts"]) == ["transformer"]
+  assert list(manifest["experts"]) == ["transformer"]
+  assert manifest["experts"]["transformer"]["dtype"] == "bfloat16"
   assert manifest["experts"]["transformer"]["config"]["num_heads"] == 4
 
 
@@ -125,11 +126,16 @@ def test_asking_for_a_missing_expert(tmp_path, diffusers_release):
     wan_jax.load_transformer(diffusers_release, expert="middle")
 
 
-def test_pth_is_refused_with_a_clear_error(tmp_path):
+def test_a_file_that_is_not_a_checkpoint_is_refused_with_a_clear_error(tmp_path):
   path = tmp_path / "model.pth"
   path.write_bytes(b"not really")
   result = run_cli(path, tmp_path / "out")
-  assert result.returncode == 2 and "expected a .safetensors file" in result.stderr
+  assert result.returncode == 2 and "not a PyTorch checkpoint" in result.stderr
+  assert "Traceback" not in result.stderr
+  other = tmp_path / "model.ckpt.txt"
+  other.write_text("hello")
+  result = run_cli(other, tmp_path / "out")
+  assert result.returncode == 2 and "expected .safetensors or a torch.save file" in result.stderr
 
 
 def test_a_killed_conversion_is_cleaned_up_by_the_next_one(tmp_path, diffusers_release):

@@ -17,21 +17,26 @@ def matmul_precision(compute_dtype: jnp.dtype) -> jax.lax.Precision:
 
 
 class Linear(nnx.Module):
-  """y = x @ kernel + bias, kernel stored [in, out] in param_dtype, computed in compute_dtype."""
+  """y = x @ kernel + bias, kernel stored [in, out] in param_dtype, computed in compute_dtype.
+
+  use_bias=False drops the bias (umT5's linears have none).
+  """
 
   def __init__(self, in_features: int, out_features: int, *, param_dtype: jnp.dtype,
-               compute_dtype: jnp.dtype, rngs: nnx.Rngs, init_scale: float = 1.0):
+               compute_dtype: jnp.dtype, rngs: nnx.Rngs, init_scale: float = 1.0,
+               use_bias: bool = True):
     std = init_scale / jnp.sqrt(in_features)
     self.kernel = nnx.Param(
         (jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32) * std
          ).astype(param_dtype))
-    self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias
+                 else nnx.data(None))
     self.compute_dtype = compute_dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
     cd = self.compute_dtype
     y = jnp.matmul(x.astype(cd), self.kernel[...].astype(cd), precision=matmul_precision(cd))
-    return y + self.bias[...].astype(cd)
+    return y if self.bias is None else y + self.bias[...].astype(cd)
 
 
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:

@@ -1,6 +1,6 @@
-"""Converted transformer checkpoints: one Orbax checkpoint per expert plus `manifest.json`.
+"""Converted checkpoints: one Orbax checkpoint per component plus `manifest.json`.
 
-Each expert is written block by block with Orbax's partial saves (one block's tensors in memory
+Each component is written block by block (layer by layer for umT5) with Orbax's partial saves (one block's tensors in memory
 at a time) and finalised atomically; the manifest is written last, so a folder without one is
 never taken for a finished conversion. Leaves are per layer (`blocks/7/self_attn/q/kernel`);
 stacking over layers happens when a model is built.
@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,8 @@ from wan_jax.weights.safetensors_reader import read_json
 from wan_jax.weights.transformer_keys import LAYER_RE
 
 MANIFEST = "manifest.json"
-FORMAT = "wan_jax.transformer/1"
+FORMAT = "wan_jax/2"
+OLD_FORMATS = ("wan_jax.transformer/1",)  # transformers only, one dtype for all experts
 
 
 def _ocp():
@@ -65,7 +67,7 @@ def absolute(path: str | os.PathLike) -> Path:
 
 def _group_of(name: str) -> str:
   m = LAYER_RE.match(name)
-  return f"block {m.group(1)}" if m else "embeddings and head"
+  return f"block {m.group(1)}" if m else "top-level tensors"
 
 
 def write_expert(params: Iterable[tuple[str, np.ndarray]], path: Path,
@@ -122,9 +124,14 @@ def remove_partial(path: Path) -> None:
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+  """Writes atomically (a temporary file renamed over the old one)."""
   tmp = Path(out) / (MANIFEST + ".tmp")
-  tmp.write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
+  tmp.write_text(json.dumps({**manifest, "format": FORMAT}, indent=2) + "\n")
   os.replace(tmp, Path(out) / MANIFEST)
+
+
+def remove_manifest(out: Path) -> None:
+  (Path(out) / MANIFEST).unlink(missing_ok=True)
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
@@ -133,6 +140,29 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
   if not path.is_file():
     return None
   manifest = read_json(path)
-  if manifest.get("format") != FORMAT:
+  if manifest.get("format") in OLD_FORMATS:
+    for entry in manifest.get("experts", {}).values():
+      entry.setdefault("dtype", manifest.get("dtype"))
+  elif manifest.get("format") != FORMAT:
     raise ValueError(f"{path}: unsupported format {manifest.get('format')!r} (want {FORMAT})")
   return manifest
+
+
+def manifest_add(manifest: dict[str, Any], key: str, entry: dict[str, Any]) -> None:
+  """key: "vae", "text_encoder", "tokenizer" or "experts.<name>"."""
+  if key.startswith("experts."):
+    manifest.setdefault("experts", {})[key[len("experts."):]] = entry
+  else:
+    manifest[key] = entry
+
+
+def manifest_has(manifest: dict[str, Any], folder: str) -> bool:
+  return folder in manifest.get("experts", {}) or isinstance(manifest.get(folder), dict)
+
+
+def manifest_drop(manifest: dict[str, Any], folder: str) -> None:
+  manifest.get("experts", {}).pop(folder, None)
+  if not manifest.get("experts"):
+    manifest.pop("experts", None)
+  if isinstance(manifest.get(folder), dict):
+    del manifest[folder]

@@ -1,18 +1,33 @@
-"""PyTorch transformer checkpoints (any detected layout) -> converted JAX checkpoints."""
+"""PyTorch checkpoints (any detected layout) -> one converted folder of Orbax checkpoints.
+
+The folder holds a checkpoint per component (`high_noise/`, `low_noise/` or `transformer/`,
+`vae/`, `text_encoder/`), a copy of the tokenizer (`tokenizer/`) and `manifest.json`, which is
+written last and lists only what finished. Components can be added to an existing folder one at
+a time; replacing one needs `overwrite`.
+"""
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
 import numpy as np
+from flax import nnx
 
-from wan_jax.weights import checkpoint
+from wan_jax.model.vae import WanVAE
+from wan_jax.weights import checkpoint, umt5_keys, vae_keys
+from wan_jax.weights.assemble import check_tensors, expected_shapes
+from wan_jax.weights.components import Components, config_json, find_components
+from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import find_experts
+from wan_jax.weights.tensor_files import open_tensors
 
 PARAM_DTYPES = ("bfloat16", "float32", "float16")
+COMPONENTS = ("transformers", "vae", "text_encoder", "tokenizer")
 
 
 def dtype_name(dtype: Any) -> str:
@@ -30,49 +45,156 @@ def numpy_dtype(dtype: Any) -> np.dtype:
   return np.dtype(dtype_name(dtype))  # "bfloat16" resolves once ml_dtypes is imported
 
 
-def convert_transformers(src: str | Path, out: str | Path, dtype: str = "bfloat16", *,
-                         num_heads: int | None = None, overwrite: bool = False,
-                         log: Callable[[str], None] = print) -> dict:
-  """Converts every expert found in `src` into `out`; returns the manifest written.
+def vae_source(path: Path, dtype: str):
+  """(config, converted tensors) of a VAE file or folder, either key layout."""
+  store = open_tensors(path)
+  cfg = vae_keys.infer_config(vae_keys.diffusers_shapes(store), config_json(path),
+                              param_dtype=dtype, compute_dtype=dtype)
+  params = dict(vae_keys.converted(store, numpy_dtype(dtype)))  # 127M parameters: all at once
+  expected = expected_shapes(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+  check_tensors(store.description, {k: v.shape for k, v in params.items()}, expected)
+  return store, cfg, iter(params.items())
 
-  Memory holds about one transformer block (plus a few tensors converting ahead). On any error the experts written so far are
-  removed and no manifest is written, so `out` never looks like a finished conversion.
+
+def text_encoder_source(path: Path, dtype: str):
+  """(config, converted tensors) of a umT5 file (Wan .pth) or folder (HF / diffusers)."""
+  store = open_tensors(path)
+  keys = store.keys()
+  layout = umt5_keys.detect_layout(keys)
+  cfg = umt5_keys.infer_config({k: tuple(store.shape(k)) for k in keys}, layout,
+                               param_dtype=dtype, compute_dtype=dtype)
+  return store, cfg, umt5_keys.convert(store, numpy_dtype(dtype))
+
+
+def arch_of(cfg) -> dict[str, Any]:
+  """A config's architecture fields (runtime choices such as dtypes left out), JSON-ready."""
+  if hasattr(cfg, "arch_dict"):
+    return cfg.arch_dict()
+  runtime = ("param_dtype", "compute_dtype")
+  return {k: v for k, v in vars(cfg).items() if k not in runtime}
+
+
+class _Writer:
+  """Writes components into `out`; removes everything it wrote if the run does not finish."""
+
+  def __init__(self, out: Path, log: Callable[[str], None]):
+    self.out, self.log, self.written = out, log, []
+
+  def params(self, name: str, params: Iterable[tuple[str, np.ndarray]]) -> int:
+    path = self.out / name
+    for stale in checkpoint.unfinished(path):
+      self.log(f"removing {stale} (left by a conversion that did not finish)")
+    checkpoint.remove_partial(path)
+    self.written.append(path)
+    start = time.time()
+
+    def progress(group: str, written: int):
+      self.log(f"  {name}: saved {group} ({written / 2**30:.2f} GiB so far)")
+
+    nbytes = checkpoint.write_expert(params, path, progress)
+    self.log(f"{name}: {nbytes / 2**30:.2f} GiB in {time.time() - start:.1f} s")
+    return nbytes
+
+  def tokenizer(self, src: Path) -> None:
+    from transformers import AutoTokenizer
+    try:
+      AutoTokenizer.from_pretrained(str(src))
+    except Exception as e:  # any failure means the folder is unusable
+      raise CheckpointError(f"{src}: the tokenizer does not load ({type(e).__name__}: {e})") from e
+    dest = self.out / "tokenizer"
+    shutil.rmtree(dest, ignore_errors=True)
+    self.written.append(dest)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.safetensors", "*.pth", "*.bin"))
+    self.log(f"tokenizer: copied {src} -> {dest}")
+
+  def undo(self) -> None:
+    for path in self.written:
+      checkpoint.remove_partial(path)
+
+
+def _planned_folders(components: Components, selected: list[str],
+                     num_heads: int | None) -> dict[str, list[str]]:
+  """Component -> the folder names it will write (the experts are only known once found)."""
+  planned = {}
+  for name in selected:
+    if name == "transformers":
+      planned[name] = list(find_experts(components.transformers, num_heads=num_heads)[1])
+    else:
+      planned[name] = [name]
+  return planned
+
+
+def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16", *,
+                       vae_dtype: str = "float32", text_encoder_dtype: str = "bfloat16",
+                       only: Iterable[str] | None = None, num_heads: int | None = None,
+                       overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+  """Converts every component found in `src` (or those in `only`) into `out`; returns the manifest.
+
+  dtype: the transformers' parameter dtype; the VAE stays float32 and umT5 bfloat16 (as released)
+  unless told otherwise. Memory holds about one transformer block or one umT5 layer at a time.
   """
   src, out = Path(src).expanduser().resolve(), checkpoint.absolute(out)
-  dtype = dtype_name(dtype)
-  np_dtype = numpy_dtype(dtype)
-  layout, experts = find_experts(src, num_heads=num_heads)
-  log(f"{src}: {layout} layout, experts: {', '.join(experts)}")
-  if checkpoint.read_manifest(out) is not None or any((out / n).exists() for n in experts):
-    if not overwrite:
-      raise FileExistsError(f"{out} already holds a conversion; pass --overwrite to replace it")
-    (out / checkpoint.MANIFEST).unlink(missing_ok=True)
-  for name in experts:
-    for stale in checkpoint.unfinished(out / name):
-      log(f"removing {stale} (left by a conversion that did not finish)")
-    checkpoint.remove_partial(out / name)
+  dtypes = {"transformers": dtype_name(dtype), "vae": dtype_name(vae_dtype),
+            "text_encoder": dtype_name(text_encoder_dtype)}
+  components = find_components(src)
+  found = components.found()
+  selected = list(only) if only else found
+  unknown = sorted(set(selected) - set(COMPONENTS))
+  if unknown:
+    raise ValueError(f"unknown components {unknown}; choose from {list(COMPONENTS)}")
+  missing = [c for c in selected if c not in found]
+  if missing:
+    raise CheckpointError(f"{src} has no {', '.join(missing)} (found: {', '.join(found)})")
+  log(f"{src}: found {', '.join(found)}; converting {', '.join(selected)} -> {out}")
+
+  manifest = checkpoint.read_manifest(out) or {}
+  planned = _planned_folders(components, selected, num_heads)
+  clashes = [f for folders in planned.values() for f in folders
+             if checkpoint.manifest_has(manifest, f) or (out / f).exists()]
+  if clashes and not overwrite:
+    raise FileExistsError(f"{out} already holds {', '.join(clashes)}; pass --overwrite to "
+                          "replace them")
+  for folder in clashes:  # the manifest forgets them before their files go
+    checkpoint.manifest_drop(manifest, folder)
+  checkpoint.write_manifest(out, manifest) if manifest else checkpoint.remove_manifest(out)
   out.mkdir(parents=True, exist_ok=True)
 
-  manifest = {"source": str(src), "layout": layout, "dtype": dtype, "experts": {}}
+  writer = _Writer(out, log)
   try:
-    for name, expert in experts.items():
-      cfg = expert.config
-      start = time.time()
-      log(f"{name}: {expert.description}: {cfg.num_layers} layers, dim {cfg.dim}, "
-          f"{cfg.num_heads} heads -> {out / name} ({dtype})")
-
-      def progress(group: str, written: int, name=name):
-        log(f"  {name}: saved {group} ({written / 2**30:.2f} GiB so far)")
-
-      nbytes = checkpoint.write_expert(expert.converted(np_dtype), out / name, progress)
-      log(f"{name}: {nbytes / 2**30:.2f} GiB in {time.time() - start:.1f} s")
-      manifest["experts"][name] = {"path": name, "source": expert.description,
-                                   "config": cfg.arch_dict()}
+    for name in selected:
+      for key, entry in _convert_one(name, components, dtypes, num_heads, writer, log):
+        checkpoint.manifest_add(manifest, key, entry)
   except BaseException:
-    for name in experts:
-      checkpoint.remove_partial(out / name)
+    writer.undo()
     raise
   checkpoint.write_manifest(out, manifest)
   log(f"wrote {out / checkpoint.MANIFEST}")
   return manifest
 
+
+def _convert_one(name: str, components: Components, dtypes: dict[str, str],
+                 num_heads: int | None, writer: _Writer, log) -> Iterator[tuple[str, dict]]:
+  """Converts one component; yields its manifest entries (one per expert for transformers)."""
+  path = getattr(components, name)
+  if name == "tokenizer":
+    writer.tokenizer(path)
+    yield "tokenizer", {"path": "tokenizer", "source": str(path)}
+    return
+  dtype = dtypes[name]
+  if name == "transformers":
+    layout, experts = find_experts(path, num_heads=num_heads)
+    log(f"transformers: {layout} layout, experts: {', '.join(experts)}")
+    for expert_name, expert in experts.items():
+      cfg = expert.config
+      log(f"{expert_name}: {expert.description}: {cfg.num_layers} layers, dim {cfg.dim}, "
+          f"{cfg.num_heads} heads ({dtype})")
+      writer.params(expert_name, expert.converted(np.dtype(numpy_dtype(dtype))))
+      yield f"experts.{expert_name}", {"path": expert_name, "source": expert.description,
+                                       "layout": layout, "dtype": dtype,
+                                       "config": cfg.arch_dict()}
+    return
+  source = vae_source if name == "vae" else text_encoder_source
+  store, cfg, params = source(path, dtype)
+  log(f"{name}: {store.description} ({dtype})")
+  writer.params(name, params)
+  yield name, {"path": name, "source": str(path), "dtype": dtype, "config": arch_of(cfg)}

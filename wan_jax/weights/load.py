@@ -8,8 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -17,6 +15,7 @@ from wan_jax.model.config import WanConfig
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import checkpoint
+from wan_jax.weights.assemble import assemble as fill_model
 from wan_jax.weights.convert import dtype_name, numpy_dtype
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import ExpertSource, find_experts
@@ -26,29 +25,8 @@ log = logging.getLogger(__name__)
 
 def assemble(cfg: WanConfig, params: dict[str, np.ndarray]) -> WanTransformer:
   """Builds the model around per-layer tensors (consumed from `params` to free host memory)."""
-  abstract = nnx.eval_shape(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  pure = state.to_pure_dict()
-
-  def fill(path, leaf):
-    name = ".".join(str(getattr(k, "key", k)) for k in path)
-    if name.startswith("blocks."):
-      rest = name[len("blocks."):]
-      array = np.stack([params.pop(f"blocks.{i}.{rest}") for i in range(cfg.num_layers)])
-    else:
-      array = params.pop(name)
-    if array.shape != leaf.shape:
-      raise CheckpointError(f"{name}: checkpoint shape {array.shape}, model needs {leaf.shape}")
-    return jnp.asarray(array, dtype=leaf.dtype)
-
-  try:
-    pure = jax.tree_util.tree_map_with_path(fill, pure)
-  except KeyError as e:
-    raise CheckpointError(f"checkpoint lacks tensor {e}") from None
-  if params:
-    raise CheckpointError(f"checkpoint has tensors the model does not use: {sorted(params)[:20]}")
-  nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state)
+  return fill_model(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), params, stacked="blocks",
+                    num_layers=cfg.num_layers)
 
 
 @dataclasses.dataclass
@@ -60,7 +38,7 @@ class _Opened:
   experts: dict[str, ExpertSource] | None
 
   @classmethod
-  def of(cls, path: str | Path, num_heads: int | None) -> "_Opened":
+  def of(cls, path: str | Path, num_heads: int | None) -> _Opened:
     path = Path(path).expanduser().resolve()
     manifest = checkpoint.read_manifest(path) if path.is_dir() else None
     if manifest is not None:
@@ -68,7 +46,11 @@ class _Opened:
     return cls(path, None, find_experts(path, num_heads=num_heads)[1])
 
   def names(self) -> list[str]:
-    return list(self.manifest["experts"] if self.manifest else self.experts)
+    names = list(self.manifest.get("experts", {}) if self.manifest else self.experts)
+    if not names:
+      held = [k for k, v in self.manifest.items() if isinstance(v, dict)]
+      raise CheckpointError(f"{self.path} holds no transformer (it holds {', '.join(held)})")
+    return names
 
   def params(self, name: str, dtype: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(arch dict, per-layer tensors in `dtype`) of one expert."""
@@ -78,7 +60,7 @@ class _Opened:
       log.info("converting %s on the fly (%s)", source.description, dtype)
       return source.config.arch_dict(), dict(source.converted(np_dtype))
     entry = self.manifest["experts"][name]
-    stored = self.manifest["dtype"]
+    stored = entry["dtype"]
     if np_dtype.itemsize > numpy_dtype(stored).itemsize:
       log.warning("%s was converted in %s; loading as %s cannot restore the lost precision",
                   self.path, stored, dtype)

@@ -24,6 +24,7 @@ from wan_jax.model.config import WanConfig
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import transformer_keys as tk
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore, read_json
+from wan_jax.weights.tensor_files import PthStore, open_tensors
 
 log = logging.getLogger(__name__)
 CONVERT_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -39,7 +40,7 @@ RELEASE_LAYOUTS = {
 class ExpertSource:
   """One expert's tensors with the key layout resolved; reads one tensor at a time."""
 
-  store: TensorStore
+  store: TensorStore | PthStore
   prefix: str
   key_layout: str  # "original" | "diffusers"
   config: WanConfig
@@ -116,7 +117,7 @@ def _config_json_fields(folder: Path) -> dict[str, object]:
 
 def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
   """One expert from a file or a folder of shards."""
-  store = TensorStore.open(path)
+  store = open_tensors(path)
   keys = store.keys()
   prefix, layout = tk.detect_key_layout(keys)
   by_original = _original_names(keys, prefix, layout)
@@ -176,8 +177,6 @@ def find_experts(src: str | Path, num_heads: int | None = None) -> tuple[str, di
   if not src.exists():
     raise CheckpointError(f"{src} does not exist")
   if src.is_file():
-    if src.suffix != ".safetensors":
-      raise CheckpointError(f"{src}: expected a .safetensors file (got {src.suffix or 'no suffix'})")
     expert = open_expert(src, num_heads)
     return ("comfyui" if expert.prefix else "single_file"), {"transformer": expert}
   for layout, folders in RELEASE_LAYOUTS.items():

@@ -1,0 +1,148 @@
+"""Reference VAE, text encoder and tokenizer for the tests, written in every release layout.
+
+Random weights: diffusers' `AutoencoderKLWan` and transformers' `UMT5EncoderModel`, and a tiny
+word-level tokenizer saved with transformers' own classes. The original-layout VAE keys are
+produced by a hand-written inverse of diffusers' names (independent of `wan_jax.weights.vae_keys`),
+and a test checks it against diffusers' own `convert_wan_vae_to_diffusers`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+from transformers import UMT5Config, UMT5EncoderModel
+
+UMT5_TINY = {"vocab_size": 300, "d_model": 48, "num_heads": 4, "d_kv": 10, "d_ff": 72,
+             "num_layers": 3, "relative_attention_num_buckets": 32,
+             "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+             "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6}
+WORDS = ("a red fox jumps over the lazy dog in snow at night cat runs & < > "
+         "person walks on beach with an umbrella slowly").split()
+
+
+def make_vae(base_dim: int = 8, seed: int = 0) -> AutoencoderKLWan:
+  """A Wan 2.1 VAE with random norms and biases too, so no parameter is a no-op."""
+  torch.manual_seed(seed)
+  vae = AutoencoderKLWan(base_dim=base_dim, z_dim=16).eval()
+  with torch.no_grad():
+    for name, p in vae.named_parameters():
+      if name.endswith("gamma"):
+        p.copy_(1 + 0.2 * torch.randn_like(p))
+      elif name.endswith("bias"):
+        p.copy_(0.05 * torch.randn_like(p))
+  return vae
+
+
+def _residual_to_original(rest: str) -> str:
+  for ours, theirs in (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."),
+                       ("norm2.gamma", "residual.3.gamma"), ("conv2.", "residual.6."),
+                       ("conv_shortcut.", "shortcut.")):
+    if rest.startswith(ours):
+      return theirs + rest[len(ours):]
+  return rest
+
+
+def vae_original_key(key: str, num_res_blocks: int = 2) -> str:
+  """diffusers AutoencoderKLWan key -> original Wan 2.1 VAE key (Wan's vae.py module names)."""
+  for theirs, original in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
+    if key.startswith(theirs):
+      return original + key[len(theirs):]
+  side, rest = key.split(".", 1)
+  if rest.startswith("conv_in."):
+    return f"{side}.conv1.{rest[len('conv_in.'):]}"
+  if rest.startswith("norm_out."):
+    return f"{side}.head.0.{rest[len('norm_out.'):]}"
+  if rest.startswith("conv_out."):
+    return f"{side}.head.2.{rest[len('conv_out.'):]}"
+  if m := re.match(r"mid_block\.resnets\.(\d)\.(.+)", rest):
+    return f"{side}.middle.{2 * int(m.group(1))}.{_residual_to_original(m.group(2))}"
+  if m := re.match(r"mid_block\.attentions\.0\.(.+)", rest):
+    return f"{side}.middle.1.{m.group(1)}"
+  if m := re.match(r"down_blocks\.(\d+)\.(.+)", rest):
+    return f"encoder.downsamples.{m.group(1)}.{_residual_to_original(m.group(2))}"
+  if m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
+    index = int(m.group(1)) * (num_res_blocks + 2) + int(m.group(2))
+    return f"decoder.upsamples.{index}.{_residual_to_original(m.group(3))}"
+  if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", rest):
+    index = int(m.group(1)) * (num_res_blocks + 2) + num_res_blocks + 1
+    return f"decoder.upsamples.{index}.{m.group(2)}"
+  raise KeyError(key)
+
+
+def vae_original_state_dict(vae: AutoencoderKLWan) -> dict[str, torch.Tensor]:
+  return {vae_original_key(k): v.clone() for k, v in vae.state_dict().items()}
+
+
+def save_vae_diffusers(vae: AutoencoderKLWan, folder: Path) -> Path:
+  vae.save_pretrained(folder)
+  return folder
+
+
+def save_vae_pth(vae: AutoencoderKLWan, path: Path) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  torch.save(vae_original_state_dict(vae), path)
+  return path
+
+
+def make_umt5(seed: int = 0) -> UMT5EncoderModel:
+  torch.manual_seed(seed)
+  model = UMT5EncoderModel(UMT5Config(**UMT5_TINY)).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "layer_norm" in name:
+        p.copy_(1 + 0.2 * torch.randn_like(p))
+      elif "relative_attention_bias" in name:
+        p.copy_(torch.randn_like(p))
+  return model
+
+
+_HF_TO_WAN = [  # spec section 6
+    (r"^shared\.weight$", "token_embedding.weight"),
+    (r"^encoder\.final_layer_norm\.", "norm."),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.",
+     r"blocks.\1.pos_embedding.embedding."),
+    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.", r"blocks.\1.attn."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.", r"blocks.\1.norm2."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.", r"blocks.\1.ffn.gate.0."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.", r"blocks.\1.ffn.fc1."),
+    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.", r"blocks.\1.ffn.fc2."),
+]
+
+
+def save_umt5_wan_pth(model: UMT5EncoderModel, path: Path, dtype=torch.bfloat16) -> Path:
+  """Wan's own `models_t5_umt5-xxl-enc-bf16.pth` layout (bf16, Wan key names)."""
+  out = {}
+  for key, value in model.state_dict().items():
+    if key == "encoder.embed_tokens.weight":
+      continue  # tied to shared.weight
+    for pattern, repl in _HF_TO_WAN:
+      if re.match(pattern, key):
+        out[re.sub(pattern, repl, key)] = value.to(dtype).clone()
+        break
+    else:
+      raise KeyError(key)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  torch.save(out, path)
+  return path
+
+
+def save_tokenizer(folder: Path) -> Path:
+  """A real word-level tokenizer (transformers' T5 fast class): <pad>=0, </s>=1, <unk>=2."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+
+  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+  for w in WORDS:
+    vocab.setdefault(w, len(vocab))
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                     special_tokens=[("</s>", 1)])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                 unk_token="<unk>")
+  fast.save_pretrained(folder)
+  return folder

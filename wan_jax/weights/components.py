@@ -1,0 +1,99 @@
+"""What a user downloaded, sorted into components: experts, VAE, text encoder, tokenizer.
+
+Accepted, detected from the files:
+- an official Wan 2.2 release: `high_noise_model/`, `low_noise_model/`, `Wan2.1_VAE.pth`,
+  `models_t5_umt5-xxl-enc-bf16.pth`, `google/umt5-xxl/` (tokenizer);
+- a diffusers release: `transformer/`, `transformer_2/`, `vae/`, `text_encoder/`, `tokenizer/`;
+- any one of those components on its own: a file (.safetensors, or a torch.save .pth/.pt/.bin
+  read without running pickle code) or a folder of safetensors shards; its kind is read off its
+  tensor names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from wan_jax.weights import transformer_keys, umt5_keys, vae_keys
+from wan_jax.weights.safetensors_reader import CheckpointError, read_json
+from wan_jax.weights.sources import RELEASE_LAYOUTS
+from wan_jax.weights.tensor_files import PTH_SUFFIXES, open_tensors
+
+log = logging.getLogger(__name__)
+
+VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
+TEXT_ENCODER_FILES = ("models_t5_umt5-xxl-enc-bf16.pth",)
+TOKENIZER_FOLDERS = ("google/umt5-xxl", "tokenizer")
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+def kind_of(keys: list[str]) -> str:
+  """"transformer", "vae" or "text_encoder", from tensor names alone."""
+  for kind, detect in (("vae", vae_keys.detect_layout), ("text_encoder", umt5_keys.detect_layout),
+                       ("transformer", transformer_keys.detect_key_layout)):
+    try:
+      detect(keys)
+      return kind
+    except (CheckpointError, ValueError):
+      continue
+  raise CheckpointError("neither a Wan transformer, a Wan VAE nor a umT5 text encoder; "
+                        f"first keys: {sorted(keys)[:8]}")
+
+
+@dataclasses.dataclass
+class Components:
+  """Where each component lives (None: not in what the user pointed at)."""
+
+  transformers: Path | None = None  # what `sources.find_experts` reads
+  vae: Path | None = None
+  text_encoder: Path | None = None
+  tokenizer: Path | None = None
+
+  def found(self) -> list[str]:
+    return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+
+def _is_tokenizer_folder(path: Path) -> bool:
+  return path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _has_weights(path: Path) -> bool:
+  return any(path.glob("*.safetensors")) or any(p.suffix in PTH_SUFFIXES for p in path.iterdir())
+
+
+def find_components(src: str | Path) -> Components:
+  """Sorts `src` (a release folder, a component folder or a single file) into components."""
+  src = Path(src).expanduser().resolve()
+  if not src.exists():
+    raise CheckpointError(f"{src} does not exist")
+  if src.is_file() or (src.is_dir() and any(src.glob("*.safetensors"))
+                       and not any((src / d).is_dir() for ds in RELEASE_LAYOUTS.values()
+                                   for d in ds)):
+    kind = kind_of(open_tensors(src).keys())
+    found = Components(**{"transformers" if kind == "transformer" else kind: src})
+    if kind == "text_encoder" and src.is_dir() and _is_tokenizer_folder(src):
+      found.tokenizer = src
+    return found
+  if _is_tokenizer_folder(src) and not _has_weights(src):
+    return Components(tokenizer=src)
+  found = Components()
+  if any((src / d).is_dir() for ds in RELEASE_LAYOUTS.values() for d in ds):
+    found.transformers = src
+  found.vae = next((p for p in [*(src / f for f in VAE_FILES), src / "vae"] if p.exists()), None)
+  found.text_encoder = next(
+      (p for p in [*(src / f for f in TEXT_ENCODER_FILES), src / "text_encoder"] if p.exists()),
+      None)
+  found.tokenizer = next((src / d for d in TOKENIZER_FOLDERS if _is_tokenizer_folder(src / d)),
+                         None)
+  if not found.found():
+    raise CheckpointError(
+        f"{src}: found no Wan 2.2 component. Expected a release folder (official: "
+        "high_noise_model/, low_noise_model/, Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, "
+        "google/umt5-xxl/; diffusers: transformer/, transformer_2/, vae/, text_encoder/, "
+        "tokenizer/), a component folder, or a single .safetensors/.pth file. Found: "
+        f"{sorted(p.name for p in src.iterdir())[:20]}")
+  return found
+
+
+def config_json(path: Path) -> dict:
+  """A component folder's config.json (diffusers/HF), or {} for files and folders without one."""
+  return read_json(path / "config.json") if path.is_dir() and (path / "config.json").is_file() else {}

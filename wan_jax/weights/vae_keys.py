@@ -1,0 +1,137 @@
+"""VAE key maps: original Wan (`Wan2.1_VAE.pth`) -> diffusers (`AutoencoderKLWan`) -> ours.
+
+Our parameter tree follows diffusers' names, so the last step only renames `weight` to `kernel`
+and moves PyTorch's channels-first layouts to JAX's channels-last ones. The original layout numbers
+its layers in flat `nn.Sequential`s; mapping them needs the number of residual blocks per level,
+which is read from the keys themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from wan_jax.model.vae_config import LATENTS_MEAN, LATENTS_STD, VAEConfig
+from wan_jax.weights.safetensors_reader import CheckpointError
+
+_RESIDUAL = {"residual.0.gamma": "norm1.gamma", "residual.2": "conv1", "residual.3.gamma":
+             "norm2.gamma", "residual.6": "conv2", "shortcut": "conv_shortcut"}
+_MIDDLE = {"0": "mid_block.resnets.0", "1": "mid_block.attentions.0", "2": "mid_block.resnets.1"}
+_HEAD = {"head.0.gamma": "norm_out.gamma", "head.2": "conv_out"}
+
+
+def detect_layout(keys: Iterable[str]) -> str:
+  """"original" (Wan's own .pth) or "diffusers"; anything else is an error."""
+  keys = set(keys)
+  if "encoder.conv1.weight" in keys and "conv1.weight" in keys:
+    return "original"
+  if "encoder.conv_in.weight" in keys and "quant_conv.weight" in keys:
+    return "diffusers"
+  raise CheckpointError("not a Wan VAE checkpoint: expected encoder.conv1.weight (Wan) or "
+                        f"encoder.conv_in.weight (diffusers); first keys: {sorted(keys)[:8]}")
+
+
+def _rename_residual(rest: str) -> str:
+  for old, new in _RESIDUAL.items():
+    if rest == old or rest.startswith(old + "."):
+      return new + rest[len(old):]
+  return rest  # resample.1.*, time_conv.* keep their names
+
+
+def _first_resample_index(keys: set[str], prefix: str) -> int:
+  found = [int(m.group(1)) for k in keys if (m := re.match(rf"{prefix}\.(\d+)\.resample\.", k))]
+  if not found:
+    raise CheckpointError(f"no resampling layers under {prefix}: not a Wan 2.1 VAE")
+  return min(found)
+
+
+def original_to_diffusers(keys: Iterable[str]) -> dict[str, str]:
+  """{original key: diffusers key} for every key of a Wan 2.1 VAE state dict."""
+  keys = set(keys)
+  blocks_per_level = _first_resample_index(keys, "decoder.upsamples")  # res blocks + resample
+  out = {}
+  for key in keys:
+    new = None
+    if key.startswith("conv1."):
+      new = "quant_conv." + key[len("conv1."):]
+    elif key.startswith("conv2."):
+      new = "post_quant_conv." + key[len("conv2."):]
+    elif m := re.match(r"(encoder|decoder)\.conv1\.(.+)", key):
+      new = f"{m.group(1)}.conv_in.{m.group(2)}"
+    elif m := re.match(r"(encoder|decoder)\.middle\.(\d)\.(.+)", key):
+      rest = m.group(3) if m.group(2) == "1" else _rename_residual(m.group(3))
+      new = f"{m.group(1)}.{_MIDDLE[m.group(2)]}.{rest}"
+    elif m := re.match(r"(encoder|decoder)\.(head\.\d(?:\.gamma)?)(.*)", key):
+      if m.group(2) in _HEAD:
+        new = f"{m.group(1)}.{_HEAD[m.group(2)]}{m.group(3)}"
+    elif m := re.match(r"encoder\.downsamples\.(\d+)\.(.+)", key):
+      new = f"encoder.down_blocks.{m.group(1)}.{_rename_residual(m.group(2))}"
+    elif m := re.match(r"decoder\.upsamples\.(\d+)\.(.+)", key):
+      level, j = divmod(int(m.group(1)), blocks_per_level + 1)
+      part = (f"upsamplers.0.{m.group(2)}" if j == blocks_per_level
+              else f"resnets.{j}.{_rename_residual(m.group(2))}")
+      new = f"decoder.up_blocks.{level}.{part}"
+    if new is None:
+      raise CheckpointError(f"unexpected key in a Wan VAE checkpoint: {key!r}")
+    out[key] = new
+  return out
+
+
+def diffusers_to_ours(key: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+  """One diffusers tensor in our name and layout (kernels channels-last, [in, out])."""
+  base, _, leaf = key.rpartition(".")
+  if leaf == "gamma":
+    return key, array.reshape(-1)
+  if base.endswith(("to_qkv", "proj")):  # 1x1 Conv2d [out, in, 1, 1] -> matmul [in, out]
+    return (f"{base}_bias", array) if leaf == "bias" else (base, array.reshape(array.shape[:2]).T)
+  if base.endswith(".resample.1"):
+    base = base[: -len(".1")]
+  if leaf == "bias":
+    return f"{base}.bias", array
+  if leaf != "weight" or array.ndim not in (4, 5):
+    raise CheckpointError(f"unexpected VAE tensor {key!r} of shape {array.shape}")
+  perm = (2, 3, 1, 0) if array.ndim == 4 else (2, 3, 4, 1, 0)
+  return f"{base}.kernel", np.ascontiguousarray(array.transpose(perm))
+
+
+def infer_config(shapes: dict[str, tuple[int, ...]], extra: dict | None = None,
+                 **runtime) -> VAEConfig:
+  """The architecture from diffusers-layout tensor shapes (and config.json's statistics)."""
+  try:
+    base = shapes["encoder.conv_in.weight"][0]
+    z_dim = shapes["post_quant_conv.weight"][0]
+  except KeyError as e:
+    raise CheckpointError(f"VAE checkpoint lacks {e}") from None
+  levels = 1 + max(int(m.group(1)) for k in shapes
+                   if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k)))
+  res_per_level = 1 + max(int(m.group(1)) for k in shapes
+                          if (m := re.match(r"decoder\.up_blocks\.0\.resnets\.(\d+)\.", k)))
+  mult = [shapes[f"decoder.up_blocks.{levels - 1 - i}.resnets.0.conv1.weight"][0] // base
+          for i in range(levels)]
+  down = sorted(int(m.group(1)) for k in shapes
+                if (m := re.match(r"encoder\.down_blocks\.(\d+)\.resample\.1\.weight", k)))
+  temporal = [f"encoder.down_blocks.{i}.time_conv.weight" in shapes for i in down]
+  extra = extra or {}
+  return VAEConfig(base_dim=base, z_dim=z_dim, dim_mult=tuple(mult),
+                   num_res_blocks=res_per_level - 1, temporal_downsample=tuple(temporal),
+                   latents_mean=tuple(extra.get("latents_mean") or LATENTS_MEAN),
+                   latents_std=tuple(extra.get("latents_std") or LATENTS_STD), **runtime)
+
+
+def converted(store, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+  """(our name, array in `dtype`) for every tensor of a VAE checkpoint, in either layout."""
+  keys = store.keys()
+  rename = (original_to_diffusers(keys) if detect_layout(keys) == "original"
+            else {k: k for k in keys})
+  for key in sorted(keys):
+    name, array = diffusers_to_ours(rename[key], store.read(key))
+    yield name, array.astype(dtype, copy=False)
+
+
+def diffusers_shapes(store) -> dict[str, tuple[int, ...]]:
+  keys = store.keys()
+  rename = (original_to_diffusers(keys) if detect_layout(keys) == "original"
+            else {k: k for k in keys})
+  return {rename[k]: tuple(store.shape(k)) for k in keys}
