@@ -1,0 +1,106 @@
+"""A whole release (experts, VAE, text encoder, tokenizer) converts with one command, and
+components can be added to a converted folder one at a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference_codecs import make_umt5, make_vae, save_tokenizer, save_umt5_wan_pth, save_vae_pth
+from test_conversion_errors import run_cli
+
+import wan_jax
+from wan_jax.weights.components import find_components
+
+
+@pytest.fixture(scope="session")
+def full_release(tmp_path_factory, official_release) -> Path:
+  """The official Wan2.2-T2V-A14B layout with every component."""
+  root = tmp_path_factory.mktemp("full") / "Wan2.2-T2V-A14B"
+  shutil.copytree(official_release, root)
+  save_vae_pth(make_vae(base_dim=8, seed=11), root / "Wan2.1_VAE.pth")
+  save_umt5_wan_pth(make_umt5(seed=12), root / "models_t5_umt5-xxl-enc-bf16.pth")
+  save_tokenizer(root / "google" / "umt5-xxl")
+  return root
+
+
+def test_components_are_found(full_release):
+  found = find_components(full_release)
+  assert found.found() == ["transformers", "vae", "text_encoder", "tokenizer"]
+  assert find_components(full_release / "Wan2.1_VAE.pth").found() == ["vae"]
+  assert find_components(full_release / "google" / "umt5-xxl").found() == ["tokenizer"]
+  assert find_components(full_release / "high_noise_model").found() == ["transformers"]
+
+
+def test_one_command_converts_everything_and_loads_it(tmp_path, full_release):
+  out = tmp_path / "converted"
+  result = run_cli(full_release, out)
+  assert result.returncode == 0, result.stderr
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert sorted(manifest["experts"]) == ["high_noise", "low_noise"]
+  assert manifest["vae"]["dtype"] == "float32" and manifest["text_encoder"]["dtype"] == "bfloat16"
+  assert manifest["tokenizer"]["path"] == "tokenizer"
+  # Converted and on-the-fly loading give the same models.
+  video = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (1, 5, 16, 24, 3)), jnp.float32)
+  np.testing.assert_array_equal(wan_jax.load_vae(out).encode(video),
+                                wan_jax.load_vae(full_release).encode(video))
+  tokenizer = wan_jax.load_tokenizer(out)
+  a = wan_jax.encode_prompts(["a dog"], tokenizer, wan_jax.load_text_encoder(out))
+  b = wan_jax.encode_prompts(["a dog"], wan_jax.load_tokenizer(full_release),
+                             wan_jax.load_text_encoder(full_release))
+  np.testing.assert_array_equal(a, b)
+  assert wan_jax.load_dual_transformer(out).high_noise.config.num_layers == 2
+
+
+def test_components_can_be_added_one_at_a_time(tmp_path, full_release):
+  out = tmp_path / "converted"
+  first = run_cli(full_release, out, "--only", "transformers")
+  assert first.returncode == 0, first.stderr
+  with pytest.raises(ValueError, match="holds no vae"):
+    wan_jax.load_vae(out)
+  second = run_cli(full_release / "Wan2.1_VAE.pth", out)
+  assert second.returncode == 0, second.stderr
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert sorted(manifest) == ["experts", "format", "vae"]
+  wan_jax.load_vae(out)
+  wan_jax.load_transformer(out, expert="low_noise")
+
+  again = run_cli(full_release, out, "--only", "vae,tokenizer")
+  assert again.returncode == 2 and "already holds vae" in again.stderr
+  replaced = run_cli(full_release, out, "--only", "vae,tokenizer", "--overwrite",
+                     "--vae-dtype", "bfloat16")
+  assert replaced.returncode == 0, replaced.stderr
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["vae"]["dtype"] == "bfloat16" and "tokenizer" in manifest
+  assert "high_noise" in manifest["experts"]  # untouched
+
+
+def test_asking_for_what_is_not_there(tmp_path, full_release):
+  result = run_cli(full_release / "Wan2.1_VAE.pth", tmp_path / "out", "--only", "text_encoder")
+  assert result.returncode == 2 and "has no text_encoder" in result.stderr
+  result = run_cli(full_release, tmp_path / "out", "--only", "unet")
+  assert result.returncode == 2 and "unknown components" in result.stderr
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  result = run_cli(empty, tmp_path / "out")
+  assert result.returncode == 2 and "found no Wan 2.2 component" in result.stderr
+  with pytest.raises(ValueError, match="no tokenizer"):
+    wan_jax.load_tokenizer(full_release / "high_noise_model")
+
+
+def test_a_failed_component_keeps_what_was_there(tmp_path, full_release):
+  """The VAE is added to a converted folder and fails mid-way: the experts stay loadable and
+  nothing of the VAE remains."""
+  out = tmp_path / "converted"
+  assert run_cli(full_release, out, "--only", "transformers").returncode == 0
+  broken = tmp_path / "Wan2.1_VAE.pth"
+  data = (full_release / "Wan2.1_VAE.pth").read_bytes()
+  broken.write_bytes(data[: len(data) // 2])
+  result = run_cli(broken, out)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert sorted(p.name for p in out.iterdir()) == ["high_noise", "low_noise", "manifest.json"]
+  wan_jax.load_dual_transformer(out)
