@@ -1,9 +1,10 @@
 """wan-jax entry point (a placeholder until training lands: see the issue on the train step).
 
 Today it runs everything that exists on the built-in demo, on the CPU: generates the demo data set
-(images, a clip, masks, captions) under --workdir, scans it and draws batches through the Grain
-pipeline, then runs the tiny Wan transformer's two experts behind the timestep switch on latents
-of each batch's shape (the VAE that turns pixels into latents arrives with its own issue).
+(images, a clip, masks, captions) and a word-level tokenizer under --workdir, draws batches through
+the Grain pipeline, encodes the pixels with a tiny VAE and the captions with the tokenizer and a
+tiny umT5, runs the two tiny Wan experts behind the timestep switch on them, and decodes the
+latents back to video. All models are random (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from flax import nnx
 
 import wan_jax
 from wan_jax.data.config import dataset_config
-from wan_jax.data.demo import make_demo_dataset
+from wan_jax.data.demo import make_demo_dataset, make_demo_tokenizer
+from wan_jax.model.umt5 import umt5_tiny
+from wan_jax.model.vae import decode_latents, encode_video
+from wan_jax.model.vae_config import tiny_vae
 from wan_jax.data.pipeline import build_pipeline
 
 
@@ -45,23 +49,30 @@ def main(argv: list[str] | None = None) -> int:
   cfg = wan_jax.tiny()
   model = wan_jax.DualWanTransformer(wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0)),
                                      wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(1)))
+  vae = wan_jax.WanVAE(tiny_vae(), rngs=nnx.Rngs(2))
+  tokenizer = wan_jax.load_tokenizer(make_demo_tokenizer(args.workdir / "tokenizer"))
+  text_encoder = wan_jax.UMT5Encoder(umt5_tiny(), rngs=nnx.Rngs(3))
   forward = nnx.jit(lambda m, x, t, c: m(x, t, c))
   batches = iter(pipeline.dataset)
   for step in range(args.batches):
     batch = next(batches)
-    b, f, h, w, _ = batch["pixels"].shape
-    latent_shape = (b, (f - 1) // 4 + 1, h // 8, w // 8, cfg.in_channels)
-    assert batch["weights"].shape == latent_shape[:4], (batch["weights"].shape, latent_shape)
-    t = 950.0 if step % 2 == 0 else 300.0
-    latents = jax.random.normal(jax.random.key(step), latent_shape)
-    context = jax.random.normal(jax.random.key(100 + step), (b, 7, cfg.text_dim))
+    b = batch["pixels"].shape[0]
     start = time.time()
+    pixels = jnp.asarray(batch["pixels"], jnp.float32) / 127.5 - 1.0
+    latents = encode_video(vae, pixels, sample=True, key=jax.random.key(step))
+    assert batch["weights"].shape == latents.shape[:4], (batch["weights"].shape, latents.shape)
+    context = wan_jax.encode_prompts(list(batch["caption"]), tokenizer, text_encoder,
+                                     max_length=cfg.text_len)
+    t = 950.0 if step % 2 == 0 else 300.0
     v = forward(model, latents, jnp.full((b,), t), context)
+    decoded = decode_latents(vae, latents)
     expert = "high-noise" if t >= model.threshold else "low-noise"
     weighted = float((batch["weights"][..., None] * jnp.abs(v)).sum() / batch["weights"].sum())
     print(f"batch {step}: pixels {tuple(batch['pixels'].shape)}, captions {list(batch['caption'])}"
+          f"\n  VAE latents {tuple(latents.shape)}, prompt embeddings {tuple(context.shape)}"
           f"\n  t={t:6.1f} -> {expert} expert: velocity {tuple(v.shape)}, mask-weighted "
-          f"mean |v| {weighted:.4f}, {time.time() - start:.2f} s")
+          f"mean |v| {weighted:.4f}; decoded back to {tuple(decoded.shape)}; "
+          f"{time.time() - start:.2f} s")
   return 0
 
 

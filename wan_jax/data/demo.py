@@ -54,3 +54,29 @@ def make_demo_dataset(root: str | Path) -> tuple[Path, Path]:
     m.save(masks / "rolling" / f"{t}.png")
   (media / "rolling.txt").write_text("a ball rolling to the right")
   return media, masks
+
+
+DEMO_WORDS = ("a an the coloured ball photo rolling to right left red green blue small large on "
+              "background moving").split()
+
+
+def make_demo_tokenizer(folder: str | Path) -> Path:
+  """A word-level tokenizer saved with transformers' own classes (<pad>=0, </s>=1, <unk>=2), so
+  the demo runs the real tokenizer-loading path without downloading umT5's."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+
+  folder = Path(folder)
+  if (folder / "tokenizer.json").is_file():
+    return folder
+  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+  for word in DEMO_WORDS:
+    vocab.setdefault(word, len(vocab))
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                               pre_tokenizers.Punctuation("removed")])
+  tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                     special_tokens=[("</s>", 1)])
+  PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                          unk_token="<unk>").save_pretrained(folder)
+  return folder

@@ -369,3 +369,16 @@ def sample_posterior(mean: jax.Array, logvar: jax.Array, key: jax.Array) -> jax.
   """mean + std * eps with the log-variance clipped to [-30, 20], as diffusers does."""
   std = jnp.exp(0.5 * jnp.clip(logvar, -30.0, 20.0))
   return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+
+
+@functools.partial(nnx.jit, static_argnames=("sample",))
+def encode_video(vae: WanVAE, video: jax.Array, sample: bool = False,
+                 key: jax.Array | None = None) -> jax.Array:
+  """`vae.encode` compiled (once per input shape)."""
+  return vae.encode(video, sample=sample, key=key)
+
+
+@nnx.jit
+def decode_latents(vae: WanVAE, latents: jax.Array) -> jax.Array:
+  """`vae.decode` compiled (once per latent shape)."""
+  return vae.decode(latents)
