@@ -268,3 +268,11 @@ def test_works_with_torch_blocked(saved):
   assert out.returncode == 0, out.stderr
   sd = saved[1]
   assert out.stdout.split() == [_bits(sd["transposed"]).hex(), _bits(sd["bf16"]).hex()]
+
+
+def test_expanded_views_are_refused(tmp_path):
+  """A stride-0 view would materialise far more than the file holds (a memory bomb)."""
+  path = tmp_path / "expanded.pth"
+  torch.save({"ok": torch.ones(3), "big": torch.zeros(1).expand(1000)}, path)
+  with pytest.raises(CheckpointError, match="'big' has 1000 elements.*expanded view"):
+    PthFile(path)

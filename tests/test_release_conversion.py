@@ -92,15 +92,47 @@ def test_asking_for_what_is_not_there(tmp_path, full_release):
     wan_jax.load_tokenizer(full_release / "high_noise_model")
 
 
-def test_a_failed_component_keeps_what_was_there(tmp_path, full_release):
-  """The VAE is added to a converted folder and fails mid-way: the experts stay loadable and
-  nothing of the VAE remains."""
+def test_a_failed_component_keeps_what_finished(tmp_path, full_release, monkeypatch):
+  """The text encoder fails after its first layers were written (as a Ctrl-C would): the experts
+  and the VAE, finished before it, stay listed and loadable; nothing of the text encoder remains."""
+  from wan_jax.weights import checkpoint, convert
+
+  real_write = checkpoint.write_expert
+
+  def failing_write(params, path, on_group_saved=None):
+    if path.name != "text_encoder":
+      return real_write(params, path, on_group_saved)
+
+    def interrupt(group, written):
+      if group.startswith("block 1"):
+        raise KeyboardInterrupt
+    return real_write(params, path, interrupt)
+
+  monkeypatch.setattr(checkpoint, "write_expert", failing_write)
   out = tmp_path / "converted"
-  assert run_cli(full_release, out, "--only", "transformers").returncode == 0
-  broken = tmp_path / "Wan2.1_VAE.pth"
-  data = (full_release / "Wan2.1_VAE.pth").read_bytes()
-  broken.write_bytes(data[: len(data) // 2])
-  result = run_cli(broken, out)
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert sorted(p.name for p in out.iterdir()) == ["high_noise", "low_noise", "manifest.json"]
+  with pytest.raises(KeyboardInterrupt):
+    convert.convert_checkpoint(full_release, out, log=lambda _: None)
+  assert sorted(p.name for p in out.iterdir()) == ["high_noise", "low_noise", "manifest.json",
+                                                   "vae"]
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert sorted(manifest) == ["experts", "format", "vae"]
   wan_jax.load_dual_transformer(out)
+  wan_jax.load_vae(out)
+  with pytest.raises(ValueError, match="holds no text_encoder"):
+    wan_jax.load_text_encoder(out)
+  with pytest.raises(ValueError, match="holds no tokenizer"):
+    wan_jax.load_tokenizer(out)  # the manifest decides, not a folder that happens to be there
+  monkeypatch.undo()
+  rest = run_cli(full_release, out, "--only", "text_encoder,tokenizer")
+  assert rest.returncode == 0, rest.stderr
+  wan_jax.load_text_encoder(out)
+
+
+def test_writing_over_a_source_is_refused(tmp_path, full_release):
+  root = tmp_path / "diffusers"
+  root.mkdir()
+  shutil.copytree(full_release / "google" / "umt5-xxl", root / "tokenizer")
+  shutil.copy(full_release / "Wan2.1_VAE.pth", root / "Wan2.1_VAE.pth")
+  result = run_cli(root, root, "--overwrite")
+  assert result.returncode == 2 and "would overwrite the source" in result.stderr
+  assert (root / "tokenizer" / "tokenizer.json").is_file()

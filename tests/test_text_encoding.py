@@ -52,6 +52,15 @@ def reference_embeddings(encoder_ref, tokenizer_folder, prompts) -> np.ndarray:
 def test_clean_prompt():
   assert wan_jax.clean_prompt("  a &amp;amp; b\t\n  c  ") == "a & b c"
   assert wan_jax.clean_prompt("x &lt;y&gt;") == "x <y>"
+  assert wan_jax.clean_prompt("a \u201cquoted\u201d word\u2019s \u00c3\u00a9clair") == \
+      "a \"quoted\" word's \u00e9clair"  # ftfy, as upstream
+
+
+def test_cleaning_is_diffusers_cleaning():
+  from diffusers.pipelines.wan.pipeline_wan import is_ftfy_available, prompt_clean
+  assert is_ftfy_available()  # otherwise diffusers would skip the step we take
+  for text in PROMPTS + ["a \u201cquoted\u201d word\u2019s \u00c3\u00a9clair", "\ufb01sh \uff46ull"]:
+    assert wan_jax.clean_prompt(text) == prompt_clean(text)
 
 
 def test_encode_prompts_matches_the_wan_pipeline(release, encoder_ref):

@@ -150,3 +150,41 @@ def test_bad_shapes_are_explained(tiny_vae_files):
     vae.encode(jnp.zeros((1, 3, 5, 16, 16)))
   with pytest.raises(ValueError, match="latents must be"):
     vae.decode(jnp.zeros((1, 2, 2, 2, 4)))
+
+
+def test_incomplete_or_unsupported_vae_files_are_explained(tmp_path, tiny_vae):
+  from test_conversion_errors import run_cli
+  sd = vae_original_state_dict(tiny_vae)
+  del sd["decoder.upsamples.12.residual.2.weight"]
+  torch.save(sd, tmp_path / "Wan2.1_VAE.pth")
+  result = run_cli(tmp_path / "Wan2.1_VAE.pth", tmp_path / "out")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "decoder.up_blocks.3.resnets.0.conv1" in result.stderr
+  sd = vae_original_state_dict(tiny_vae)
+  sd["decoder.upsamples.0.residual.2.weight"] = torch.zeros(3, 3, 3, 3, 3)
+  torch.save(sd, tmp_path / "Wan2.1_VAE.pth")
+  result = run_cli(tmp_path / "Wan2.1_VAE.pth", tmp_path / "out")
+  assert result.returncode == 2 and "wrong shape" in result.stderr
+
+  from diffusers import AutoencoderKLWan
+  wan22 = AutoencoderKLWan(base_dim=8, z_dim=48, is_residual=True, in_channels=12,
+                           out_channels=12, patch_size=2, temperal_downsample=[False, True, True])
+  wan22.save_pretrained(tmp_path / "vae22")
+  with pytest.raises(ValueError, match="Wan 2.2 VAE"):
+    wan_jax.load_vae(tmp_path / "vae22")
+
+
+def test_chunked_mid_attention(tiny_vae):
+  """Frames with more latent pixels than `attention_xla_max_tokens` take the chunked softmax."""
+  x = video((1, 1, 48, 40, 3), seed=8)  # 6x5 = 30 latent pixels per frame
+  want = reference_encode(tiny_vae, x)[0]
+  sd = {k: v.numpy() for k, v in tiny_vae.state_dict().items()}
+  cfg = vae_keys.infer_config({k: v.shape for k, v in sd.items()}, attention_xla_max_tokens=8,
+                              attention_chunk_size=8)
+  from flax import nnx
+
+  from wan_jax.model.vae import WanVAE
+  from wan_jax.weights.assemble import assemble
+  params = dict(vae_keys.diffusers_to_ours(k, v) for k, v in sd.items())
+  vae = assemble(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), params)
+  assert rel_error(vae.encode(jnp.asarray(x)), want) < 1e-4

@@ -1,6 +1,6 @@
 """Prompts -> the [B, 512, 4096] context the transformer takes, as upstream Wan computes it.
 
-Text is cleaned (HTML entities unescaped twice, whitespace collapsed), tokenized to 512 tokens with
+Text is cleaned (ftfy's fix_text, HTML entities unescaped twice, whitespace collapsed), tokenized to 512 tokens with
 the release's own tokenizer (padding, truncation, the closing </s>), encoded by umT5, and every
 row past a prompt's true length is set to zero (upstream trims the output to the true length and
 the transformer zero-pads it back).
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ftfy
 import numpy as np
 from flax import nnx
 
@@ -23,8 +24,9 @@ TEXT_LEN = 512
 
 
 def clean_prompt(text: str) -> str:
-  """html-unescape (twice, as upstream) and collapse runs of whitespace to one space."""
-  text = html.unescape(html.unescape(text)).strip()
+  """ftfy.fix_text (mojibake, curly quotes), html-unescape twice and collapse whitespace: what
+  upstream Wan does before tokenizing, so the same prompt gives the same tokens."""
+  text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
   return re.sub(r"\s+", " ", text).strip()
 
 

@@ -140,6 +140,7 @@ class AttentionBlock(nnx.Module):
     self.proj_bias = nnx.Param(jnp.zeros((dim,), pd))
     self.compute_dtype = jnp.dtype(cfg.compute_dtype)
     self.chunk_size = cfg.attention_chunk_size
+    self.xla_max_tokens = cfg.attention_xla_max_tokens
 
   def __call__(self, x_BxTxHxWxC: jax.Array) -> jax.Array:
     b, t, h, w, c = x_BxTxHxWxC.shape
@@ -149,8 +150,7 @@ class AttentionBlock(nnx.Module):
     qkv = jnp.matmul(tokens, self.to_qkv[...].astype(cd), precision=prec)
     qkv = qkv + self.to_qkv_bias[...].astype(cd)
     q, k, v = (a[:, :, None, :] for a in jnp.split(qkv, 3, axis=-1))
-    # One frame's pixels at 720x1280 are 14,400 tokens: chunk the softmax beyond a few thousand.
-    impl = "xla" if h * w <= 4096 else "chunked"
+    impl = "xla" if h * w <= self.xla_max_tokens else "chunked"
     y = attention(q, k, v, impl=impl, chunk_size=self.chunk_size)[:, :, 0, :]
     y = jnp.matmul(y, self.proj[...].astype(cd), precision=prec) + self.proj_bias[...].astype(cd)
     return x_BxTxHxWxC + y.reshape(b, t, h, w, c)

@@ -32,7 +32,10 @@ class VAEConfig:
   # Runtime: the reference runs in fp32; bf16 halves memory at some cost in accuracy.
   param_dtype: str = "float32"
   compute_dtype: str = "float32"
-  attention_chunk_size: int = 1024  # mid-block attention over H/8 x W/8 tokens per frame
+  # Mid-block attention runs over a frame's H/8 x W/8 latent pixels (14,400 at 720x1280): plain
+  # softmax up to attention_xla_max_tokens, an online-softmax in chunks beyond.
+  attention_xla_max_tokens: int = 4096
+  attention_chunk_size: int = 1024
 
   def __post_init__(self):
     if len(self.temporal_downsample) != len(self.dim_mult) - 1:

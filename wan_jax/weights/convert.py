@@ -48,12 +48,15 @@ def numpy_dtype(dtype: Any) -> np.dtype:
 def vae_source(path: Path, dtype: str):
   """(config, converted tensors) of a VAE file or folder, either key layout."""
   store = open_tensors(path)
-  cfg = vae_keys.infer_config(vae_keys.diffusers_shapes(store), config_json(path),
-                              param_dtype=dtype, compute_dtype=dtype)
-  params = dict(vae_keys.converted(store, numpy_dtype(dtype)))  # 127M parameters: all at once
+  shapes = vae_keys.diffusers_shapes(store)
+  try:
+    cfg = vae_keys.infer_config(shapes, config_json(path), param_dtype=dtype, compute_dtype=dtype)
+  except CheckpointError as e:
+    raise CheckpointError(f"{store.description}: {e}") from None
+  ours = dict(vae_keys.diffusers_to_ours(k, np.empty(s, np.uint8)) for k, s in shapes.items())
   expected = expected_shapes(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
-  check_tensors(store.description, {k: v.shape for k, v in params.items()}, expected)
-  return store, cfg, iter(params.items())
+  check_tensors(store.description, {k: v.shape for k, v in ours.items()}, expected)
+  return store, cfg, vae_keys.converted(store, numpy_dtype(dtype))
 
 
 def text_encoder_source(path: Path, dtype: str):
@@ -149,6 +152,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
 
   manifest = checkpoint.read_manifest(out) or {}
   planned = _planned_folders(components, selected, num_heads)
+  _refuse_overlap(out, planned, components)
   clashes = [f for folders in planned.values() for f in folders
              if checkpoint.manifest_has(manifest, f) or (out / f).exists()]
   if clashes and not overwrite:
@@ -159,17 +163,33 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
   checkpoint.write_manifest(out, manifest) if manifest else checkpoint.remove_manifest(out)
   out.mkdir(parents=True, exist_ok=True)
 
-  writer = _Writer(out, log)
-  try:
-    for name in selected:
-      for key, entry in _convert_one(name, components, dtypes, num_heads, writer, log):
-        checkpoint.manifest_add(manifest, key, entry)
-  except BaseException:
-    writer.undo()
-    raise
-  checkpoint.write_manifest(out, manifest)
-  log(f"wrote {out / checkpoint.MANIFEST}")
+  # One component at a time: each finished one enters the manifest at once, so a failure or
+  # Ctrl-C later loses only the component in progress (whose files are removed).
+  for name in selected:
+    writer = _Writer(out, log)
+    try:
+      entries = list(_convert_one(name, components, dtypes, num_heads, writer, log))
+    except BaseException:
+      writer.undo()
+      raise
+    for key, entry in entries:
+      checkpoint.manifest_add(manifest, key, entry)
+    checkpoint.write_manifest(out, manifest)
+    log(f"{name}: done; {out / checkpoint.MANIFEST} updated")
   return manifest
+
+
+def _refuse_overlap(out: Path, planned: dict[str, list[str]], components: Components) -> None:
+  """Replacing a folder that is (or holds) a source would delete the source while reading it."""
+  sources = [Path(getattr(components, n)).resolve() for n in COMPONENTS
+             if getattr(components, n) is not None]
+  for folders in planned.values():
+    for folder in folders:
+      dest = (out / folder).resolve()
+      for src in sources:
+        if dest == src or dest in src.parents:
+          raise ValueError(f"{dest} would overwrite the source {src}; choose another output "
+                           "folder")
 
 
 def _convert_one(name: str, components: Components, dtypes: dict[str, str],

@@ -65,7 +65,9 @@ class _Opened:
       log.warning("%s was converted in %s; loading as %s cannot restore the lost precision",
                   self.path, stored, dtype)
     params = checkpoint.read_expert(self.path / entry["path"])
-    return entry["config"], {k: v.astype(np_dtype, copy=False) for k, v in params.items()}
+    for key in list(params):  # one tensor at a time: never two copies of the model on the host
+      params[key] = params.pop(key).astype(np_dtype, copy=False)
+    return entry["config"], params
 
   def build(self, name: str | None, dtype: str, runtime: dict[str, Any]) -> WanTransformer:
     names = self.names()

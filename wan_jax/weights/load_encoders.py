@@ -13,10 +13,15 @@ from flax import nnx
 from wan_jax.model.umt5 import UMT5Config, UMT5Encoder
 from wan_jax.model.vae import WanVAE
 from wan_jax.model.vae_config import VAEConfig
-from wan_jax.weights import checkpoint
+from wan_jax.weights import checkpoint, umt5_keys
 from wan_jax.weights.assemble import assemble
 from wan_jax.weights.components import find_components
-from wan_jax.weights.convert import dtype_name, numpy_dtype, text_encoder_source, vae_source
+from wan_jax.weights.convert import (
+  dtype_name,
+  numpy_dtype,
+  text_encoder_source,
+  vae_source,
+)
 from wan_jax.weights.safetensors_reader import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -25,16 +30,23 @@ log = logging.getLogger(__name__)
 def _from_converted(path: Path, manifest: dict, name: str,
                     dtype: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """(arch, tensors in `dtype`) of one component of a converted folder."""
-  entry = manifest.get(name)
-  if not isinstance(entry, dict):
-    held = [k for k, v in manifest.items() if isinstance(v, dict)]
-    raise CheckpointError(f"{path} holds no {name} (it holds {', '.join(held)}); convert it "
-                          f"with: python convert/wan22.py <release folder> {path}")
+  entry = _entry(path, manifest, name)
   if numpy_dtype(dtype).itemsize > numpy_dtype(entry["dtype"]).itemsize:
     log.warning("%s: %s was converted in %s; loading as %s cannot restore the lost precision",
                 path, name, entry["dtype"], dtype)
   params = checkpoint.read_expert(path / entry["path"])
-  return entry["config"], {k: v.astype(numpy_dtype(dtype), copy=False) for k, v in params.items()}
+  for key in list(params):  # one tensor at a time: never two copies of the model on the host
+    params[key] = params.pop(key).astype(numpy_dtype(dtype), copy=False)
+  return entry["config"], params
+
+
+def _entry(path: Path, manifest: dict, name: str) -> dict:
+  entry = manifest.get(name)
+  if not isinstance(entry, dict):
+    held = [k for k, v in manifest.items() if isinstance(v, dict)] or ["nothing"]
+    raise CheckpointError(f"{path} holds no {name} (it holds {', '.join(held)}); convert it "
+                          f"with: python convert/wan22.py <release folder> {path} --only {name}")
+  return entry
 
 
 def _component(path: str | Path, name: str, dtype: str, source) -> tuple[Any, dict, Path]:
@@ -71,8 +83,7 @@ def load_text_encoder(path: str | Path, dtype: str = "bfloat16", **runtime: Any)
   if isinstance(cfg, dict):
     cfg = UMT5Config(**cfg)
   cfg = cfg.replace(**{"param_dtype": dtype, "compute_dtype": dtype, **runtime})
-  return assemble(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)), params, stacked="blocks",
-                  num_layers=cfg.num_layers)
+  return umt5_keys.build_encoder(cfg, params)
 
 
 def load_tokenizer(path: str | Path):
@@ -81,8 +92,8 @@ def load_tokenizer(path: str | Path):
   from transformers import AutoTokenizer
   path = Path(path).expanduser().resolve()
   manifest = checkpoint.read_manifest(path) if path.is_dir() else None
-  if manifest is not None and isinstance(manifest.get("tokenizer"), dict):
-    folder = path / manifest["tokenizer"]["path"]
+  if manifest is not None:  # a converted folder: only what its manifest lists counts
+    folder = path / _entry(path, manifest, "tokenizer")["path"]
   else:
     folder = find_components(path).tokenizer
     if folder is None:

@@ -162,7 +162,8 @@ class PthFile:
       if head.startswith(_LEGACY_MAGIC):
         what = "a legacy (torch < 1.6, non-zip) torch.save file, which this reader does not parse"
       elif head.startswith(b"PK"):
-        what = f"a damaged or truncated zip archive ({e}; {self._size} bytes)"
+        what = (f"a damaged or truncated zip archive ({e}; {self._size} bytes); download it "
+                "again")
       else:
         what = "not a PyTorch checkpoint (torch.save writes a zip archive)"
       raise CheckpointError(f"{self.path}: {what}; {_ADVICE}") from None
@@ -228,6 +229,12 @@ class PthFile:
     if 0 not in t.shape and end > self._members[t.storage][1]:
       raise bad(f"needs bytes up to {end} of storage {t.storage!r}, which has "
                 f"{self._members[t.storage][1]}")
+    numel = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
+    if numel * t.dtype.itemsize > self._members[t.storage][1]:
+      # Stride-0 (expanded) views would materialise far more than the file holds: a state dict
+      # never needs them, and a crafted file could use one to exhaust memory.
+      raise bad(f"has {numel} elements but its storage {t.storage!r} holds only "
+                f"{self._members[t.storage][1]} bytes (an expanded view)")
 
   def keys(self) -> list[str]:
     return list(self._tensors)

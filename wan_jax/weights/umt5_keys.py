@@ -11,12 +11,11 @@ import re
 from collections.abc import Iterator
 from typing import Protocol
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from wan_jax.model.umt5 import UMT5Config, UMT5Encoder
+from wan_jax.weights.assemble import assemble
 from wan_jax.weights.safetensors_reader import CheckpointError
 
 LAYOUTS = ("wan", "hf")
@@ -186,43 +185,5 @@ def convert(store: Store, dtype) -> Iterator[tuple[str, np.ndarray]]:
 
 def build_encoder(cfg: UMT5Config, params: dict[str, np.ndarray]) -> UMT5Encoder:
   """The encoder around per-layer tensors (consumed from `params` to free host memory)."""
-  abstract = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  pure = state.to_pure_dict()
-  missing: list[str] = []
-
-  def take(name: str) -> np.ndarray | None:
-    if name not in params:
-      missing.append(name)
-      return None
-    return params.pop(name)
-
-  def fill(path, leaf):
-    name = ".".join(str(getattr(k, "key", k)) for k in path)
-    if name.startswith("blocks."):
-      rest = name[len("blocks."):]
-      layers = [take(f"blocks.{i}.{rest}") for i in range(cfg.num_layers)]
-      if any(a is None for a in layers):
-        return leaf
-      shapes = {a.shape for a in layers}
-      array = np.stack(layers) if len(shapes) == 1 else None
-      if array is None:
-        raise CheckpointError(f"blocks.*.{rest}: layers differ in shape {sorted(shapes)}")
-    else:
-      array = take(name)
-      if array is None:
-        return leaf
-    if array.shape != leaf.shape:
-      raise CheckpointError(f"{name}: checkpoint shape {array.shape}, model needs {leaf.shape}")
-    return jnp.asarray(array, dtype=leaf.dtype)
-
-  pure = jax.tree_util.tree_map_with_path(fill, pure)
-  if missing or params:
-    lines = ["umT5 parameters do not match the encoder:"]
-    if missing:
-      lines.append(_listing("missing", sorted(missing)))
-    if params:
-      lines.append(_listing("unexpected", sorted(params)))
-    raise CheckpointError("\n".join(lines))
-  nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state)
+  return assemble(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)), params, stacked="blocks",
+                  num_layers=cfg.num_layers)

@@ -99,11 +99,22 @@ def diffusers_to_ours(key: str, array: np.ndarray) -> tuple[str, np.ndarray]:
 def infer_config(shapes: dict[str, tuple[int, ...]], extra: dict | None = None,
                  **runtime) -> VAEConfig:
   """The architecture from diffusers-layout tensor shapes (and config.json's statistics)."""
+  extra = extra or {}
+  if extra.get("is_residual") or any(".avg_shortcut." in k or "up_blocks.0.upsampler." in k
+                                     for k in shapes):
+    raise CheckpointError("this is the Wan 2.2 VAE (TI2V-5B, 48 latent channels); the A14B "
+                          "models use the Wan 2.1 VAE (Wan2.1_VAE.pth), which is what we support")
   try:
-    base = shapes["encoder.conv_in.weight"][0]
-    z_dim = shapes["post_quant_conv.weight"][0]
-  except KeyError as e:
-    raise CheckpointError(f"VAE checkpoint lacks {e}") from None
+    return _infer_config(shapes, extra, **runtime)
+  except (KeyError, ValueError) as e:
+    if isinstance(e, CheckpointError):
+      raise
+    raise CheckpointError(f"not a complete Wan 2.1 VAE: {type(e).__name__}: {e}") from None
+
+
+def _infer_config(shapes: dict[str, tuple[int, ...]], extra: dict, **runtime) -> VAEConfig:
+  base = shapes["encoder.conv_in.weight"][0]
+  z_dim = shapes["post_quant_conv.weight"][0]
   levels = 1 + max(int(m.group(1)) for k in shapes
                    if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k)))
   res_per_level = 1 + max(int(m.group(1)) for k in shapes
@@ -113,7 +124,6 @@ def infer_config(shapes: dict[str, tuple[int, ...]], extra: dict | None = None,
   down = sorted(int(m.group(1)) for k in shapes
                 if (m := re.match(r"encoder\.down_blocks\.(\d+)\.resample\.1\.weight", k)))
   temporal = [f"encoder.down_blocks.{i}.time_conv.weight" in shapes for i in down]
-  extra = extra or {}
   return VAEConfig(base_dim=base, z_dim=z_dim, dim_mult=tuple(mult),
                    num_res_blocks=res_per_level - 1, temporal_downsample=tuple(temporal),
                    latents_mean=tuple(extra.get("latents_mean") or LATENTS_MEAN),
