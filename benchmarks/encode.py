@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -27,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aot_memory import analyse  # noqa: E402
 from forward import commit, peak_memory_gib, timed  # noqa: E402
 
 import wan_jax  # noqa: E402
@@ -55,19 +55,17 @@ def vae_memory(args, dtype: str) -> list[dict]:
   vae = nnx.eval_shape(lambda: wan_jax.WanVAE(wan21_vae(param_dtype=dtype, compute_dtype=dtype),
                                               rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(vae)
-  encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
-  decode = jax.jit(lambda s, z: nnx.merge(graphdef, s).decode(z))
+  encode = lambda s, x: nnx.merge(graphdef, s).encode(x)
+  decode = lambda s, z: nnx.merge(graphdef, s).decode(z)
   rows = []
   for frames in (5, 21, 81):
     video = jax.ShapeDtypeStruct((1, frames, args.height, args.width, 3), jnp.float32)
     latents = jax.ShapeDtypeStruct((1, (frames - 1) // 4 + 1, args.height // 8, args.width // 8,
                                     16), jnp.float32)
-    enc = encode.lower(state, video).compile().memory_analysis()
-    dec = decode.lower(state, latents).compile().memory_analysis()
+    enc, dec = analyse(encode, state, video), analyse(decode, state, latents)
     rows.append({"part": f"vae {dtype} compiled memory", "frames": frames,
-                 "encode_temp_gib": enc.temp_size_in_bytes / 2**30,
-                 "decode_temp_gib": dec.temp_size_in_bytes / 2**30,
-                 "input_gib": enc.argument_size_in_bytes / 2**30})
+                 "encode_temp_gib": enc["temp_gib"], "decode_temp_gib": dec["temp_gib"],
+                 "input_gib": enc["argument_gib"]})
   return rows
 
 

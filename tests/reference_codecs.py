@@ -99,7 +99,7 @@ def make_umt5(seed: int = 0) -> UMT5EncoderModel:
   return model
 
 
-_HF_TO_WAN = [  # spec section 6
+_HF_TO_WAN = [  # HF key -> Wan .pth key, from the spec's table (section 6), not our key map
     (r"^shared\.weight$", "token_embedding.weight"),
     (r"^encoder\.final_layer_norm\.", "norm."),
     (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
@@ -113,18 +113,21 @@ _HF_TO_WAN = [  # spec section 6
 ]
 
 
+def umt5_wan_key(hf_key: str) -> str:
+  for pattern, repl in _HF_TO_WAN:
+    new = re.sub(pattern, repl, hf_key)
+    if new != hf_key:
+      return new
+  raise KeyError(f"no Wan name for {hf_key}")
+
+
 def save_umt5_wan_pth(model: UMT5EncoderModel, path: Path, dtype=torch.bfloat16) -> Path:
   """Wan's own `models_t5_umt5-xxl-enc-bf16.pth` layout (bf16, Wan key names)."""
   out = {}
   for key, value in model.state_dict().items():
     if key == "encoder.embed_tokens.weight":
       continue  # tied to shared.weight
-    for pattern, repl in _HF_TO_WAN:
-      if re.match(pattern, key):
-        out[re.sub(pattern, repl, key)] = value.to(dtype).clone()
-        break
-    else:
-      raise KeyError(key)
+    out[umt5_wan_key(key)] = value.to(dtype).clone()
   path.parent.mkdir(parents=True, exist_ok=True)
   torch.save(out, path)
   return path

@@ -9,6 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from reference_codecs import UMT5_TINY, umt5_wan_key
 from transformers import UMT5Config as HFConfig
 from transformers import UMT5EncoderModel
 from transformers.models.umt5.modeling_umt5 import UMT5Attention
@@ -18,27 +19,9 @@ from wan_jax.weights import umt5_keys
 from wan_jax.weights.safetensors_reader import CheckpointError
 
 # heads * d_kv (40) != d_model (48) != d_ff (72), so a transposed tensor cannot go unnoticed.
-TINY = {"vocab_size": 300, "d_model": 48, "num_heads": 4, "d_kv": 10, "d_ff": 72,
-        "num_layers": 3, "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
-        "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6}
+TINY = UMT5_TINY
 LENGTHS = (161, 23, 1)  # true prompt lengths; 161 > 128 reaches the clamped buckets
 SEQ = 170
-
-# HF key -> Wan .pth key, from the spec's table (section 6), independent of our key map.
-_HF_TO_WAN = [
-    (r"^shared\.weight$", "token_embedding.weight"),
-    (r"^encoder\.final_layer_norm\.", "norm."),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.",
-     r"blocks.\1.pos_embedding.embedding."),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.", r"blocks.\1.attn."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.", r"blocks.\1.norm2."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.", r"blocks.\1.ffn.gate.0."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.", r"blocks.\1.ffn.fc1."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.", r"blocks.\1.ffn.fc2."),
-]
-
 
 class DictStore:
   """The TensorStore interface over a dict of numpy arrays."""
@@ -54,14 +37,6 @@ class DictStore:
 
   def read(self, key: str) -> np.ndarray:
     return self.tensors[key].copy()
-
-
-def to_wan_key(hf_key: str) -> str:
-  for pattern, repl in _HF_TO_WAN:
-    new = re.sub(pattern, repl, hf_key)
-    if new != hf_key:
-      return new
-  raise AssertionError(f"no Wan name for {hf_key}")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +83,7 @@ def hf_tensors(model: UMT5EncoderModel) -> dict[str, np.ndarray]:
 def wan_tensors(model: UMT5EncoderModel) -> dict[str, np.ndarray]:
   sd = hf_tensors(model)
   del sd["encoder.embed_tokens.weight"]
-  return {to_wan_key(k): v for k, v in sd.items()}
+  return {umt5_wan_key(k): v for k, v in sd.items()}
 
 
 def run_ours(tensors: dict[str, np.ndarray], inputs, dtype) -> np.ndarray:
