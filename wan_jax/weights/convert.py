@@ -48,7 +48,8 @@ def numpy_dtype(dtype: Any) -> np.dtype:
 def vae_source(path: Path, dtype: str):
   """(config, converted tensors) of a VAE file or folder, either key layout."""
   store = open_tensors(path)
-  shapes = vae_keys.diffusers_shapes(store)
+  names = vae_keys.diffusers_names(store)
+  shapes = vae_keys.diffusers_shapes(store, names)
   try:
     cfg = vae_keys.infer_config(shapes, config_json(path), param_dtype=dtype, compute_dtype=dtype)
   except CheckpointError as e:
@@ -56,7 +57,7 @@ def vae_source(path: Path, dtype: str):
   ours = dict(vae_keys.diffusers_to_ours(k, np.empty(s, np.uint8)) for k, s in shapes.items())
   expected = expected_shapes(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
   check_tensors(store.description, {k: v.shape for k, v in ours.items()}, expected)
-  return store, cfg, vae_keys.converted(store, numpy_dtype(dtype))
+  return store, cfg, vae_keys.converted(store, names, numpy_dtype(dtype))
 
 
 def text_encoder_source(path: Path, dtype: str):
@@ -115,18 +116,6 @@ class _Writer:
       checkpoint.remove_partial(path)
 
 
-def _planned_folders(components: Components, selected: list[str],
-                     num_heads: int | None) -> dict[str, list[str]]:
-  """Component -> the folder names it will write (the experts are only known once found)."""
-  planned = {}
-  for name in selected:
-    if name == "transformers":
-      planned[name] = list(find_experts(components.transformers, num_heads=num_heads)[1])
-    else:
-      planned[name] = [name]
-  return planned
-
-
 def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16", *,
                        vae_dtype: str = "float32", text_encoder_dtype: str = "bfloat16",
                        only: Iterable[str] | None = None, num_heads: int | None = None,
@@ -151,7 +140,10 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
   log(f"{src}: found {', '.join(found)}; converting {', '.join(selected)} -> {out}")
 
   manifest = checkpoint.read_manifest(out) or {}
-  planned = _planned_folders(components, selected, num_heads)
+  # The experts are found (shard headers read, configs inferred) once, before anything is written.
+  experts = (find_experts(components.transformers, num_heads=num_heads)
+             if "transformers" in selected else None)
+  planned = {name: list(experts[1]) if name == "transformers" else [name] for name in selected}
   _refuse_overlap(out, planned, components)
   clashes = [f for folders in planned.values() for f in folders
              if checkpoint.manifest_has(manifest, f) or (out / f).exists()]
@@ -168,7 +160,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
   for name in selected:
     writer = _Writer(out, log)
     try:
-      entries = list(_convert_one(name, components, dtypes, num_heads, writer, log))
+      entries = list(_convert_one(name, components, dtypes, experts, writer, log))
     except BaseException:
       writer.undo()
       raise
@@ -193,7 +185,8 @@ def _refuse_overlap(out: Path, planned: dict[str, list[str]], components: Compon
 
 
 def _convert_one(name: str, components: Components, dtypes: dict[str, str],
-                 num_heads: int | None, writer: _Writer, log) -> Iterator[tuple[str, dict]]:
+                 experts: tuple[str, dict] | None, writer: _Writer,
+                 log) -> Iterator[tuple[str, dict]]:
   """Converts one component; yields its manifest entries (one per expert for transformers)."""
   path = getattr(components, name)
   if name == "tokenizer":
@@ -202,9 +195,9 @@ def _convert_one(name: str, components: Components, dtypes: dict[str, str],
     return
   dtype = dtypes[name]
   if name == "transformers":
-    layout, experts = find_experts(path, num_heads=num_heads)
-    log(f"transformers: {layout} layout, experts: {', '.join(experts)}")
-    for expert_name, expert in experts.items():
+    layout, sources = experts
+    log(f"transformers: {layout} layout, experts: {', '.join(sources)}")
+    for expert_name, expert in sources.items():
       cfg = expert.config
       log(f"{expert_name}: {expert.description}: {cfg.num_layers} layers, dim {cfg.dim}, "
           f"{cfg.num_heads} heads ({dtype})")

@@ -130,18 +130,20 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], extra: dict, **runtime) ->
                    latents_std=tuple(extra.get("latents_std") or LATENTS_STD), **runtime)
 
 
-def converted(store, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
-  """(our name, array in `dtype`) for every tensor of a VAE checkpoint, in either layout."""
+def diffusers_names(store) -> dict[str, str]:
+  """{key in the file: diffusers name} for a VAE store in either layout."""
   keys = store.keys()
-  rename = (original_to_diffusers(keys) if detect_layout(keys) == "original"
-            else {k: k for k in keys})
-  for key in sorted(keys):
-    name, array = diffusers_to_ours(rename[key], store.read(key))
+  if detect_layout(keys) == "original":
+    return original_to_diffusers(keys)
+  return {k: k for k in keys}
+
+
+def diffusers_shapes(store, names: dict[str, str]) -> dict[str, tuple[int, ...]]:
+  return {names[k]: tuple(store.shape(k)) for k in names}
+
+
+def converted(store, names: dict[str, str], dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+  """(our name, array in `dtype`) for every tensor of a VAE checkpoint."""
+  for key in sorted(names):
+    name, array = diffusers_to_ours(names[key], store.read(key))
     yield name, array.astype(dtype, copy=False)
-
-
-def diffusers_shapes(store) -> dict[str, tuple[int, ...]]:
-  keys = store.keys()
-  rename = (original_to_diffusers(keys) if detect_layout(keys) == "original"
-            else {k: k for k in keys})
-  return {rename[k]: tuple(store.shape(k)) for k in keys}
