@@ -65,9 +65,9 @@ def find_components(src: str | Path) -> Components:
   src = Path(src).expanduser().resolve()
   if not src.exists():
     raise CheckpointError(f"{src} does not exist")
-  if src.is_file() or (src.is_dir() and any(src.glob("*.safetensors"))
-                       and not any((src / d).is_dir() for ds in RELEASE_LAYOUTS.values()
-                                   for d in ds)):
+  is_release = src.is_dir() and any((src / d).is_dir() for ds in RELEASE_LAYOUTS.values()
+                                    for d in ds)
+  if src.is_file() or (not is_release and any(src.glob("*.safetensors"))):
     kind = kind_of(open_tensors(src).keys())
     found = Components(**{"transformers" if kind == "transformer" else kind: src})
     if kind == "text_encoder" and src.is_dir() and _is_tokenizer_folder(src):
@@ -75,9 +75,7 @@ def find_components(src: str | Path) -> Components:
     return found
   if _is_tokenizer_folder(src) and not _has_weights(src):
     return Components(tokenizer=src)
-  found = Components()
-  if any((src / d).is_dir() for ds in RELEASE_LAYOUTS.values() for d in ds):
-    found.transformers = src
+  found = Components(transformers=src if is_release else None)
   found.vae = next((p for p in [*(src / f for f in VAE_FILES), src / "vae"] if p.exists()), None)
   found.text_encoder = next(
       (p for p in [*(src / f for f in TEXT_ENCODER_FILES), src / "text_encoder"] if p.exists()),
