@@ -1,0 +1,1 @@
+"""Training: objective, adapters, sharding, checkpoints, previews and the loop that ties them."""
