@@ -9,7 +9,7 @@ import logging
 import ml_collections
 import numpy as np
 
-from wan_jax.data.buckets import apply_crop, bucket_for, plan_crop
+from wan_jax.data.buckets import Crop, apply_crop, bucket_for, plan_crop
 from wan_jax.data.folders import Item
 from wan_jax.data.frames import select_frames
 from wan_jax.data.media import MediaError, is_image, read_image, read_mask, read_video
@@ -51,35 +51,79 @@ def load_example(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
     raise SkipItem(f"{item.media}: {e}") from e
 
 
-def _load(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
-          rng: np.random.Generator) -> Example:
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """Which frames, and how they are resized, cropped and flipped into the bucket.
+
+  Decided from the probed size alone (no decoding), so the latent cache can key on it and the
+  weight map can be rebuilt from the mask without decoding the media.
+  """
+
+  bucket: tuple[int, int, int]  # (frames, height, width)
+  indices: tuple[int, ...] | None  # source frames of a clip; None for an image
+  crop: Crop
+
+
+def plan_geometry(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
+                  rng: np.random.Generator, flip: bool | None = None) -> Geometry:
+  """Frames and crop for one draw; `flip` forces the flip (the cache stores both variants)."""
   frames, bh, bw = bucket_of(item, resolution)
-  alpha = None
-  if is_image(item.media):
-    pixels, alpha = read_image(item.media)
-    indices = None
-  else:
-    indices, note = select_frames(item.info.frames, frames, cfg.frame_selection,
-                                  item.info.fps, cfg.fps, rng)
+  indices = None
+  if not is_image(item.media):
+    picked, note = select_frames(item.info.frames, frames, cfg.frame_selection,
+                                 item.info.fps, cfg.fps, rng)
     if note:
       log.warning("%s: %s", item.media, note)
-    pixels = read_video(item.media, indices)
-  if item.mask is not None:
-    mask = read_mask(item.mask, indices)
-  elif cfg.alpha_mask and alpha is not None:
-    mask = alpha
-  else:
-    mask = None
+    indices = tuple(picked)
+  crop = plan_crop(item.info.height, item.info.width, (bh, bw), rng, bool(cfg.random_crop),
+                   float(cfg.flip_prob))
+  if flip is not None:
+    crop = dataclasses.replace(crop, flip=flip)
+  return Geometry((frames, bh, bw), indices, crop)
 
-  height, width = pixels.shape[1:3]
-  crop = plan_crop(height, width, (bh, bw), rng, bool(cfg.random_crop), float(cfg.flip_prob))
-  pixels = apply_crop(pixels, crop, (bh, bw))
-  if mask is None:
-    weights = np.ones((latent_frames(frames), bh // 8, bw // 8), np.float32)
+
+def read_pixels(item: Item, geo: Geometry) -> np.ndarray:
+  """uint8 [F, H, W, 3] in the bucket's shape."""
+  if geo.indices is None:
+    pixels, _ = read_image(item.media)
   else:
-    mask = apply_crop(mask, crop, (bh, bw))  # resized from its own size (same aspect) in one step
-    weights = weight_map(mask, frames, float(cfg.mask_min_value), bool(cfg.invert_mask))
-    if weights is None:
-      log.warning("skipping %s: mask %s is all black", item.media, item.mask or "(alpha)")
-      raise SkipItem(f"all-black mask for {item.media}")
-  return Example(np.ascontiguousarray(pixels), weights, item.caption, item)
+    pixels = read_video(item.media, geo.indices)
+  _check_size(item, pixels.shape[1:3])
+  return np.ascontiguousarray(apply_crop(pixels, geo.crop, geo.bucket[1:]))
+
+
+def read_weights(item: Item, geo: Geometry, cfg: ml_collections.ConfigDict) -> np.ndarray:
+  """float32 [F', H/8, W/8] latent-grid weights (ones when unmasked); SkipItem if all black."""
+  frames, bh, bw = geo.bucket
+  mask = None
+  if item.mask is not None:
+    mask = read_mask(item.mask, geo.indices)
+  elif cfg.alpha_mask and geo.indices is None:
+    _, mask = read_image(item.media)
+  if mask is None:
+    return np.ones((latent_frames(frames), bh // 8, bw // 8), np.float32)
+  mask = apply_crop(mask, geo.crop, (bh, bw))  # resized from its own size (same aspect) in one step
+  weights = weight_map(mask, frames, float(cfg.mask_min_value), bool(cfg.invert_mask))
+  if weights is None:
+    log.warning("skipping %s: mask %s is all black", item.media, item.mask or "(alpha)")
+    raise SkipItem(f"all-black mask for {item.media}")
+  return weights
+
+
+def is_masked(item: Item, cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the item's weights come from a mask (else they are all ones)."""
+  return item.mask is not None or (bool(cfg.alpha_mask) and item.info.alpha != "none"
+                                   and is_image(item.media))
+
+
+def _check_size(item: Item, height_width: tuple[int, ...]) -> None:
+  if tuple(height_width) != (item.info.height, item.info.width):
+    raise MediaError(f"{item.media} changed since the scan: now {height_width[1]}x"
+                     f"{height_width[0]}, was {item.info.width}x{item.info.height}")
+
+
+def _load(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
+          rng: np.random.Generator) -> Example:
+  geo = plan_geometry(item, resolution, cfg, rng)
+  pixels = read_pixels(item, geo)
+  return Example(pixels, read_weights(item, geo, cfg), item.caption, item)
