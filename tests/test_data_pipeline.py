@@ -136,7 +136,9 @@ def test_decoding_ahead_is_bounded(folder, monkeypatch):
   p = build_pipeline([dataset_config(folder_path=str(folder))], 1, seed=0, read_threads=1,
                      prefetch_batches=2)
   next(iter(p.dataset))
-  assert len(calls) <= 4
+  # The one consumed, two buffered and what the thread has in flight: a handful, not Grain's
+  # default of 500 (the exact count depends on thread timing).
+  assert len(calls) <= 6
 
 
 def test_global_batch_must_split_over_processes(folder):

@@ -18,20 +18,24 @@ import dataclasses
 import functools
 import logging
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import ml_collections
 import numpy as np
 
 from wan_jax.data.buckets import batch_counts, bucket_batches
+from wan_jax.data.cache_store import CacheError
+from wan_jax.data.caches import (BLANK, BuildReport, CachePlan, CacheSettings, build_caches,
+                                 flip_variants, plan_caches, read_variant)
 from wan_jax.data.examples import SkipItem, bucket_of, load_example
-from wan_jax.data.folders import Item, ScanReport, scan_dataset
+from wan_jax.data.folders import DataError, Item, ScanReport, scan_dataset
 from wan_jax.data.weight_maps import latent_frames
 from wan_jax.data import config as dcfg
 
 log = logging.getLogger(__name__)
 MAX_SUBSTITUTES = 8
+Z_DIM = 16  # latent channels of the Wan 2.1 VAE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,56 +99,113 @@ class Pipeline:
   report: ScanReport
   batches_per_epoch: int
   local_batch: int
+  cache_plan: CachePlan | None = None  # set when batches come from the caches
+  cache_report: BuildReport | None = None
 
   def summary(self) -> str:
     buckets = sorted({e.bucket for e in self.entries})
-    return (f"{self.report.summary()}\n  {len(self.entries)} examples in {len(buckets)} buckets "
-            f"(frames, height, width): {buckets[:8]}{' ...' if len(buckets) > 8 else ''}\n"
-            f"  {self.batches_per_epoch} batches per epoch of {self.local_batch} per process")
+    cached = f"\n  {self.cache_report.summary()}" if self.cache_report else ""
+    return (f"{self.report.summary()}{cached}\n  {len(self.entries)} examples in {len(buckets)} "
+            f"buckets (frames, height, width): {buckets[:8]}{' ...' if len(buckets) > 8 else ''}"
+            f"\n  {self.batches_per_epoch} batches per epoch of {self.local_batch} per process")
 
 
-def _decode_rows(index: int, batch: tuple[int, ...], *, entries: list[Entry],
-                 datasets: list[ml_collections.ConfigDict], bucket_members: dict,
-                 shard_index: int, shard_count: int, seed: int) -> dict[str, np.ndarray]:
-  """This process's rows of global batch `index`, decoded; randomness from (seed, index, row)."""
-  rows = len(batch) // shard_count
-  mine = batch[shard_index * rows:(shard_index + 1) * rows]
-  pixels, weights, captions, multipliers, substituted, valid = [], [], [], [], [], []
-  for row, entry_id in enumerate(mine):
-    global_row = shard_index * rows + row
-    rng = np.random.default_rng([seed, index, global_row])
-    ex, attempt = None, 0
-    for attempt, cand in enumerate(_candidates(entry_id, bucket_members, [seed, index, global_row])):
-      entry = entries[cand]
-      cfg = datasets[entry.item.dataset]
+class RowReader:
+  """One row of a batch: raw pixels and weights, or (with caches) latents, weights and context."""
+
+  def __init__(self, entries: list[Entry], datasets: list[ml_collections.ConfigDict],
+               plan: CachePlan | None):
+    self.entries, self.datasets, self.plan = entries, datasets, plan
+    if plan is not None:
+      self._blank = plan.prompt(BLANK)
+      self._contexts: dict[str, np.ndarray] = {}
+
+  def read(self, entry_id: int, rng: np.random.Generator) -> dict[str, Any]:
+    entry = self.entries[entry_id]
+    cfg = self.datasets[entry.item.dataset]
+    if self.plan is None:
+      ex = load_example(entry.item, entry.resolution, cfg, rng)
+      row = {"pixels": ex.pixels, "weights": ex.weights}
+      caption = ex.caption
+    else:
+      row = self._cached(entry_id, entry, cfg, rng)
+      caption = entry.item.caption
+    if rng.random() < float(cfg.caption_dropout_rate):
+      caption = BLANK
+    row["caption"] = caption
+    row["loss_multiplier"] = float(cfg.loss_multiplier)
+    if self.plan is not None:
+      row["context"] = self._context(caption)
+    return row
+
+  def _cached(self, entry_id: int, entry: Entry, cfg, rng) -> dict[str, np.ndarray]:
+    flips = flip_variants(cfg)
+    flip = flips[0] if len(flips) == 1 else bool(rng.random() < float(cfg.flip_prob))
+    try:
+      return read_variant(self.plan, entry_id, flip)
+    except CacheError as e:
+      log.warning("skipping %s: %s", entry.item.media, e)
+      raise SkipItem(str(e)) from e
+
+  def _context(self, caption: str) -> np.ndarray:
+    """[text_len, D] float32: the cached embedding zero-padded as Wan pads it."""
+    ctx = self._contexts.get(caption)
+    if ctx is None:
       try:
-        ex = load_example(entry.item, entry.resolution, cfg, rng)
+        emb = self._blank if caption == BLANK else self.plan.prompt(caption)
+      except CacheError as e:  # fall back to the blank caption rather than dying mid-run
+        log.warning("%s; using the blank caption for this row", e)
+        emb = self._blank
+      ctx = np.zeros((self.plan.settings.text_len, emb.shape[1]), np.float32)
+      ctx[:len(emb)] = emb
+      if len(self._contexts) < 4096:
+        self._contexts[caption] = ctx
+    return ctx
+
+  def empty(self, entry_id: int) -> dict[str, Any]:
+    """A zero-weight row of the entry's bucket, for when nothing in the bucket could be read."""
+    f, h, w = self.entries[entry_id].bucket
+    weights = np.zeros((latent_frames(f), h // 8, w // 8), np.float32)
+    if self.plan is None:
+      return {"pixels": np.zeros((f, h, w, 3), np.uint8), "weights": weights, "caption": BLANK,
+              "loss_multiplier": 0.0}
+    lat = np.zeros((*weights.shape, Z_DIM), np.float32)
+    return {"latent_mean": lat, "latent_logvar": lat, "weights": weights, "caption": BLANK,
+            "context": np.zeros((self.plan.settings.text_len, self._blank.shape[1]), np.float32),
+            "loss_multiplier": 0.0}
+
+
+def _decode_rows(index: int, batch: tuple[int, ...], *, reader: RowReader, bucket_members: dict,
+                 shard_index: int, shard_count: int, seed: int) -> dict[str, np.ndarray]:
+  """This process's rows of global batch `index`, read; randomness from (seed, index, row)."""
+  rows_per_shard = len(batch) // shard_count
+  mine = batch[shard_index * rows_per_shard:(shard_index + 1) * rows_per_shard]
+  rows, substituted, valid = [], [], []
+  for row, entry_id in enumerate(mine):
+    global_row = shard_index * rows_per_shard + row
+    rng = np.random.default_rng([seed, index, global_row])
+    got, attempt = None, 0
+    for attempt, cand in enumerate(_candidates(entry_id, bucket_members, [seed, index, global_row])):
+      try:
+        got = reader.read(cand, rng)
         break
       except SkipItem:
         continue
-    if ex is None:  # every candidate failed: an empty row with zero weight, never a crash
-      f, h, w = entries[entry_id].bucket
-      pixels.append(np.zeros((f, h, w, 3), np.uint8))
-      weights.append(np.zeros((latent_frames(f), h // 8, w // 8), np.float32))
-      captions.append("")
-      multipliers.append(0.0)
+    if got is None:  # every candidate failed: an empty row with zero weight, never a crash
+      rows.append(reader.empty(entry_id))
       substituted.append(True)
       valid.append(False)
       continue
-    pixels.append(ex.pixels)
-    weights.append(ex.weights)
-    captions.append("" if rng.random() < float(cfg.caption_dropout_rate) else ex.caption)
-    multipliers.append(float(cfg.loss_multiplier))
+    rows.append(got)
     substituted.append(attempt > 0)
     valid.append(True)
-  return {
-      "pixels": np.stack(pixels),
-      "weights": np.stack(weights),
-      "caption": np.array(captions, dtype=object),
-      "loss_multiplier": np.array(multipliers, np.float32),
-      "substituted": np.array(substituted),  # a stand-in from the same bucket was used
-      "valid": np.array(valid),  # False: nothing in the bucket decoded; zero weight, skip it
-  }
+  out = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in ("caption",
+                                                                          "loss_multiplier")}
+  out["caption"] = np.array([r["caption"] for r in rows], dtype=object)
+  out["loss_multiplier"] = np.array([r["loss_multiplier"] for r in rows], np.float32)
+  out["substituted"] = np.array(substituted)  # a stand-in from the same bucket was used
+  out["valid"] = np.array(valid)  # False: nothing in the bucket could be read; zero weight
+  return out
 
 
 def _candidates(entry_id: int, bucket_members: dict, seed: list[int]):
@@ -159,9 +220,16 @@ def _candidates(entry_id: int, bucket_members: dict, seed: list[int]):
 def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: int, seed: int,
                    num_workers: int = 0, num_epochs: int | None = None,
                    shard: grain.sharding.ShardOptions | None = None, read_threads: int = 2,
-                   prefetch_batches: int = 2) -> Pipeline:
+                   prefetch_batches: int = 2, caches: CacheSettings | None = None,
+                   load_vae: Callable[[], Any] | None = None,
+                   load_text: Callable[[], tuple[Any, Any]] | None = None,
+                   extra_prompts: Sequence[str] = (), progress: bool = True) -> Pipeline:
   """Scans every dataset (errors surface here, before training) and builds the iterator.
 
+  Without `caches`, batches hold uint8 `pixels` and `weights`. With them, missing cache files
+  are built first (`load_vae` / `load_text` are called only then) and batches hold
+  `latent_mean`, `latent_logvar` (un-normalised VAE moments), `weights` and `context` (prompt
+  embeddings padded to text_len); items that cannot be encoded are dropped and counted.
   read_threads / prefetch_batches bound how far ahead each process (or worker) decodes: a batch
   of 81-frame clips is hundreds of MB, so Grain's default of 500 elements ahead would not fit.
   """
@@ -176,25 +244,53 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
     # A small item can land in the same bucket at several resolutions: once is enough.
     buckets = {bucket_of(item, r): r for r in reversed(dcfg.resolutions(datasets[item.dataset]))}
     entries += [Entry(item, r, b) for b, r in sorted(buckets.items(), key=lambda br: br[1])]
+
+  plan, cache_report = None, None
+  if caches is not None:
+    plan, cache_report, entries = _cached_entries(entries, datasets, caches, load_vae, load_text,
+                                                  extra_prompts, progress, report)
   keys = [e.bucket for e in entries]
   by_key: dict[Any, list[int]] = {}
   for i, k in enumerate(keys):
     by_key.setdefault(k, []).append(i)
   bucket_members = {i: by_key[k] for i, k in enumerate(keys)}
 
-  plan = BatchPlan(keys, global_batch, seed)
-  filler = plan.filler_slots
+  batch_plan = BatchPlan(keys, global_batch, seed)
+  filler = batch_plan.filler_slots
   if filler:
     log.info("%d batch slots per epoch repeat an item to fill the last batch of a bucket", filler)
     report.notes["batch slots filled with a repeated item (per epoch)"] = filler
-  decode = functools.partial(_decode_rows, entries=entries, datasets=list(datasets),
-                             bucket_members=bucket_members, shard_index=shard.shard_index,
-                             shard_count=shard.shard_count, seed=seed)
+  reader = RowReader(entries, list(datasets), plan)
+  decode = functools.partial(_decode_rows, reader=reader, bucket_members=bucket_members,
+                             shard_index=shard.shard_index, shard_count=shard.shard_count,
+                             seed=seed)
   read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
-  ds = plan.shuffle(seed).repeat(num_epochs).map_with_index(decode).to_iter_dataset(read)
+  ds = batch_plan.shuffle(seed).repeat(num_epochs).map_with_index(decode).to_iter_dataset(read)
   if num_workers > 0:
     from absl import flags  # Grain's workers read absl flags; plain Python callers never parse them
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return Pipeline(ds, entries, report, len(plan), global_batch // shard.shard_count)
+  return Pipeline(ds, entries, report, len(batch_plan), global_batch // shard.shard_count, plan,
+                  cache_report)
+
+
+def _cached_entries(entries, datasets, settings, load_vae, load_text, extra_prompts, progress,
+                    report: ScanReport) -> tuple[CachePlan, BuildReport, list[Entry]]:
+  """Plans and builds the caches; returns the plan and entries restricted to what encoded."""
+  pairs = [(e.item, e.resolution) for e in entries]
+  plan = plan_caches(pairs, datasets, settings, extra_prompts)
+  if any(plan.missing()) and (load_vae is None or load_text is None):
+    lat, wts, texts = plan.missing()
+    raise CacheError(f"caches under {settings.root} are incomplete ({len(lat)} latents, "
+                     f"{len(wts)} weight maps, {len(texts)} prompts missing) and no encoders "
+                     "were given to build them")
+  built = build_caches(plan, pairs, datasets, load_vae, load_text, progress=progress)
+  for path, reason in built.failed:
+    report.skipped.append((path, f"could not be encoded: {reason}"))
+  keep = [i for i in range(len(entries)) if i not in plan.failed]
+  if not keep:
+    raise DataError("no item could be encoded into the latent cache; see the warnings above")
+  plan.variants = [plan.variants[i] for i in keep]
+  plan.failed = set()
+  return plan, built, [entries[i] for i in keep]

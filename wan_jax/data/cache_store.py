@@ -1,0 +1,73 @@
+"""Cache files on disk: one safetensors file per key, written atomically.
+
+Layout: `<root>/<kind>/<key[:2]>/<key>.safetensors` (kind: latents, weights, prompts). A file is
+written to a temporary name in the same folder and renamed into place, so a crash or Ctrl-C
+during a build never leaves a truncated file under a real key; a file that is unreadable anyway
+(a full disk, a copy gone wrong) is reported by name and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+KINDS = ("latents", "weights", "prompts")
+DTYPES = ("float32", "float16")  # what safetensors' numpy API can store
+
+
+class CacheError(ValueError):
+  """A cache file is missing or unreadable; the message names it."""
+
+
+def digest(content: Any) -> str:
+  """A stable hash of JSON-able content: the cache key."""
+  blob = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+  return hashlib.sha256(blob).hexdigest()[:40]
+
+
+class CacheStore:
+
+  def __init__(self, root: str | os.PathLike):
+    self.root = Path(root).expanduser()
+
+  def path(self, kind: str, key: str) -> Path:
+    if kind not in KINDS:
+      raise ValueError(f"cache kind must be one of {KINDS}, got {kind!r}")
+    return self.root / kind / key[:2] / f"{key}.safetensors"
+
+  def has(self, kind: str, key: str) -> bool:
+    return self.path(kind, key).is_file()
+
+  def write(self, kind: str, key: str, tensors: dict[str, np.ndarray],
+            metadata: dict[str, str] | None = None) -> Path:
+    path = self.path(kind, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+      arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+      safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
+      os.replace(tmp, path)
+    except BaseException:
+      Path(tmp).unlink(missing_ok=True)
+      raise
+    return path
+
+  def read(self, kind: str, key: str) -> dict[str, np.ndarray]:
+    path = self.path(kind, key)
+    try:
+      return safetensors.numpy.load_file(path)
+    except FileNotFoundError:
+      raise CacheError(f"cache file missing: {path} (build the caches first)") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+      raise CacheError(f"cache file unreadable: {path} ({type(e).__name__}: {e})") from e
+
+  def remove(self, kind: str, key: str) -> None:
+    self.path(kind, key).unlink(missing_ok=True)

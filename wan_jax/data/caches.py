@@ -1,0 +1,286 @@
+"""Latent and prompt-embedding caches: encode once, train many times without the VAE or umT5.
+
+Three kinds of file, each keyed by a hash of exactly what changes it, so a changed setting
+rebuilds only what it touches:
+  latents  the VAE posterior's mean and log-variance (un-normalised, as `WanVAE.moments`) of one
+           item in one geometry. Key: the media file (path, size, mtime), the bucket, the source
+           frames, the resize/crop/flip, the VAE's weights (file identities) and the dtype.
+  weights  the latent-grid weight map of a masked item. Key: the mask file, the same geometry,
+           invert_mask and mask_min_value (changing mask_min_value re-reads masks, not videos).
+  prompts  one caption's umT5 embedding, trimmed to its tokens. Key: the text, the encoder's and
+           tokenizer's identities and the token limit. The blank caption (caption dropout) and any
+           extra prompts (previews) are cached the same way.
+
+Geometry must be fixed for a latent to be reusable: with caches, crops are centred and frames
+evenly spread; random crops and random frame windows are refused. A random flip is kept: both
+variants are cached and each draw picks one.
+
+Models are loaded through callables only when something is missing, so a run whose caches are
+complete never holds the VAE or umT5 in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from wan_jax.data.cache_store import DTYPES, CacheError, CacheStore, digest
+from wan_jax.data.examples import (Geometry, SkipItem, is_masked, plan_geometry, read_pixels,
+                                   read_weights)
+from wan_jax.data.folders import DataError, Item
+from wan_jax.data.media import MediaError
+
+log = logging.getLogger(__name__)
+VERSION = 1  # bump when what a cache file holds changes
+PROMPT_BATCH = 8
+BLANK = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings:
+  """Where the caches live and what identifies the encoders that fill them."""
+
+  root: Path
+  vae_id: str  # identity of the VAE weights (`files_id` of its checkpoint, or a demo tag)
+  text_id: str  # identity of umT5 + tokenizer
+  text_len: int = 512  # tokens per prompt (Wan pads to 512)
+  dtype: str = "float32"  # storage dtype of latents and embeddings (float32 | float16)
+
+  def __post_init__(self):
+    if self.dtype not in DTYPES:
+      raise ValueError(f"cache dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
+def files_id(path: str | os.PathLike) -> str:
+  """Identity of a checkpoint (file or folder) from every file's name, size and mtime."""
+  root = Path(path).expanduser().resolve()
+  if not root.exists():
+    raise FileNotFoundError(f"{root} does not exist")
+  files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+  return digest([[str(p.relative_to(root.parent)), p.stat().st_size, p.stat().st_mtime_ns]
+                 for p in files])
+
+
+def _stamp(path: Path) -> list:
+  """(path, size, mtime) of a file, or of every image in a per-frame mask folder."""
+  path = Path(path).resolve()
+  if path.is_dir():
+    return [_stamp(p) for p in sorted(path.iterdir()) if p.is_file()]
+  st = path.stat()
+  return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _geometry_json(geo: Geometry) -> list:
+  c = geo.crop
+  return [list(geo.bucket), list(geo.indices or []), list(c.resize_hw), c.top, c.left, c.flip]
+
+
+def flip_variants(cfg: ml_collections.ConfigDict) -> tuple[bool, ...]:
+  p = float(cfg.flip_prob)
+  return (False,) if p <= 0 else (True,) if p >= 1 else (False, True)
+
+
+def check_cacheable(cfg: ml_collections.ConfigDict, where: str) -> None:
+  """Random crops and frame windows change every epoch: their latents cannot be cached."""
+  if cfg.random_crop:
+    raise DataError(f"{where}.random_crop changes the crop every epoch, so its latents cannot be "
+                    "cached; turn it off (flip_prob still works with caches)")
+  if cfg.frame_selection != "evenly":
+    raise DataError(f"{where}.frame_selection={cfg.frame_selection!r} draws new frames every "
+                    "epoch, so its latents cannot be cached; use 'evenly'")
+
+
+@dataclasses.dataclass
+class Variant:
+  """One cached version (flip) of one entry."""
+
+  geometry: Geometry
+  latent_key: str
+  weights_key: str | None  # None: unmasked (weights are ones)
+
+
+@dataclasses.dataclass
+class CachePlan:
+  """Every key a run needs; what is missing is built by `build_caches`."""
+
+  store: CacheStore
+  settings: CacheSettings
+  variants: list[dict[bool, Variant]]  # per entry: flip -> variant
+  prompt_keys: dict[str, str]  # caption -> key (includes BLANK and extra prompts)
+  failed: set[int] = dataclasses.field(default_factory=set)  # entries that could not be encoded
+
+  def missing(self) -> tuple[list[tuple[int, bool]], list[tuple[int, bool]], list[str]]:
+    """(entry/flip pairs without latents, entry/flip pairs without weights, captions)."""
+    lat, wts = [], []
+    for i, by_flip in enumerate(self.variants):
+      for flip, v in by_flip.items():
+        if not self.store.has("latents", v.latent_key):
+          lat.append((i, flip))
+        if v.weights_key is not None and not self.store.has("weights", v.weights_key):
+          wts.append((i, flip))
+    texts = [t for t, k in self.prompt_keys.items() if not self.store.has("prompts", k)]
+    return lat, wts, texts
+
+  def prompt(self, text: str) -> np.ndarray:
+    """A cached embedding [tokens, D] (float32); the caption must be part of the plan."""
+    if text not in self.prompt_keys:
+      raise KeyError(f"prompt {text!r} is not in the cache plan (pass it as an extra prompt)")
+    return self.store.read("prompts", self.prompt_keys[text])["embedding"].astype(np.float32)
+
+
+def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collections.ConfigDict],
+                settings: CacheSettings, extra_prompts: Sequence[str] = ()) -> CachePlan:
+  """Keys for every (item, resolution) entry and every caption; reads no media."""
+  for i, cfg in enumerate(datasets):
+    check_cacheable(cfg, f"datasets[{i}]")
+  variants = []
+  for item, resolution in items:
+    cfg = datasets[item.dataset]
+    media = _stamp(item.media)
+    mask = (_stamp(item.mask) if item.mask is not None else media) if is_masked(item, cfg) else None
+    by_flip = {}
+    for flip in flip_variants(cfg):
+      geo = plan_geometry(item, resolution, cfg, np.random.default_rng(0), flip=flip)
+      g = _geometry_json(geo)
+      lkey = digest([VERSION, "latents", media, g, settings.vae_id, settings.dtype])
+      wkey = None if mask is None else digest(
+          [VERSION, "weights", mask, g, bool(cfg.invert_mask), float(cfg.mask_min_value),
+           item.mask is None])
+      by_flip[flip] = Variant(geo, lkey, wkey)
+    variants.append(by_flip)
+  texts = {BLANK, *extra_prompts, *(item.caption for item, _ in items)}
+  prompt_keys = {t: digest([VERSION, "prompts", t, settings.text_id, settings.text_len,
+                            settings.dtype]) for t in sorted(texts)}
+  return CachePlan(CacheStore(settings.root), settings, variants, prompt_keys)
+
+
+@dataclasses.dataclass
+class BuildReport:
+  latents_built: int = 0
+  weights_built: int = 0
+  prompts_built: int = 0
+  reused: int = 0
+  failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
+  seconds: float = 0.0
+
+  def summary(self) -> str:
+    return (f"caches: {self.reused} files reused, built {self.latents_built} latents, "
+            f"{self.weights_built} weight maps, {self.prompts_built} prompt embeddings in "
+            f"{self.seconds:.1f} s; {len(self.failed)} items could not be encoded")
+
+
+def build_caches(plan: CachePlan, items: Sequence[tuple[Item, int]],
+                 datasets: Sequence[ml_collections.ConfigDict],
+                 load_vae: Callable[[], Any], load_text: Callable[[], tuple[Any, Any]],
+                 progress: bool = True) -> BuildReport:
+  """Builds what is missing. `load_vae()` -> WanVAE and `load_text()` -> (tokenizer, UMT5Encoder)
+  are called only if latents or prompts are missing; items that fail to decode are logged by
+  name, added to `plan.failed` and left out of training."""
+  start = time.time()
+  lat, wts, texts = plan.missing()
+  total = sum(len(v) for v in plan.variants) + sum(
+      v.weights_key is not None for by_flip in plan.variants for v in by_flip.values())
+  report = BuildReport(reused=total + len(plan.prompt_keys) - len(lat) - len(wts) - len(texts))
+  bar = lambda it, n, desc: tqdm.tqdm(it, total=n, desc=desc, unit="item",
+                                      disable=not progress or n == 0)
+  if lat:
+    _build_latents(plan, items, datasets, lat, load_vae, report, bar)
+  for i, flip in bar(wts, len(wts), "caching weight maps"):
+    if i in plan.failed:
+      continue
+    item, _ = items[i]
+    v = plan.variants[i][flip]
+    try:
+      weights = read_weights(item, v.geometry, datasets[item.dataset])
+    except (SkipItem, MediaError, ValueError, OSError) as e:
+      _fail(plan, report, i, item, e)
+      continue
+    plan.store.write("weights", v.weights_key, {"weights": weights},
+                     {"mask": str(item.mask or item.media)})
+    report.weights_built += 1
+  if texts:
+    _build_prompts(plan, texts, load_text, report, bar)
+  report.seconds = time.time() - start
+  return report
+
+
+def _fail(plan: CachePlan, report: BuildReport, i: int, item: Item, e: Exception) -> None:
+  if not isinstance(e, SkipItem):
+    log.warning("skipping %s: %s", item.media, e)
+  plan.failed.add(i)
+  report.failed.append((str(item.media), str(e)))
+
+
+def _build_latents(plan, items, datasets, todo, load_vae, report, bar) -> None:
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  vae = load_vae()
+  moments = nnx.jit(lambda vae, video: vae.moments(video))
+  dtype = np.dtype(plan.settings.dtype)
+  # One bucket after another, so each shape compiles once and stays hot.
+  todo = sorted(todo, key=lambda ef: (plan.variants[ef[0]][ef[1]].geometry.bucket, ef))
+  for i, flip in bar(todo, len(todo), "caching latents"):
+    item, _ = items[i]
+    v = plan.variants[i][flip]
+    try:
+      pixels = read_pixels(item, v.geometry)
+    except (MediaError, ValueError, OSError) as e:
+      _fail(plan, report, i, item, e)
+      continue
+    video = jnp.asarray(pixels[None], jnp.float32) / 127.5 - 1.0
+    mean, logvar = jax.device_get(moments(vae, video))
+    if not (np.isfinite(mean).all() and np.isfinite(logvar).all()):
+      _fail(plan, report, i, item, ValueError("the VAE returned non-finite latents"))
+      continue
+    plan.store.write("latents", v.latent_key,
+                     {"mean": mean[0].astype(dtype), "logvar": logvar[0].astype(dtype)},
+                     {"media": str(item.media), "bucket": str(v.geometry.bucket)})
+    report.latents_built += 1
+  del vae
+
+
+def _build_prompts(plan, texts, load_text, report, bar) -> None:
+  from wan_jax.model.prompts import encode_prompts, tokenize
+
+  tokenizer, encoder = load_text()
+  dtype = np.dtype(plan.settings.dtype)
+  batches = [texts[i:i + PROMPT_BATCH] for i in range(0, len(texts), PROMPT_BATCH)]
+  with bar(None, len(texts), "caching prompts") as pbar:
+    for batch in batches:
+      padded = batch + [BLANK] * (PROMPT_BATCH - len(batch))  # one compiled batch size
+      _, mask = tokenize(padded, tokenizer, plan.settings.text_len)
+      emb = np.asarray(encode_prompts(padded, tokenizer, encoder, plan.settings.text_len))
+      for j, text in enumerate(batch):
+        n = max(1, int(mask[j].sum()))
+        plan.store.write("prompts", plan.prompt_keys[text], {"embedding": emb[j, :n].astype(dtype)},
+                         {"text": text})
+        report.prompts_built += 1
+      pbar.update(len(batch))
+  del encoder
+
+
+def read_variant(plan: CachePlan, entry: int, flip: bool) -> dict[str, np.ndarray]:
+  """(mean, logvar, weights) of one cached entry as float32; CacheError names a bad file."""
+  v = plan.variants[entry].get(flip) or next(iter(plan.variants[entry].values()))
+  lat = plan.store.read("latents", v.latent_key)
+  out = {"latent_mean": lat["mean"].astype(np.float32),
+         "latent_logvar": lat["logvar"].astype(np.float32)}
+  if v.weights_key is None:
+    out["weights"] = np.ones(out["latent_mean"].shape[:3], np.float32)
+  else:
+    out["weights"] = plan.store.read("weights", v.weights_key)["weights"]
+  return out
+
+
+__all__ = ["BLANK", "BuildReport", "CacheError", "CachePlan", "CacheSettings", "build_caches",
+           "check_cacheable", "files_id", "plan_caches", "read_variant"]
