@@ -1,0 +1,105 @@
+"""Training timesteps drawn inside one expert's range, t in [0, 1000], s = t / 1000.
+
+Ranges. With threshold = boundary * 1000 and routing `t >= threshold` -> high-noise (as in
+`wan_jax.model.dual`), the experts own
+    high: [threshold, 1000]    (closed: the threshold itself is high-noise)
+    low:  [0, threshold)       (half-open: the low expert never sees the threshold)
+which partition [0, 1000] with no gap and no overlap.
+
+Sampling. `sample_timesteps` always draws from the half-open [low, high) in float32: for the low
+expert that is its whole range, and for the high expert it only leaves out t = 1000 exactly, a
+point of probability zero. Every method is a monotone map s = g(b) of a base variable b (uniform
+or standard normal), so the method's distribution conditioned on [low, high) is g of b truncated
+to [g^-1(low), g^-1(high)); b is truncated by inverse CDF (u uniform between the base CDF at the
+two ends, mapped back), never by rejection, so every draw is used and lands in the range. The
+final clip, as in `jax.random.truncated_normal`, only absorbs float32 rounding (a few ulps at the
+ends); it moves no measurable probability mass, and it guarantees a low-expert draw never rounds
+up to the threshold (which would route it to the other expert).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import ndtr, ndtri
+
+from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS
+from wan_jax.train.experts import EXPERTS, HIGH
+
+METHODS = ("uniform", "logit_normal", "shift")
+
+
+def expert_range(expert: str, boundary: float) -> tuple[float, float]:
+  """(low, high) timestep bounds of an expert: high [low, high], low [low, high) (see above)."""
+  if expert not in EXPERTS:
+    raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
+  if not 0.0 < boundary < 1.0:
+    raise ValueError(f"boundary must be in (0, 1), got {boundary}")
+  threshold = boundary * NUM_TRAIN_TIMESTEPS
+  return (threshold, float(NUM_TRAIN_TIMESTEPS)) if expert == HIGH else (0.0, threshold)
+
+
+def _check(low: object, high: object, method: str, shift: object, logit_std: object) -> None:
+  """Validates what is concrete; traced bounds (inside jit) are the caller's responsibility."""
+  if method not in METHODS:
+    raise ValueError(f"timestep method must be one of {METHODS}, got {method!r}")
+  concrete = isinstance(low, (int, float)) and isinstance(high, (int, float))
+  if concrete and not 0.0 <= low < high <= NUM_TRAIN_TIMESTEPS:
+    raise ValueError(f"need 0 <= low < high <= {NUM_TRAIN_TIMESTEPS}, got [{low}, {high})")
+  if method == "shift" and isinstance(shift, (int, float)) and not shift > 0:
+    raise ValueError(f"shift must be > 0, got {shift}")
+  if method == "logit_normal" and isinstance(logit_std, (int, float)) and not logit_std > 0:
+    raise ValueError(f"logit_std must be > 0, got {logit_std}")
+
+
+def _truncated_uniform(key: jax.Array, batch: int, a: jax.Array, b: jax.Array) -> jax.Array:
+  return jax.random.uniform(key, (batch,), jnp.float32, minval=a, maxval=b)
+
+
+def _truncated_normal(key: jax.Array, batch: int, a: jax.Array, b: jax.Array) -> jax.Array:
+  """Standard normal restricted to [a, b] by inverse CDF.
+
+  A range in the upper half is mirrored into the lower tail, where float32 keeps ndtr's full
+  relative precision (near CDF = 1 its spacing is 6e-8, which would flatten a far upper tail).
+  """
+  flip = (a + b) > 0  # NaN for (-inf, inf): no flip, as wanted
+  lo, hi = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
+  z = ndtri(_truncated_uniform(key, batch, ndtr(lo), ndtr(hi)))
+  return jnp.where(flip, -z, z)
+
+
+def _logit(s: jax.Array) -> jax.Array:
+  return jnp.log(s) - jnp.log1p(-s)  # -inf at 0 and +inf at 1, never NaN
+
+
+def sample_timesteps(key: jax.Array, batch: int, low: float | jax.Array, high: float | jax.Array,
+                     method: str = "uniform", *, shift: float = 5.0, logit_mean: float = 0.0,
+                     logit_std: float = 1.0) -> jax.Array:
+  """[batch] float32 timesteps, each in [low, high), from `method` conditioned on that range.
+
+  uniform:      s ~ U(0, 1)
+  logit_normal: s = sigmoid(logit_mean + logit_std * z), z ~ N(0, 1)
+  shift:        s = k u / (1 + (k - 1) u), u ~ U(0, 1), k = shift (k > 1 favours high noise)
+  `batch` and `method` are static; the bounds and parameters may be traced.
+  """
+  _check(low, high, method, shift, logit_std)
+  low_t = jnp.asarray(low, jnp.float32)
+  high_t = jnp.asarray(high, jnp.float32)
+  s_lo, s_hi = low_t / NUM_TRAIN_TIMESTEPS, high_t / NUM_TRAIN_TIMESTEPS
+  if method == "uniform":
+    s = _truncated_uniform(key, batch, s_lo, s_hi)
+  elif method == "shift":
+    k = jnp.asarray(shift, jnp.float32)
+
+    def unshift(y: jax.Array) -> jax.Array:  # u = g^-1(s), the CDF of the shifted s
+      return y / (k - (k - 1) * y)
+
+    u = _truncated_uniform(key, batch, unshift(s_lo), unshift(s_hi))
+    s = k * u / (1 + (k - 1) * u)
+  else:
+    mean = jnp.asarray(logit_mean, jnp.float32)
+    std = jnp.asarray(logit_std, jnp.float32)
+    z = _truncated_normal(key, batch, (_logit(s_lo) - mean) / std, (_logit(s_hi) - mean) / std)
+    s = jax.nn.sigmoid(mean + std * z)
+  t = s * NUM_TRAIN_TIMESTEPS
+  return jnp.clip(t, low_t, jnp.nextafter(high_t, jnp.float32(-jnp.inf)))
