@@ -1,0 +1,103 @@
+"""Writing previews to disk: MP4 through imageio's pyav plugin, PNG through pillow, atomically.
+
+Every writer renders into a hidden temporary file beside the target and renames it into place,
+so a viewer watching the folder (or a crash mid-write) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+FPS = 16  # Wan 2.2 A14B renders at 16 frames per second
+# H.264 plays everywhere; MPEG-4 part 2 is the fallback an FFmpeg build without x264 still has.
+VIDEO_CODECS = ("libx264", "h264", "mpeg4")
+_working_codec: str | None = None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+  """Yields a temporary path with `path`'s suffix; renames it onto `path` when the block succeeds.
+
+  The suffix is kept because imageio picks the container format from it.
+  """
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+  os.close(fd)
+  tmp_path = Path(tmp)
+  try:
+    yield tmp_path
+    os.replace(tmp_path, path)
+  finally:
+    tmp_path.unlink(missing_ok=True)
+
+
+def write_text(text: str, path: Path) -> Path:
+  with atomic_path(path) as tmp:
+    tmp.write_text(text, encoding="utf-8")
+  return Path(path)
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats (the VAE's range) -> uint8, rounding to the nearest level."""
+  x = (np.clip(np.asarray(video, np.float32), -1.0, 1.0) + 1.0) * 127.5
+  return np.round(x).astype(np.uint8)
+
+
+def _even(frames_FxHxWx3: np.ndarray) -> np.ndarray:
+  """Edge-pads to even height and width: yuv420p stores chroma at half resolution."""
+  _, h, w, _ = frames_FxHxWx3.shape
+  if h % 2 or w % 2:
+    frames_FxHxWx3 = np.pad(frames_FxHxWx3, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+  return frames_FxHxWx3
+
+
+def _codecs() -> list[str]:
+  """The encoders this FFmpeg build has, the last one that worked first."""
+  names = [_working_codec] if _working_codec else []
+  for name in VIDEO_CODECS:
+    with contextlib.suppress(ValueError):  # not in this build
+      av.Codec(name, "w")
+      names.append(name)
+  return list(dict.fromkeys(names))
+
+
+def write_video(frames_FxHxWx3: np.ndarray, path: Path, *, fps: int = FPS) -> Path:
+  """uint8 RGB frames -> an MP4 (H.264 if this FFmpeg can, else MPEG-4 part 2), yuv420p."""
+  global _working_codec
+  frames = np.asarray(frames_FxHxWx3)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+    raise ValueError(f"need uint8 frames [F>=1, H, W, 3], got {frames.dtype} {frames.shape}")
+  frames = _even(frames)
+  errors = []
+  for codec in _codecs():
+    try:
+      with atomic_path(path) as tmp:
+        iio.imwrite(tmp, frames, plugin="pyav", codec=codec, fps=fps, out_pixel_format="yuv420p")
+      _working_codec = codec
+      return Path(path)
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:  # try the next one
+      errors.append(f"{codec}: {e}")
+  raise RuntimeError(f"no video encoder could write {path}: " + "; ".join(errors))
+
+
+def write_png(frame_HxWx3: np.ndarray, path: Path) -> Path:
+  frame = np.asarray(frame_HxWx3)
+  if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+    raise ValueError(f"need a uint8 frame [H, W, 3], got {frame.dtype} {frame.shape}")
+  return save_image(Image.fromarray(frame, "RGB"), path)
+
+
+def save_image(image: Image.Image, path: Path) -> Path:
+  with atomic_path(path) as tmp:
+    image.save(tmp, format="PNG")
+  return Path(path)

@@ -1,0 +1,214 @@
+"""Preview samples during training: Wan 2.2 A14B's text-to-video recipe, as a plain Euler sampler.
+
+Facts taken from upstream Wan 2.2 (wan/configs/wan_t2v_A14B.py, wan/text2video.py):
+  - flow matching: x_s = (1 - s) x0 + s eps, the model predicts v = eps - x0 at t = 1000 s;
+  - the schedule is shifted, s' = shift s / (1 + (shift - 1) s), shift 12 for T2V A14B (5 for I2V),
+    40 steps;
+  - the high-noise expert runs while t >= boundary * 1000 (0.875 for T2V), the low-noise one after;
+  - classifier-free guidance v = v_neg + g (v_pos - v_neg) with one scale per expert, written
+    `sample_guide_scale = (3.0, 4.0)  # low noise, high noise`: the FIRST number is the low-noise
+    scale. `Guidance` keeps that order so values copied from upstream mean the same here.
+
+Where this differs from upstream, on purpose:
+  - Euler instead of upstream's default UniPC (2nd-order multistep). Euler is the first-order
+    solver of the very ODE the training loss defines, keeps no history across steps (so nothing
+    carries over the expert switch) and needs one small step function. At equal step counts it is
+    a little softer than UniPC, which a preview of training progress can afford.
+  - the schedule starts at s = 1 (pure noise) and keeps float timesteps; upstream starts at 0.999,
+    the top of its 1000-step training grid, and truncates timesteps to integers.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS, DualWanTransformer
+from wan_jax.model.vae import WanVAE, decode_latents
+from wan_jax.train import media_out
+
+F32 = jnp.float32
+PATCH = 2  # the transformer's spatial patch on the latent grid
+log = logging.getLogger(__name__)
+
+
+class Guidance(NamedTuple):
+  """Classifier-free guidance scales per expert, in upstream's order (low_noise, high_noise)."""
+  low_noise: float = 3.0
+  high_noise: float = 4.0
+
+
+DEFAULT_STEPS = 40
+DEFAULT_SHIFT = 12.0
+DEFAULT_GUIDANCE = Guidance(3.0, 4.0)  # Wan 2.2 T2V A14B
+
+
+def flow_sigmas(num_steps: int, shift: float) -> np.ndarray:
+  """num_steps + 1 noise levels from 1 down to 0, shifted toward the noisy end (float64)."""
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  if not shift > 0:
+    raise ValueError(f"shift must be > 0, got {shift}")
+  s = np.linspace(1.0, 0.0, num_steps + 1)
+  return shift * s / (1.0 + (shift - 1.0) * s)
+
+
+def _as_guidance(guidance: Guidance | tuple[float, float] | float) -> Guidance:
+  if isinstance(guidance, (int, float)):
+    return Guidance(float(guidance), float(guidance))
+  low, high = guidance
+  return Guidance(float(low), float(high))
+
+
+def _as_batch(context: jax.Array) -> jax.Array:
+  """[L, T] or [B, L, T] -> [B, L, T]."""
+  context = jnp.asarray(context)
+  if context.ndim == 2:
+    context = context[None]
+  if context.ndim != 3:
+    raise ValueError(f"a context must be [L, T] or [B, L, T], got {context.shape}")
+  return context
+
+
+def _pad_rows(context_BxLxT: jax.Array, length: int) -> jax.Array:
+  """Zero rows at the end: exact, since the transformer zero-pads every context to text_len."""
+  return jnp.pad(context_BxLxT, ((0, 0), (0, length - context_BxLxT.shape[1]), (0, 0)))
+
+
+@functools.partial(nnx.jit, static_argnames=("cfg",))
+def _euler_step(model: DualWanTransformer, x_BxFxHxWxC: jax.Array, t: jax.Array, dt: jax.Array,
+                context_BxLxT: jax.Array, negative_BxLxT: jax.Array, scales: jax.Array,
+                cfg: str) -> jax.Array:
+  """x + dt v at timestep t, v guided with the scale of the expert that t selects."""
+  b = x_BxFxHxWxC.shape[0]
+  t_B = jnp.full((b,), t, F32)
+  if cfg == "off":
+    v = model(x_BxFxHxWxC, t_B, context_BxLxT).astype(F32)
+  else:
+    if cfg == "batched":  # both halves in one call: one weight read per step instead of two
+      v_2B = model(jnp.concatenate([x_BxFxHxWxC, x_BxFxHxWxC]), jnp.concatenate([t_B, t_B]),
+                   jnp.concatenate([context_BxLxT, negative_BxLxT])).astype(F32)
+      v_pos, v_neg = v_2B[:b], v_2B[b:]
+    else:  # "separate": half the activation memory
+      v_pos = model(x_BxFxHxWxC, t_B, context_BxLxT).astype(F32)
+      v_neg = model(x_BxFxHxWxC, t_B, negative_BxLxT).astype(F32)
+    g = jnp.where(model.uses_high_noise(t_B), scales[1], scales[0])
+    v = v_neg + g * (v_pos - v_neg)
+  return x_BxFxHxWxC + dt * v
+
+
+def sample_latents(model: DualWanTransformer, context: jax.Array,
+                   negative_context: jax.Array | None, shape: Sequence[int], key: jax.Array, *,
+                   num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
+                   guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
+                   batch_cfg: bool = True) -> jax.Array:
+  """Euler-integrates the flow from noise (`jax.random.normal(key, shape)`) to latents [B,F,H,W,C].
+
+  context [B, L, T] (or [L, T]); negative_context [B or 1, L', T] or None for no guidance.
+  guidance is (low_noise, high_noise) as upstream writes it, or one number for both; scales of
+  exactly 1 skip the unconditional pass. batch_cfg=False runs the two passes one after the other
+  (half the activations, twice the weight reads). Latents stay fp32 throughout.
+  """
+  if len(shape) != 5:
+    raise ValueError(f"shape must be [B, F, H, W, C], got {tuple(shape)}")
+  g = _as_guidance(guidance)
+  context = _as_batch(context)
+  b = shape[0]
+  if context.shape[0] != b:
+    raise ValueError(f"context has batch {context.shape[0]}, latents {b}")
+  cfg = "off"
+  negative = context[:, :0]
+  if negative_context is not None and g != Guidance(1.0, 1.0):
+    cfg = "batched" if batch_cfg else "separate"
+    negative = _as_batch(negative_context).astype(context.dtype)
+    if negative.shape[0] not in (1, b) or negative.shape[2] != context.shape[2]:
+      raise ValueError(f"negative_context {negative.shape} does not fit context {context.shape}")
+    negative = jnp.broadcast_to(negative, (b, *negative.shape[1:]))
+    length = max(context.shape[1], negative.shape[1])
+    context, negative = _pad_rows(context, length), _pad_rows(negative, length)
+  scales = jnp.asarray(g, F32)
+  sigmas = flow_sigmas(num_steps, shift)
+  x = jax.random.normal(key, tuple(shape), F32)
+  for s, s_next in itertools.pairwise(sigmas):
+    x = _euler_step(model, x, np.float32(s * NUM_TRAIN_TIMESTEPS), np.float32(s_next - s),
+                    context, negative, scales, cfg=cfg)
+  return x
+
+
+def _check_size(height: int, width: int, num_frames: int, vae: WanVAE) -> None:
+  spatial = vae.config.spatial_factor * PATCH
+  temporal = vae.config.temporal_factor
+  if height <= 0 or width <= 0 or height % spatial or width % spatial:
+    raise ValueError(f"preview height and width must be positive multiples of {spatial} "
+                     f"(the VAE's {vae.config.spatial_factor}x times the patch {PATCH}), "
+                     f"got {height}x{width}")
+  if num_frames < 1 or (num_frames - 1) % temporal:
+    raise ValueError(f"preview num_frames must be {temporal}k+1 (1, {temporal + 1}, "
+                     f"{2 * temporal + 1}, ...), got {num_frames}")
+
+
+def _describe(step: int, prompts: Sequence[str], paths: Sequence[Path], settings: str) -> str:
+  lines = [f"step {step}: {settings}"]
+  lines += [f"{p.name}\t{prompt}" for p, prompt in zip(paths, prompts)]
+  return "\n".join(lines) + "\n"
+
+
+def render_previews(model: DualWanTransformer, vae: WanVAE, prompts: list[str],
+                    contexts: list[jax.Array], negative_context: jax.Array | None, out_dir: Path,
+                    step: int, *, height: int = 480, width: int = 832, num_frames: int = 81,
+                    num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
+                    guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
+                    seed: int = 0, batch_cfg: bool = True) -> list[Path]:
+  """Samples and decodes each prompt; writes out_dir/step_<step:06d>_<i>.mp4 (.png for 1 frame).
+
+  Prompt i always starts from the noise of (seed, i), so previews of different steps differ only
+  by what training changed. out_dir/step_<step:06d>.txt names each file's prompt and the settings.
+  Every file is written atomically. Returns the media paths in prompt order.
+  """
+  if len(prompts) != len(contexts):
+    raise ValueError(f"{len(prompts)} prompts but {len(contexts)} contexts")
+  if step < 0:
+    raise ValueError(f"step must be >= 0, got {step}")
+  _check_size(height, width, num_frames, vae)
+  g = _as_guidance(guidance)
+  cfg = vae.config
+  latent_shape = (1, (num_frames - 1) // cfg.temporal_factor + 1, height // cfg.spatial_factor,
+                  width // cfg.spatial_factor, cfg.z_dim)
+  # One context length for every prompt, so the step function compiles once.
+  batches = [_as_batch(c) for c in contexts]
+  if negative_context is not None:
+    negative_context = _as_batch(negative_context)
+  length = max([c.shape[1] for c in batches]
+               + ([negative_context.shape[1]] if negative_context is not None else []), default=0)
+  out_dir = Path(out_dir)
+  suffix = ".png" if num_frames == 1 else ".mp4"
+  base = jax.random.key(seed)
+  paths = []
+  for i, context in enumerate(batches):
+    if context.shape[0] != 1:
+      raise ValueError(f"context {i} must hold one prompt, got {context.shape}")
+    latents = sample_latents(model, _pad_rows(context, length), negative_context, latent_shape,
+                             jax.random.fold_in(base, i), num_steps=num_steps, shift=shift,
+                             guidance=g, batch_cfg=batch_cfg)
+    frames = media_out.to_uint8(np.asarray(decode_latents(vae, latents))[0])
+    path = out_dir / f"step_{step:06d}_{i}{suffix}"
+    if num_frames == 1:
+      media_out.write_png(frames[0], path)
+    else:
+      media_out.write_video(frames, path)
+    paths.append(path)
+    log.info("preview %s: %s", path, prompts[i])
+  settings = (f"{width}x{height}, {num_frames} frames, {num_steps} Euler steps, shift {shift}, "
+              f"guidance low/high {g.low_noise}/{g.high_noise}, seed {seed}")
+  media_out.write_text(_describe(step, prompts, paths, settings),
+                       out_dir / f"step_{step:06d}.txt")
+  return paths
