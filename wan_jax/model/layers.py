@@ -1,10 +1,12 @@
-"""Small building blocks: a linear layer with a compute dtype, and fp32 norms.
+"""Small building blocks: a linear layer with a compute dtype and optional LoRA, and fp32 norms.
 
 Norms always compute in fp32 (the reference does too); linears cast their input and weight to
 the compute dtype so the matmul runs in bf16 while parameters may be stored in fp32.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +18,16 @@ def matmul_precision(compute_dtype: jnp.dtype) -> jax.lax.Precision:
   return jax.lax.Precision.HIGHEST if compute_dtype == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
+class LoRAParam(nnx.Param):
+  """A LoRA adapter weight. Its own type so `nnx.state(model, LoRAParam)` is exactly what LoRA
+  training updates, and `nnx.All(nnx.Param, nnx.Not(LoRAParam))` the frozen base."""
+
+
 class Linear(nnx.Module):
   """y = x @ kernel + bias, kernel stored [in, out] in param_dtype, computed in compute_dtype.
 
-  use_bias=False drops the bias (umT5's linears have none).
+  use_bias=False drops the bias (umT5's linears have none). `add_lora` adds an adapter:
+  y = x @ kernel + bias + (x @ A) @ B * alpha / rank, the order peft uses.
   """
 
   def __init__(self, in_features: int, out_features: int, *, param_dtype: jnp.dtype,
@@ -32,11 +40,43 @@ class Linear(nnx.Module):
     self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias
                  else nnx.data(None))
     self.compute_dtype = compute_dtype
+    self.lora_alpha: float | None = None  # static: None means no adapter, and no extra cost
 
   def __call__(self, x: jax.Array) -> jax.Array:
     cd = self.compute_dtype
-    y = jnp.matmul(x.astype(cd), self.kernel[...].astype(cd), precision=matmul_precision(cd))
-    return y if self.bias is None else y + self.bias[...].astype(cd)
+    x = x.astype(cd)
+    y = jnp.matmul(x, self.kernel[...].astype(cd), precision=matmul_precision(cd))
+    y = y if self.bias is None else y + self.bias[...].astype(cd)
+    return y if self.lora_alpha is None else y + self.lora_delta(x)
+
+  def add_lora(self, rank: int, alpha: float, key: jax.Array) -> None:
+    """A [..., in, r] uniform in +-1/sqrt(in) (peft's kaiming-uniform bound) and B = 0, so the
+    layer is unchanged until B trains. Leading kernel axes (stacked layers) carry over to A and B.
+
+    Both stay fp32 whatever the base dtype: bf16 would round away small optimizer updates.
+    """
+    *lead, fan_in, fan_out = self.kernel.shape
+    bound = 1.0 / math.sqrt(fan_in)
+    self.lora_a = LoRAParam(
+        jax.random.uniform(key, (*lead, fan_in, rank), jnp.float32, -bound, bound))
+    self.lora_b = LoRAParam(jnp.zeros((*lead, rank, fan_out), jnp.float32))
+    self.lora_alpha = float(alpha)
+
+  @property
+  def lora_rank(self) -> int:
+    return self.lora_a.shape[-1]
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank
+
+  def lora_delta(self, x: jax.Array) -> jax.Array:
+    """(x A) B * scale in the compute dtype: in fp32 the same operations as peft; in bf16 two
+    thin matmuls on the fast path, whose rounding is relative to the small delta, not to y."""
+    cd, precision = self.compute_dtype, matmul_precision(self.compute_dtype)
+    h = jnp.matmul(x.astype(cd), self.lora_a[...].astype(cd), precision=precision)
+    h = jnp.matmul(h, self.lora_b[...].astype(cd), precision=precision)
+    return h * jnp.asarray(self.lora_scale, cd)
 
 
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
