@@ -1,78 +1,73 @@
-"""wan-jax entry point (a placeholder until training lands: see the issue on the train step).
+"""Train Wan 2.2 A14B (LoRA or full, masked loss) from a config file.
 
-Today it runs everything that exists on the built-in demo, on the CPU: generates the demo data set
-(images, a clip, masks, captions) and a word-level tokenizer under --workdir, draws batches through
-the Grain pipeline, encodes the pixels with a tiny VAE and the captions with the tokenizer and a
-tiny umT5, runs the two tiny Wan experts behind the timestep switch on them, and decodes the
-latents back to video. All models are random (nothing is downloaded).
+  python launch.py --config configs/wan22_masked.py:tiny          # the demo, CPU, minutes
+  python launch.py --config configs/wan22_masked.py --workdir runs/person \
+      --config.model.name_or_path=/ckpt/wan22-jax \
+      --config.datasets[0].folder_path=/data/person --config.datasets[0].mask_path=/data/masks
+  python launch.py ... --cache_only                               # build the caches, then stop
+
+Running again with the same --workdir resumes from its latest checkpoint. On several hosts,
+start the same command on every host with JAX's coordinator variables set (or under SLURM /
+Open MPI): the run calls jax.distributed.initialize() when it sees them.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import sys
-import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+from absl import flags
+from ml_collections import config_flags
 
-import wan_jax
-from wan_jax.data.config import dataset_config
-from wan_jax.data.demo import make_demo_dataset, make_demo_tokenizer
-from wan_jax.model.umt5 import umt5_tiny
-from wan_jax.model.vae import decode_latents, encode_video
-from wan_jax.model.vae_config import tiny_vae
-from wan_jax.data.pipeline import build_pipeline
+DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "wan22_masked.py") + ":tiny"
+MULTI_HOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def _flags(argv: list[str]) -> flags.FlagValues:
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "config file[:variant]",
+                                  flag_values=fv, sys_argv=argv, lock_config=False)
+  flags.DEFINE_string("workdir", None, "run folder (checkpoints, LoRA files, previews, logs); "
+                      "default runs/demo for the tiny demo", flag_values=fv)
+  flags.DEFINE_bool("cache_only", False, "build the latent and prompt caches, then stop",
+                    flag_values=fv)
+  flags.DEFINE_bool("progress", True, "show progress bars", flag_values=fv)
+  fv(argv)
+  return fv
+
+
+def _distributed() -> None:
+  """Multi-host start-up when the environment asks for it (one process per host)."""
+  import jax
+  wants = os.environ.get("JAX_COORDINATOR_ADDRESS") or any(
+      int(os.environ.get(v, "1") or 1) > 1 for v in MULTI_HOST_ENV[1:])
+  if wants:
+    jax.distributed.initialize()
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default="tiny", help="model preset (tiny | t2v_a14b)")
-  parser.add_argument("--workdir", type=Path, default=Path("workdir/demo"))
-  parser.add_argument("--batches", type=int, default=3)
-  args = parser.parse_args(argv)
+  argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-  if args.config != "tiny":
-    print("only the tiny demo runs until training lands", file=sys.stderr)
+  try:
+    fv = _flags(argv)
+  except flags.Error as e:
+    print(f"launch.py: {e}", file=sys.stderr)
     return 2
-
-  media, masks = make_demo_dataset(args.workdir / "data")
-  datasets = [dataset_config(folder_path=str(media), mask_path=str(masks), num_frames=5,
-                             resolution=64, default_caption="a coloured ball",
-                             caption_dropout_rate=0.0, mask_min_value=0.1)]
-  pipeline = build_pipeline(datasets, global_batch=2, seed=0)
-  print(f"data: {media}\n{pipeline.summary()}")
-
-  cfg = wan_jax.tiny()
-  model = wan_jax.DualWanTransformer(wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0)),
-                                     wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(1)))
-  vae = wan_jax.WanVAE(tiny_vae(), rngs=nnx.Rngs(2))
-  tokenizer = wan_jax.load_tokenizer(make_demo_tokenizer(args.workdir / "tokenizer"))
-  text_encoder = wan_jax.UMT5Encoder(umt5_tiny(), rngs=nnx.Rngs(3))
-  forward = nnx.jit(lambda m, x, t, c: m(x, t, c))
-  batches = iter(pipeline.dataset)
-  for step in range(args.batches):
-    batch = next(batches)
-    b = batch["pixels"].shape[0]
-    start = time.time()
-    pixels = jnp.asarray(batch["pixels"], jnp.float32) / 127.5 - 1.0
-    latents = encode_video(vae, pixels, sample=True, key=jax.random.key(step))
-    assert batch["weights"].shape == latents.shape[:4], (batch["weights"].shape, latents.shape)
-    context = wan_jax.encode_prompts(list(batch["caption"]), tokenizer, text_encoder,
-                                     max_length=cfg.text_len)
-    t = 950.0 if step % 2 == 0 else 300.0
-    v = forward(model, latents, jnp.full((b,), t), context)
-    decoded = decode_latents(vae, latents)
-    expert = "high-noise" if t >= model.threshold else "low-noise"
-    weighted = float((batch["weights"][..., None] * jnp.abs(v)).sum() / batch["weights"].sum())
-    print(f"batch {step}: pixels {tuple(batch['pixels'].shape)}, captions {list(batch['caption'])}"
-          f"\n  VAE latents {tuple(latents.shape)}, prompt embeddings {tuple(context.shape)}"
-          f"\n  t={t:6.1f} -> {expert} expert: velocity {tuple(v.shape)}, mask-weighted "
-          f"mean |v| {weighted:.4f}; decoded back to {tuple(decoded.shape)}; "
-          f"{time.time() - start:.2f} s")
+  cfg = fv.config
+  workdir = fv.workdir or ("runs/demo" if cfg.model.arch == "tiny" else None)
+  if workdir is None:
+    print("launch.py: --workdir is required (checkpoints, LoRA files and previews go there)",
+          file=sys.stderr)
+    return 2
+  _distributed()
+  from wan_jax.train.trainer import train  # after distributed start-up: jax sees every host
+  try:
+    train(cfg, workdir, cache_only=fv.cache_only, progress=fv.progress)
+  except (ValueError, FileNotFoundError) as e:  # config and data problems: one clear line
+    print(f"launch.py: {type(e).__name__}: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -1,0 +1,91 @@
+"""The train step: one `jax.jit` with explicit shardings and donated state.
+
+(trainable, opt_state, frozen, batch, key, t_low, t_high) -> (trainable, opt_state, metrics)
+
+The same compiled step serves both experts (they share one graph and one set of shapes); the
+expert is chosen by which weights are passed and by the timestep range [t_low, t_high). A step
+whose loss or gradients are not finite returns the old weights and optimizer state unchanged
+and reports finite=False, so a bad batch is counted, never applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from wan_jax.model.vae import sample_posterior
+from wan_jax.train.objective import masked_mse, noisy_latents
+from wan_jax.train.sharding import batch_sharding, replicated, tree_shardings
+from wan_jax.train.timesteps import sample_timesteps
+
+BATCH_KEYS = ("latent_mean", "latent_logvar", "weights", "context", "loss_multiplier")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  sampling: str
+  shift: float
+  logit_mean: float
+  logit_std: float
+  sample_posterior: bool
+  latents_mean: tuple[float, ...]  # the VAE's latent normalisation (from its config)
+  latents_std: tuple[float, ...]
+
+
+def step_keys(seed: int, step: int) -> jax.Array:
+  """The step's PRNG key: a pure function of (seed, step), so a resumed run draws the same."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def loss_and_grads(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.State,
+                   batch: dict[str, jax.Array], key: jax.Array, t_low: jax.Array,
+                   t_high: jax.Array, s: StepSettings) -> tuple[jax.Array, dict, Any]:
+  k_post, k_t, k_noise = jax.random.split(key, 3)
+  mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+  z = sample_posterior(mean, logvar, k_post) if s.sample_posterior else mean
+  x0 = (z - jnp.asarray(s.latents_mean, jnp.float32)) / jnp.asarray(s.latents_std, jnp.float32)
+  b = x0.shape[0]
+  t = sample_timesteps(k_t, b, t_low, t_high, s.sampling, shift=s.shift,
+                       logit_mean=s.logit_mean, logit_std=s.logit_std)
+  noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
+  x_t, target = noisy_latents(x0, noise, t)
+
+  def loss_fn(trainable):
+    model = nnx.merge(graphdef, trainable, frozen)
+    pred = model(x_t, t, batch["context"])
+    loss, per_item = masked_mse(pred, target, batch["weights"], batch["loss_multiplier"])
+    return loss, {"per_item": per_item, "t": t}
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  return loss, aux, grads
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    settings: StepSettings, mesh: jax.sharding.Mesh, trainable: nnx.State,
+                    opt_state: Any, frozen: nnx.State, batch_ndims: dict[str, int]) -> Callable:
+  """The compiled step for this mesh; state arguments are donated (updated in place)."""
+
+  def step(trainable, opt_state, frozen, batch, key, t_low, t_high):
+    loss, aux, grads = loss_and_grads(graphdef, trainable, frozen, batch, key, t_low, t_high,
+                                      settings)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    safe = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, new_opt = tx.update(safe, opt_state, trainable)
+    new_trainable = optax.apply_updates(trainable, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+               "t_mean": jnp.mean(aux["t"])}
+    return keep(new_trainable, trainable), keep(new_opt, opt_state), metrics
+
+  rep = replicated(mesh)
+  state_sh = (tree_shardings(trainable, mesh), tree_shardings(opt_state, mesh),
+              tree_shardings(frozen, mesh))
+  batch_sh = {k: batch_sharding(mesh, n) for k, n in batch_ndims.items()}
+  return jax.jit(step, in_shardings=(*state_sh, batch_sh, rep, rep, rep),
+                 out_shardings=(state_sh[0], state_sh[1], rep), donate_argnums=(0, 1))

@@ -1,0 +1,309 @@
+"""The training run: caches -> experts (+LoRA) -> sharded steps -> checkpoints, files, previews.
+
+`train(cfg, workdir)` is everything `launch.py` does after parsing flags. A workdir that already
+holds checkpoints resumes from the latest complete one: same weights, optimizer state, step,
+expert schedule and data position, so the losses continue exactly as without the interruption.
+
+Workdir layout: checkpoints/ (Orbax), lora/ (files for ComfyUI and diffusers), previews/,
+metrics.jsonl, tensorboard/, loss.png, config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from flax import nnx
+
+from wan_jax.data.demo import make_demo_dataset
+from wan_jax.data.pipeline import Pipeline, build_pipeline
+from wan_jax.model.dual import DualWanTransformer
+from wan_jax.train import models
+from wan_jax.train.checkpointing import Checkpoints, abstract_like
+from wan_jax.train.experts import HIGH, LOW, active_expert
+from wan_jax.train.export import save_full, save_lora
+from wan_jax.train.lora import FROZEN, LORA, add_lora
+from wan_jax.train.mesh import make_mesh
+from wan_jax.train.optimizer import learning_rate, make_optimizer
+from wan_jax.train.plot import save_loss_plot
+from wan_jax.train.preview import Guidance, render_previews
+from wan_jax.train.sharding import global_batch_from_local, shard_state, tree_shardings
+from wan_jax.train.step import BATCH_KEYS, StepSettings, make_train_step, step_keys
+from wan_jax.train.tensorboard import ScalarWriter
+from wan_jax.train.timesteps import expert_range
+
+log = logging.getLogger(__name__)
+FILE_SUFFIX = {HIGH: "high_noise", LOW: "low_noise"}
+
+
+@dataclasses.dataclass
+class ExpertState:
+  graphdef: nnx.GraphDef
+  trainable: nnx.State
+  frozen: nnx.State
+  opt_state: Any
+  steps: int = 0  # batches this expert has trained on
+
+  def model(self):
+    return nnx.merge(self.graphdef, self.trainable, self.frozen)
+
+
+@dataclasses.dataclass
+class RunSummary:
+  steps: int = 0
+  resumed_from: int | None = None
+  skipped_steps: int = 0
+  files: list[str] = dataclasses.field(default_factory=list)
+  final_loss: float = math.nan
+
+  def text(self, pipeline: Pipeline | None) -> str:
+    lines = [f"trained {self.steps} steps" + (f" (resumed from step {self.resumed_from})"
+                                               if self.resumed_from else ""),
+             f"  steps skipped (non-finite loss or gradients): {self.skipped_steps}",
+             f"  final loss (mean of the last steps): {self.final_loss:.5f}"]
+    if pipeline is not None:
+      lines.append("  data: " + pipeline.report.summary().replace("\n", "\n  "))
+    lines += ["  files written:"] + [f"    {f}" for f in self.files]
+    return "\n".join(lines)
+
+
+def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+  """The tiny demo trains on a generated data set unless a folder was given."""
+  if cfg.model.arch != "tiny":
+    return
+  for ds in cfg.datasets:
+    if not ds.folder_path:
+      media, masks = make_demo_dataset(workdir / "demo_data")
+      ds.folder_path, ds.mask_path = str(media), str(masks)
+
+
+def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
+               mesh: jax.sharding.Mesh, progress: bool) -> Pipeline:
+  prepare_datasets(cfg, workdir)
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.train.batch_size % shards:
+    raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the mesh's "
+                     f"data x fsdp = {shards}")
+  extra = [*cfg.preview.prompts, cfg.preview.negative_prompt] if cfg.preview.every else []
+  return build_pipeline(list(cfg.datasets), cfg.train.batch_size, cfg.seed,
+                        num_workers=cfg.data.num_workers,
+                        caches=models.cache_settings(cfg, enc), load_vae=enc.load_vae,
+                        load_text=enc.load_text, extra_prompts=extra, progress=progress)
+
+
+def _expert_state(cfg, expert: str, tx, mesh) -> ExpertState:
+  model = models.load_expert(cfg, expert)
+  if cfg.lora.enabled:
+    add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets),
+             seed=cfg.seed + (0 if expert == HIGH else 1))
+    graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
+  else:
+    graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
+  del model
+  trainable = shard_state(trainable, tree_shardings(trainable, mesh))
+  frozen = shard_state(frozen, tree_shardings(frozen, mesh))
+  opt_shapes = jax.eval_shape(tx.init, trainable)
+  opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh))(trainable)
+  return ExpertState(graphdef, trainable, frozen, opt_state)
+
+
+def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  return global_batch_from_local({k: np.asarray(batch[k]) for k in BATCH_KEYS}, mesh)
+
+
+class Outputs:
+  """Files users take away, written by process 0 only."""
+
+  def __init__(self, cfg, workdir: Path, enc: models.Encoders, pipeline: Pipeline):
+    self.cfg, self.workdir, self.enc, self.pipeline = cfg, workdir, enc, pipeline
+    self.main = jax.process_index() == 0
+    self.metrics = (workdir / "metrics.jsonl").open("a") if self.main else None
+    self.tb = ScalarWriter(workdir / "tensorboard") if self.main else None
+    self._vae = None
+
+  def log(self, step: int, values: dict[str, float]) -> None:
+    if self.main:
+      self.metrics.write(json.dumps({"step": step, **values}) + "\n")
+      self.metrics.flush()
+      self.tb.scalars(step, {k: v for k, v in values.items() if isinstance(v, (int, float))})
+
+  def weights(self, experts: dict[str, ExpertState], step: int | None) -> list[Path]:
+    """LoRA files (or full weights) per trained expert; step None = the final, unnumbered ones."""
+    if not self.main:
+      return []
+    cfg, out = self.cfg, []
+    folder = self.workdir / ("lora" if cfg.lora.enabled else "weights")
+    for name, st in experts.items():
+      stem = f"{cfg.save.name}_{step:06d}" if step is not None else cfg.save.name
+      path = folder / f"{stem}_{FILE_SUFFIX[name]}.safetensors"
+      meta = {"step": str(step if step is not None else st.steps), "expert": FILE_SUFFIX[name],
+              "wan_jax_train_config": self.cfg.to_json()}
+      model = st.model()
+      if cfg.lora.enabled:
+        out.append(save_lora(model, path, metadata=meta, dtype=cfg.save.dtype))
+      else:
+        out.append(save_full(model, path, dtype=cfg.save.dtype, metadata=meta))
+    return out
+
+  def previews(self, experts: dict[str, ExpertState], step: int) -> list[Path]:
+    cfg = self.cfg.preview
+    if not self.main or not cfg.prompts:
+      return []
+    models_by_name = {name: st.model() for name, st in experts.items()}
+    if len(models_by_name) == 1:
+      only = next(iter(models_by_name.values()))
+      log.info("previews use the one trained expert for every step (the other is not loaded)")
+      models_by_name = {HIGH: only, LOW: only}
+    dual = DualWanTransformer(models_by_name[HIGH], models_by_name[LOW], self.cfg.model.boundary)
+    if self._vae is None:
+      self._vae = self.enc.load_vae()
+    plan = self.pipeline.cache_plan
+    contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
+    negative = jnp.asarray(plan.prompt(cfg.negative_prompt))[None]
+    return render_previews(
+        dual, self._vae, list(cfg.prompts), contexts, negative, self.workdir / "previews", step,
+        height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
+        shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
+        seed=cfg.seed)
+
+  def plot(self) -> Path | None:
+    if not self.main:
+      return None
+    rows = [json.loads(line) for line in (self.workdir / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r["loss"] for r in rows if "loss" in r}  # a resumed run rewrites steps
+    steps = sorted(by_step)
+    return save_loss_plot(steps, [by_step[s] for s in steps], self.workdir / "loss.png")
+
+  def close(self) -> None:
+    if self.main:
+      self.metrics.close()
+      self.tb.close()
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bool = False,
+          progress: bool = True) -> RunSummary:
+  workdir = Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  models.check_arch(cfg)
+  names = models.trained_experts(cfg)
+  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  enc = models.encoders(cfg, workdir)
+  pipeline = build_data(cfg, workdir, enc, mesh, progress)
+  print(f"data:\n  {pipeline.summary()}", flush=True)
+  summary = RunSummary()
+  if cache_only:
+    print(f"caches are complete under {pipeline.cache_plan.store.root}", flush=True)
+    return summary
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+
+  tx = make_optimizer(cfg.train)
+  experts = {name: _expert_state(cfg, name, tx, mesh) for name in names}
+  first = experts[names[0]]
+  vae = enc.vae_config
+  settings = StepSettings(cfg.train.timestep_sampling, float(cfg.train.shift),
+                          float(cfg.train.logit_mean), float(cfg.train.logit_std),
+                          bool(cfg.train.sample_posterior), tuple(vae.latents_mean),
+                          tuple(vae.latents_std))
+  batch_ndims = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
+                 "loss_multiplier": 1}
+  step_fn = make_train_step(first.graphdef, tx, settings, mesh, first.trainable,
+                            first.opt_state, first.frozen, batch_ndims)
+
+  ckpt = Checkpoints(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.keep,
+                     cfg.checkpoint.async_save)
+  iterator = iter(pipeline.dataset)
+  start = 0
+  latest = ckpt.latest()
+  if latest is not None:
+    shardings = {n: {"trainable": tree_shardings(e.trainable, mesh),
+                     "opt": tree_shardings(e.opt_state, mesh)} for n, e in experts.items()}
+    target = {n: {"trainable": abstract_like(e.trainable, shardings[n]["trainable"]),
+                  "opt": abstract_like(e.opt_state, shardings[n]["opt"])}
+              for n, e in experts.items()}
+    state, meta = ckpt.restore(latest, target, iterator)
+    for n, e in experts.items():
+      e.trainable, e.opt_state = state[n]["trainable"], state[n]["opt"]
+      e.steps = int(meta["expert_steps"][n])
+    start, summary.resumed_from = int(meta["step"]), int(meta["step"])
+    summary.skipped_steps = int(meta["skipped_steps"])
+    print(f"resuming from {workdir / 'checkpoints'} at step {start}", flush=True)
+
+  outputs = Outputs(cfg, workdir, enc, pipeline)
+  schedule = learning_rate(cfg.train)
+  steps = int(cfg.train.steps)
+  recent: list[float] = []
+  bar = tqdm.tqdm(total=steps, initial=start, desc="training", unit="step",
+                  disable=not progress or jax.process_index() != 0)
+
+  def state_tree():
+    return {n: {"trainable": e.trainable, "opt": e.opt_state} for n, e in experts.items()}
+
+  def meta(step: int) -> dict:
+    return {"step": step, "skipped_steps": summary.skipped_steps,
+            "expert_steps": {n: e.steps for n, e in experts.items()}, "seed": int(cfg.seed)}
+
+  try:
+    for step in range(start, steps):
+      name = active_expert(step, HIGH in names, LOW in names, int(cfg.train.switch_boundary_every))
+      e = experts[name]
+      batch = next(iterator)
+      t_low, t_high = expert_range(name, float(cfg.model.boundary))
+      tic = time.perf_counter()
+      e.trainable, e.opt_state, m = step_fn(
+          e.trainable, e.opt_state, e.frozen, _global_batch(batch, mesh), step_keys(cfg.seed, step),
+          jnp.float32(t_low), jnp.float32(t_high))
+      loss, finite = float(m["loss"]), bool(m["finite"])  # waits for the step
+      seconds = time.perf_counter() - tic
+      e.steps += 1
+      if not finite:
+        summary.skipped_steps += 1
+        log.warning("step %d: non-finite loss or gradients; update skipped", step + 1)
+      else:
+        recent = (recent + [loss])[-20:]
+      lat = batch["latent_mean"].shape
+      tokens = cfg.train.batch_size * lat[1] * (lat[2] // 2) * (lat[3] // 2)
+      lr = float(schedule(max(0, (e.steps - 1) // int(cfg.train.grad_accum))))
+      done = step + 1
+      if done % int(cfg.train.log_every) == 0 or done == steps:
+        outputs.log(done, {"loss": loss, "lr": lr, "grad_norm": float(m["grad_norm"]),
+                           "step_time": seconds, "tokens_per_s": tokens / seconds,
+                           "t_mean": float(m["t_mean"]), "expert": name, "skipped": not finite})
+      bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", expert=name, s_step=f"{seconds:.2f}",
+                      tok_s=f"{tokens / seconds:.0f}")
+      bar.update(1)
+      if done < steps:
+        ckpt.save(done, state_tree(), meta(done), iterator)
+        if cfg.save.every and done % int(cfg.save.every) == 0:
+          summary.files += map(str, outputs.weights(experts, done))
+        if cfg.preview.every and done % int(cfg.preview.every) == 0:
+          summary.files += map(str, outputs.previews(experts, done))
+    bar.close()
+    if start < steps or ckpt.latest() != steps:
+      ckpt.save(steps, state_tree(), meta(steps), iterator, force=True)
+    ckpt.wait()
+    summary.steps = steps
+    summary.final_loss = float(np.mean(recent)) if recent else math.nan
+    summary.files += map(str, outputs.weights(experts, None))
+    if cfg.preview.every:
+      summary.files += map(str, outputs.previews(experts, steps))
+    plot = outputs.plot()
+    if plot is not None:
+      summary.files.append(str(plot))
+    summary.files.append(str(workdir / "checkpoints" / str(steps)))
+  finally:
+    bar.close()
+    ckpt.close()
+    outputs.close()
+  print(summary.text(pipeline), flush=True)
+  return summary
