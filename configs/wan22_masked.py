@@ -65,6 +65,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1 fills the remaining devices
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.min_shard_size = 2**16  # arrays with fewer elements (per layer) stay replicated
 
   c.cache = ml_collections.ConfigDict()
   c.cache.dir = ""  # "" = $WAN_JAX_CACHE or ~/.cache/wan_jax

@@ -20,7 +20,8 @@ from flax import nnx
 
 from wan_jax.model.vae import sample_posterior
 from wan_jax.train.objective import masked_mse, noisy_latents
-from wan_jax.train.sharding import batch_sharding, replicated, tree_shardings
+from wan_jax.train.sharding import (MIN_SHARD_SIZE, batch_sharding, replicated,
+                                    tree_shardings)
 from wan_jax.train.timesteps import sample_timesteps
 
 BATCH_KEYS = ("latent_mean", "latent_logvar", "weights", "context", "loss_multiplier")
@@ -67,7 +68,8 @@ def loss_and_grads(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.Sta
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     settings: StepSettings, mesh: jax.sharding.Mesh, trainable: nnx.State,
-                    opt_state: Any, frozen: nnx.State, batch_ndims: dict[str, int]) -> Callable:
+                    opt_state: Any, frozen: nnx.State, batch_ndims: dict[str, int],
+                    min_size: int = MIN_SHARD_SIZE) -> Callable:
   """The compiled step for this mesh; state arguments are donated (updated in place)."""
 
   def step(trainable, opt_state, frozen, batch, key, t_low, t_high):
@@ -84,8 +86,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return keep(new_trainable, trainable), keep(new_opt, opt_state), metrics
 
   rep = replicated(mesh)
-  state_sh = (tree_shardings(trainable, mesh), tree_shardings(opt_state, mesh),
-              tree_shardings(frozen, mesh))
+  state_sh = tuple(tree_shardings(t, mesh, min_size=min_size)
+                   for t in (trainable, opt_state, frozen))
   batch_sh = {k: batch_sharding(mesh, n) for k, n in batch_ndims.items()}
   return jax.jit(step, in_shardings=(*state_sh, batch_sh, rep, rep, rep),
                  out_shardings=(state_sh[0], state_sh[1], rep), donate_argnums=(0, 1))

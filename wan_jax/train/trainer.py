@@ -110,10 +110,12 @@ def _expert_state(cfg, expert: str, tx, mesh) -> ExpertState:
   else:
     graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
   del model
-  trainable = shard_state(trainable, tree_shardings(trainable, mesh))
-  frozen = shard_state(frozen, tree_shardings(frozen, mesh))
+  min_size = int(cfg.mesh.min_shard_size)
+  trainable = shard_state(trainable, tree_shardings(trainable, mesh, min_size=min_size))
+  frozen = shard_state(frozen, tree_shardings(frozen, mesh, min_size=min_size))
   opt_shapes = jax.eval_shape(tx.init, trainable)
-  opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh))(trainable)
+  opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh, min_size=min_size))(
+      trainable)
   return ExpertState(graphdef, trainable, frozen, opt_state)
 
 
@@ -217,8 +219,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
                           tuple(vae.latents_std))
   batch_ndims = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
                  "loss_multiplier": 1}
+  min_size = int(cfg.mesh.min_shard_size)
   step_fn = make_train_step(first.graphdef, tx, settings, mesh, first.trainable,
-                            first.opt_state, first.frozen, batch_ndims)
+                            first.opt_state, first.frozen, batch_ndims, min_size=min_size)
 
   ckpt = Checkpoints(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.keep,
                      cfg.checkpoint.async_save)
@@ -226,8 +229,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
   start = 0
   latest = ckpt.latest()
   if latest is not None:
-    shardings = {n: {"trainable": tree_shardings(e.trainable, mesh),
-                     "opt": tree_shardings(e.opt_state, mesh)} for n, e in experts.items()}
+    shardings = {n: {"trainable": tree_shardings(e.trainable, mesh, min_size=min_size),
+                     "opt": tree_shardings(e.opt_state, mesh, min_size=min_size)}
+                 for n, e in experts.items()}
     target = {n: {"trainable": abstract_like(e.trainable, shardings[n]["trainable"]),
                   "opt": abstract_like(e.opt_state, shardings[n]["opt"])}
               for n, e in experts.items()}
