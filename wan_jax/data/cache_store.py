@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors.numpy
+
+from wan_jax.files import atomic_path
 
 KINDS = ("latents", "weights", "prompts")
 DTYPES = ("float32", "float16")  # what safetensors' numpy API can store
@@ -48,16 +49,9 @@ class CacheStore:
   def write(self, kind: str, key: str, tensors: dict[str, np.ndarray],
             metadata: dict[str, str] | None = None) -> Path:
     path = self.path(kind, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
       arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
       safetensors.numpy.save_file(arrays, tmp, metadata=metadata)
-      os.replace(tmp, path)
-    except BaseException:
-      Path(tmp).unlink(missing_ok=True)
-      raise
     return path
 
   def read(self, kind: str, key: str) -> dict[str, np.ndarray]:

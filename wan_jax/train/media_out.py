@@ -7,9 +7,6 @@ so a viewer watching the folder (or a crash mid-write) never sees half a file.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -17,28 +14,12 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
+from wan_jax.files import atomic_path
+
 FPS = 16  # Wan 2.2 A14B renders at 16 frames per second
 # H.264 plays everywhere; MPEG-4 part 2 is the fallback an FFmpeg build without x264 still has.
 VIDEO_CODECS = ("libx264", "h264", "mpeg4")
 _working_codec: str | None = None
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-  """Yields a temporary path with `path`'s suffix; renames it onto `path` when the block succeeds.
-
-  The suffix is kept because imageio picks the container format from it.
-  """
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-  os.close(fd)
-  tmp_path = Path(tmp)
-  try:
-    yield tmp_path
-    os.replace(tmp_path, path)
-  finally:
-    tmp_path.unlink(missing_ok=True)
 
 
 def write_text(text: str, path: Path) -> Path:
