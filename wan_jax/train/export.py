@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import secrets
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from wan_jax.files import atomic_path
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.train.lora import (
   DEFAULT_TARGETS,
@@ -69,22 +69,15 @@ def _write_atomic(path: Path, entries: list[_Entry], metadata: dict[str, str]) -
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)
   path = Path(path).expanduser()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      f.write(struct.pack("<Q", len(blob)) + blob)
-      for e in entries:
-        array = np.asarray(e.make(), dtype=e.dtype)
-        if array.shape != e.shape:
-          raise AssertionError(f"{e.key}: made {array.shape}, header says {e.shape}")
-        f.write(np.ascontiguousarray(array.reshape(-1)).view(np.uint8))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)) + blob)
+    for e in entries:
+      array = np.asarray(e.make(), dtype=e.dtype)
+      if array.shape != e.shape:
+        raise AssertionError(f"{e.key}: made {array.shape}, header says {e.shape}")
+      f.write(np.ascontiguousarray(array.reshape(-1)).view(np.uint8))
+    f.flush()
+    os.fsync(f.fileno())
   return path
 
 
