@@ -175,3 +175,32 @@ def test_config_errors_are_one_clear_line(tmp_path):
   assert real.returncode == 2 and "--workdir is required" in real.stderr
   real = _launch(tmp_path / "c", "--config", str(REPO / "configs/wan22_masked.py"))
   assert real.returncode == 2 and "model.name_or_path is required" in real.stderr
+
+
+def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path, monkeypatch):
+  def config(offload: bool):
+    cfg = get_config()
+    cfg.train.steps = 4
+    cfg.train.switch_boundary_every = 1
+    cfg.train.offload_inactive_expert = offload
+    cfg.checkpoint.every = cfg.save.every = cfg.preview.every = 2
+    cfg.preview.num_steps = 2
+    cfg.cache.dir = str(tmp_path / "cache")
+    cfg.datasets[0].folder_path = str(tmp_path / "data/media")
+    cfg.datasets[0].mask_path = str(tmp_path / "data/masks")
+    return cfg
+
+  from wan_jax.data.demo import make_demo_dataset
+  make_demo_dataset(tmp_path / "data")
+  from wan_jax.train import trainer
+  train(config(False), tmp_path / "resident", progress=False)
+  kinds, place = [], trainer._place
+  def recording_place(*args):
+    out = place(*args)
+    kinds.extend({x.sharding.memory_kind for x in jax.tree.leaves(out)})
+    return out
+  monkeypatch.setattr(trainer, "_place", recording_place)
+  summary = train(config(True), tmp_path / "offload", progress=False)
+  assert kinds.count("pinned_host") >= 4 * 3  # each switch parks weights, frozen and moments
+  assert losses(tmp_path / "offload") == losses(tmp_path / "resident")
+  assert any(f.endswith("step_000004_0.mp4") for f in summary.files)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ from wan_jax.train.timesteps import expert_range
 
 log = logging.getLogger(__name__)
 FILE_SUFFIX = {HIGH: "high_noise", LOW: "low_noise"}
+DEVICE, HOST = "device", "pinned_host"
 
 
 @dataclasses.dataclass
@@ -101,7 +102,19 @@ def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encode
                         load_text=enc.load_text, extra_prompts=extra, progress=progress)
 
 
-def _expert_state(cfg, expert: str, tx, mesh) -> ExpertState:
+def _place(tree: Any, mesh, min_size: int, memory_kind: str) -> Any:
+  """The tree on the mesh as the sharding rules say, in device or (pinned) host memory."""
+  shardings = jax.tree.map(lambda s: s.with_memory_kind(memory_kind),
+                           tree_shardings(tree, mesh, min_size=min_size))
+  return jax.device_put(tree, shardings)
+
+
+def _move(e: ExpertState, mesh, min_size: int, memory_kind: str) -> None:
+  e.trainable, e.frozen, e.opt_state = (_place(t, mesh, min_size, memory_kind)
+                                        for t in (e.trainable, e.frozen, e.opt_state))
+
+
+def _expert_state(cfg, expert: str, tx, mesh, memory_kind: str = DEVICE) -> ExpertState:
   model = models.load_expert(cfg, expert)
   if cfg.lora.enabled:
     add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets),
@@ -112,11 +125,14 @@ def _expert_state(cfg, expert: str, tx, mesh) -> ExpertState:
   del model
   min_size = int(cfg.mesh.min_shard_size)
   trainable = shard_state(trainable, tree_shardings(trainable, mesh, min_size=min_size))
-  frozen = shard_state(frozen, tree_shardings(frozen, mesh, min_size=min_size))
+  frozen = _place(frozen, mesh, min_size, memory_kind)
   opt_shapes = jax.eval_shape(tx.init, trainable)
   opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh, min_size=min_size))(
       trainable)
-  return ExpertState(graphdef, trainable, frozen, opt_state)
+  e = ExpertState(graphdef, trainable, frozen, opt_state)
+  if memory_kind != DEVICE:
+    _move(e, mesh, min_size, memory_kind)
+  return e
 
 
 def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -131,7 +147,6 @@ class Outputs:
     self.main = jax.process_index() == 0
     self.metrics = (workdir / "metrics.jsonl").open("a") if self.main else None
     self.tb = ScalarWriter(workdir / "tensorboard") if self.main else None
-    self._vae = None
 
   def log(self, step: int, values: dict[str, float]) -> None:
     if self.main:
@@ -157,23 +172,26 @@ class Outputs:
         out.append(save_full(model, path, dtype=cfg.save.dtype, metadata=meta))
     return out
 
-  def previews(self, experts: dict[str, ExpertState], step: int) -> list[Path]:
+  def previews(self, experts: dict[str, ExpertState], step: int,
+               on_device: Callable[[Any], Any] = lambda tree: tree) -> list[Path]:
+    """Samples the preview prompts. `on_device` brings an offloaded expert back for the sampling
+    (the sampler switches experts mid-way, so both must be on the device)."""
     cfg = self.cfg.preview
     if not self.main or not cfg.prompts:
       return []
-    models_by_name = {name: st.model() for name, st in experts.items()}
+    models_by_name = {name: nnx.merge(st.graphdef, on_device(st.trainable), on_device(st.frozen))
+                      for name, st in experts.items()}
     if len(models_by_name) == 1:
       only = next(iter(models_by_name.values()))
       log.info("previews use the one trained expert for every step (the other is not loaded)")
       models_by_name = {HIGH: only, LOW: only}
     dual = DualWanTransformer(models_by_name[HIGH], models_by_name[LOW], self.cfg.model.boundary)
-    if self._vae is None:
-      self._vae = self.enc.load_vae()
+    vae = self.enc.load_vae()  # only for the preview: the VAE never stays in training memory
     plan = self.pipeline.cache_plan
     contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
     negative = jnp.asarray(plan.prompt(cfg.negative_prompt))[None]
     return render_previews(
-        dual, self._vae, list(cfg.prompts), contexts, negative, self.workdir / "previews", step,
+        dual, vae, list(cfg.prompts), contexts, negative, self.workdir / "previews", step,
         height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
         shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
         seed=cfg.seed)
@@ -210,7 +228,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
   tx = make_optimizer(cfg.train)
-  experts = {name: _expert_state(cfg, name, tx, mesh) for name in names}
+  offload = bool(cfg.train.offload_inactive_expert) and len(names) == 2
+  if cfg.train.offload_inactive_expert and not offload:
+    log.warning("train.offload_inactive_expert has no effect: only one expert is trained (and "
+                "only that one is loaded)")
+  # With offloading, every expert but the first waits in host memory from the start.
+  experts = {name: _expert_state(cfg, name, tx, mesh, HOST if offload and i else DEVICE)
+             for i, name in enumerate(names)}
   first = experts[names[0]]
   vae = enc.vae_config
   settings = StepSettings(cfg.train.timestep_sampling, float(cfg.train.shift),
@@ -239,6 +263,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     for n, e in experts.items():
       e.trainable, e.opt_state = state[n]["trainable"], state[n]["opt"]
       e.steps = int(meta["expert_steps"][n])
+      if offload and n != names[0]:
+        _move(e, mesh, min_size, HOST)
     start, summary.resumed_from = int(meta["step"]), int(meta["step"])
     summary.skipped_steps = int(meta["skipped_steps"])
     print(f"resuming from {workdir / 'checkpoints'} at step {start}", flush=True)
@@ -257,10 +283,16 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     return {"step": step, "skipped_steps": summary.skipped_steps,
             "expert_steps": {n: e.steps for n, e in experts.items()}, "seed": int(cfg.seed)}
 
+  on_device = names[0]
+  to_device = lambda tree: _place(tree, mesh, min_size, DEVICE)
   try:
     for step in range(start, steps):
       name = active_expert(step, HIGH in names, LOW in names, int(cfg.train.switch_boundary_every))
       e = experts[name]
+      if offload and name != on_device:  # swap: the idle expert waits in host memory
+        _move(experts[on_device], mesh, min_size, HOST)
+        _move(e, mesh, min_size, DEVICE)
+        on_device = name
       batch = next(iterator)
       t_low, t_high = expert_range(name, float(cfg.model.boundary))
       tic = time.perf_counter()
@@ -291,7 +323,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
         if cfg.save.every and done % int(cfg.save.every) == 0:
           summary.files += map(str, outputs.weights(experts, done))
         if cfg.preview.every and done % int(cfg.preview.every) == 0:
-          summary.files += map(str, outputs.previews(experts, done))
+          summary.files += map(str, outputs.previews(experts, done, to_device))
     bar.close()
     if start < steps or ckpt.latest() != steps:
       ckpt.save(steps, state_tree(), meta(steps), iterator, force=True)
@@ -300,7 +332,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     summary.final_loss = float(np.mean(recent)) if recent else math.nan
     summary.files += map(str, outputs.weights(experts, None))
     if cfg.preview.every:
-      summary.files += map(str, outputs.previews(experts, steps))
+      summary.files += map(str, outputs.previews(experts, steps, to_device))
     plot = outputs.plot()
     if plot is not None:
       summary.files.append(str(plot))
