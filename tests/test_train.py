@@ -204,3 +204,37 @@ def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path,
   assert kinds.count("pinned_host") >= 4 * 3  # each switch parks weights, frozen and moments
   assert losses(tmp_path / "offload") == losses(tmp_path / "resident")
   assert any(f.endswith("step_000004_0.mp4") for f in summary.files)
+
+
+def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule_warms_up():
+  import wan_jax
+  from wan_jax.train.optimizer import learning_rate, make_optimizer
+  train_cfg = get_config().train
+  train_cfg.grad_accum, train_cfg.steps, train_cfg.warmup_steps = 2, 20, 4
+  train_cfg.lr_schedule = "cosine"
+  lr = learning_rate(train_cfg)
+  assert [float(lr(i)) for i in range(4)] == pytest.approx(
+      [train_cfg.learning_rate * k / 4 for k in (1, 2, 3, 4)])
+  assert float(lr(10)) < 1e-3 * train_cfg.learning_rate  # cosine ends at updates = steps / accum
+
+  model = wan_jax.WanTransformer(wan_jax.tiny(), rngs=nnx.Rngs(0))
+  add_lora(model, 2, 2.0, seed=0)
+  graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
+  trainable = jax.tree.map(lambda x: x + 0.01, trainable)  # B != 0: A gets gradients too
+  tx = make_optimizer(train_cfg)
+  opt_state = tx.init(trainable)
+  settings = StepSettings("uniform", 1.0, 0.0, 1.0, False, (0.0,) * 16, (1.0,) * 16)
+  ndims = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
+           "loss_multiplier": 1}
+  step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen, ndims)
+  batch = {"latent_mean": jnp.ones((1, 2, 4, 6, 16)), "latent_logvar": jnp.zeros((1, 2, 4, 6, 16)),
+           "weights": jnp.ones((1, 2, 4, 6)), "context": jnp.ones((1, 24, 48)),
+           "loss_multiplier": jnp.ones((1,))}
+  snapshots = [jax.tree.map(np.asarray, trainable)]
+  for i in range(4):
+    trainable, opt_state, _ = step(trainable, opt_state, frozen, batch, jax.random.key(i),
+                                   jnp.float32(0), jnp.float32(875))
+    snapshots.append(jax.tree.map(np.asarray, trainable))
+  same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+  assert same(snapshots[0], snapshots[1]) and not same(snapshots[1], snapshots[2])
+  assert same(snapshots[2], snapshots[3]) and not same(snapshots[3], snapshots[4])
