@@ -10,10 +10,12 @@ metrics.jsonl, tensorboard/, loss.png, config.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +26,7 @@ import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from wan_jax.data.demo import make_demo_dataset
 from wan_jax.data.pipeline import Pipeline, build_pipeline
@@ -54,9 +57,6 @@ class ExpertState:
   frozen: nnx.State
   opt_state: Any
   steps: int = 0  # batches this expert has trained on
-
-  def model(self):
-    return nnx.merge(self.graphdef, self.trainable, self.frozen)
 
 
 @dataclasses.dataclass
@@ -155,17 +155,26 @@ class Outputs:
       self.tb.scalars(step, {k: v for k, v in values.items() if isinstance(v, (int, float))})
 
   def weights(self, experts: dict[str, ExpertState], step: int | None) -> list[Path]:
-    """LoRA files (or full weights) per trained expert; step None = the final, unnumbered ones."""
-    if not self.main:
-      return []
+    """LoRA files (or full weights) per trained expert; step None = the final, unnumbered ones.
+
+    Every process calls this (gathering sharded LoRA weights is collective); process 0 writes.
+    """
     cfg, out = self.cfg, []
+    if jax.process_count() > 1 and not cfg.lora.enabled:
+      raise NotImplementedError("exporting a full fine-tune from a multi-host run is not "
+                                "supported yet; export from the Orbax checkpoint on one host")
     folder = self.workdir / ("lora" if cfg.lora.enabled else "weights")
     for name, st in experts.items():
+      trainable = st.trainable
+      if jax.process_count() > 1:
+        trainable = multihost_utils.process_allgather(trainable, tiled=True)
+      if not self.main:
+        continue
       stem = f"{cfg.save.name}_{step:06d}" if step is not None else cfg.save.name
       path = folder / f"{stem}_{FILE_SUFFIX[name]}.safetensors"
       meta = {"step": str(step if step is not None else st.steps), "expert": FILE_SUFFIX[name],
               "wan_jax_train_config": self.cfg.to_json()}
-      model = st.model()
+      model = nnx.merge(st.graphdef, trainable, st.frozen)
       if cfg.lora.enabled:
         out.append(save_lora(model, path, metadata=meta, dtype=cfg.save.dtype))
       else:
@@ -175,9 +184,10 @@ class Outputs:
   def previews(self, experts: dict[str, ExpertState], step: int,
                on_device: Callable[[Any], Any] = lambda tree: tree) -> list[Path]:
     """Samples the preview prompts. `on_device` brings an offloaded expert back for the sampling
-    (the sampler switches experts mid-way, so both must be on the device)."""
+    (the sampler switches experts mid-way, so both must be on the device). Every process samples
+    (the weights are sharded over all of them); only process 0 keeps the files."""
     cfg = self.cfg.preview
-    if not self.main or not cfg.prompts:
+    if not cfg.prompts:
       return []
     models_by_name = {name: nnx.merge(st.graphdef, on_device(st.trainable), on_device(st.frozen))
                       for name, st in experts.items()}
@@ -190,11 +200,15 @@ class Outputs:
     plan = self.pipeline.cache_plan
     contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
     negative = jnp.asarray(plan.prompt(cfg.negative_prompt))[None]
-    return render_previews(
-        dual, vae, list(cfg.prompts), contexts, negative, self.workdir / "previews", step,
-        height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
-        shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
-        seed=cfg.seed)
+    with contextlib.ExitStack() as stack:
+      out_dir = (self.workdir / "previews" if self.main else
+                 Path(stack.enter_context(tempfile.TemporaryDirectory())))
+      paths = render_previews(
+          dual, vae, list(cfg.prompts), contexts, negative, out_dir, step,
+          height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
+          shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
+          seed=cfg.seed)
+    return paths if self.main else []
 
   def plot(self) -> Path | None:
     if not self.main:
