@@ -1,0 +1,439 @@
+"""One LoRA training step of a Wan expert: compile time, step time, model FLOPs, MFU, memory.
+
+The figure users compare: a real-size 14B expert with random bf16 weights, LoRA (rank 32 by
+default) on the ten block linears, gradient checkpointing, masked loss, batch 1, at
+  a) 480x832x81 (32,760 tokens)   b) 720x1280x81 (75,600)   c) a 1024x1024 image (4,096).
+MFU is against the rate of a large matmul in the compute dtype measured in the same run. With
+--torch the PyTorch peer (benchmarks/torch_reference.py: diffusers + peft) runs the same batches
+in the same process first (it frees the device before JAX starts) and the table shows ours/theirs.
+
+  python benchmarks/train_step.py --cases a c --out $OUT/train_step.json     # a GPU
+  python benchmarks/train_step.py --reduced --torch                           # CPU guard
+
+--reduced is the tiny config (fp32) at small shapes; it runs on a CPU in seconds. Prints a
+table last and writes JSON (--out; else one JSON line before the table). Times are figures,
+never assertions.
+
+Each step time is one call of the compiled step with a device sync; the first call is reported
+apart (first_step_s), then --warmup untimed calls, then the median of --steps. Peak memory is
+the device allocator's peak for the whole process so far: run one case per process for a
+per-case figure. Weights are random draws in their final dtype, one layer at a time, so a 14B
+expert never exists in fp32. The PyTorch side checkpoints every block whatever --remat says
+(diffusers has one policy), and none with --remat none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+import wan_jax
+from wan_jax.model.attention import resolve_impl
+from wan_jax.model.config import REMAT_POLICIES
+from wan_jax.model.layers import matmul_precision
+from wan_jax.model.vae_config import wan21_vae
+from wan_jax.train import flops
+from wan_jax.train.lora import FROZEN, LORA, add_lora
+from wan_jax.train.mesh import make_mesh
+from wan_jax.train.optimizer import make_optimizer
+from wan_jax.train.sharding import (
+    LAYER_AXIS_PARENTS,
+    global_batch_from_local,
+    path_names,
+    tree_shardings,
+)
+from wan_jax.train.step import StepSettings, make_train_step, step_keys
+
+HERE = Path(__file__).resolve().parent
+# name: (label, frames, height, width); the reduced shapes keep the cases' character (a long
+# clip, a longer one, an image) at a size a CPU runs in seconds.
+CASES = {"a": ("480x832x81", 81, 480, 832), "b": ("720x1280x81", 81, 720, 1280),
+         "c": ("1024x1024 image", 1, 1024, 1024)}
+REDUCED_CASES = {"a": ("96x160x17", 17, 96, 160), "b": ("144x256x17", 17, 144, 256),
+                 "c": ("128x128 image", 1, 128, 128)}
+T_RANGE = (0.0, 875.0)  # the low-noise expert's timesteps (either expert costs the same)
+BATCH_NDIMS = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
+               "loss_multiplier": 1}
+GIB = 2**30
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--cases", nargs="+", default=["a", "b", "c"], choices=sorted(CASES))
+  p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
+  p.add_argument("--remat", default="full", choices=REMAT_POLICIES)
+  p.add_argument("--attention", default="auto", choices=("auto", "cudnn", "xla", "chunked"))
+  p.add_argument("--rank", type=int, default=32)
+  p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+  p.add_argument("--layers", type=int, default=None, help="override the number of blocks")
+  p.add_argument("--resident-experts", type=int, default=1, choices=(1, 2),
+                 help="2: a second expert's weights and optimizer state stay on the device, "
+                      "idle (the trainer's memory with both experts)")
+  p.add_argument("--reduced", action="store_true", help="tiny config, small shapes (CPU)")
+  p.add_argument("--torch", action="store_true", help="also time the diffusers + peft peer")
+  p.add_argument("--peak-size", type=int, default=None,
+                 help="matmul size for the peak rate (default 8192, 512 with --reduced)")
+  p.add_argument("--threads", type=int, default=None,
+                 help="CPU threads for both frameworks (default 1 with --reduced: on a shared "
+                      "box PyTorch's OpenMP pool stalls when a core is taken; else unchanged)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="", help="write the JSON report here")
+  args = p.parse_args(argv)
+  if args.steps < 1 or args.warmup < 0:
+    p.error("--steps must be >= 1 and --warmup >= 0")
+  if args.threads is None and args.reduced:
+    args.threads = 1
+  args.alpha = float(args.rank if args.alpha is None else args.alpha)
+  return args
+
+
+def limit_cpu_threads(threads: int | None) -> None:
+  """One thread for XLA's CPU backend (read when the backend starts, so a no-op once JAX has
+  run in this process); PyTorch's CPU pool is set in run_theirs."""
+  if threads == 1:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+      os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+
+
+def git(*cmd: str) -> str:
+  try:
+    return subprocess.run(["git", *cmd], cwd=HERE.parent, capture_output=True, text=True,
+                          check=False).stdout.strip()
+  except OSError:
+    return ""
+
+
+def model_config(args: argparse.Namespace) -> wan_jax.WanConfig:
+  runtime: dict[str, Any] = {"attention": args.attention, "remat": args.remat}
+  if args.layers is not None:
+    runtime["num_layers"] = args.layers
+  if args.reduced:
+    return wan_jax.tiny(**runtime)  # fp32: a CPU has no fast bf16 matmul
+  return wan_jax.t2v_a14b(param_dtype="bfloat16", compute_dtype="bfloat16", **runtime)
+
+
+def make_batch(cfg: wan_jax.WanConfig, grid: tuple[int, int, int],
+               seed: int) -> dict[str, np.ndarray]:
+  """Random latents around the VAE's statistics, a binary-ish mask (1 / 0.1), full text rows."""
+  rng = np.random.default_rng(seed)
+  vae = wan21_vae()
+  shape = (1, *grid, cfg.in_channels)
+  mean = (rng.standard_normal(shape) * np.asarray(vae.latents_std)
+          + np.asarray(vae.latents_mean))
+  return {
+      "latent_mean": mean.astype(np.float32),
+      "latent_logvar": (rng.standard_normal(shape) * 0.5 - 6.0).astype(np.float32),
+      "weights": np.where(rng.random((1, *grid)) < 0.6, 1.0, 0.1).astype(np.float32),
+      "context": rng.standard_normal((1, cfg.text_len, cfg.text_dim)).astype(np.float32),
+      "loss_multiplier": np.ones((1,), np.float32),
+  }
+
+
+def peak_matmul(dtype: str, size: int, *, batch: int = 4, reps: int = 10) -> float:
+  """FLOP/s of a batched [size, size] matmul on random data (several operand sets, so a cache
+  holds none of them), the median of `reps` calls after a warm-up."""
+  dt = jnp.dtype(dtype)
+  ka, kb = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(ka, (batch, size, size), jnp.float32).astype(dt)
+  b = jax.random.normal(kb, (batch, size, size), jnp.float32).astype(dt)
+  fn = jax.jit(lambda a, b: jnp.einsum("kij,kjl->kil", a, b, precision=matmul_precision(dt)))
+  for _ in range(2):
+    jax.block_until_ready(fn(a, b))
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(a, b))
+    times.append(time.perf_counter() - start)
+  return 2 * batch * size**3 / statistics.median(times)
+
+
+def init_rule(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[float, float]:
+  """(mean, std) of a parameter's random values, as the model's own init draws them: kernels
+  and LoRA A N(0, 1/fan_in), LoRA B zero (the adapter starts as a no-op), norm gains near 1."""
+  leaf = path[-1]
+  if leaf == "lora_b":
+    return 0.0, 0.0
+  if leaf in ("kernel", "lora_a"):
+    return 0.0, 1.0 / math.sqrt(shape[-2])
+  if leaf.endswith("modulation"):
+    return 0.0, 1.0 / math.sqrt(shape[-1])
+  if leaf == "weight":
+    return 1.0, 0.1
+  return 0.0, 0.02
+
+
+@functools.cache
+def _drawer(shape: tuple[int, ...], dtype: str, mean: float, std: float, layered: bool,
+            sharding: jax.sharding.Sharding):
+  """A jitted draw of one parameter; a stacked one layer by layer, so the fp32 temporaries
+  are one layer's, never the stack's (a 14B expert in fp32 would not fit beside itself)."""
+  def one(key: jax.Array, layer_shape: tuple[int, ...]) -> jax.Array:
+    return (mean + std * jax.random.normal(key, layer_shape, jnp.float32)).astype(dtype)
+
+  def draw(key: jax.Array) -> jax.Array:
+    if layered:
+      return jax.lax.map(lambda k: one(k, shape[1:]), jax.random.split(key, shape[0]))
+    return one(key, shape)
+
+  return jax.jit(draw, out_shardings=sharding)
+
+
+def random_state(shapes: nnx.State, mesh, key: jax.Array) -> nnx.State:
+  """Random values for an abstract state, drawn on the device parameter by parameter."""
+  shardings = tree_shardings(shapes, mesh)
+  flat = jax.tree_util.tree_leaves_with_path(shapes)
+  treedef = jax.tree_util.tree_structure(shapes)
+  values = []
+  for i, ((kp, leaf), sharding) in enumerate(zip(flat, treedef.flatten_up_to(shardings))):
+    path = path_names(kp)
+    mean, std = init_rule(path, leaf.shape)
+    layered = path[0] in LAYER_AXIS_PARENTS and len(leaf.shape) >= 3
+    fn = _drawer(tuple(leaf.shape), str(leaf.dtype), mean, std, layered, sharding)
+    values.append(fn(jax.random.fold_in(key, i)))
+  return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def build_state(cfg: wan_jax.WanConfig, rank: int, alpha: float, tx, mesh, seed: int):
+  """(graphdef, trainable, frozen, opt_state): the model's structure from nnx.eval_shape (no
+  weights), then random weights drawn directly in their dtype and sharding on the device."""
+  def build() -> wan_jax.WanTransformer:
+    model = wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(seed))
+    add_lora(model, rank, alpha, seed=seed)
+    return model
+
+  graphdef, trainable_shape, frozen_shape = nnx.split(nnx.eval_shape(build), LORA, FROZEN)
+  key_trainable, key_frozen = jax.random.split(jax.random.key(seed))
+  trainable = random_state(trainable_shape, mesh, key_trainable)
+  frozen = random_state(frozen_shape, mesh, key_frozen)
+  opt_shapes = jax.eval_shape(tx.init, trainable)
+  opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh))(trainable)
+  return graphdef, trainable, frozen, opt_state
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "learning_rate": 1e-4, "lr_schedule": "constant", "warmup_steps": 0, "steps": 1000,
+      "grad_accum": 1, "weight_decay": 0.0, "max_grad_norm": 1.0})
+
+
+def step_settings() -> StepSettings:
+  vae = wan21_vae()
+  return StepSettings("shift", 5.0, 0.0, 1.0, True, tuple(vae.latents_mean),
+                      tuple(vae.latents_std))
+
+
+def device_peak_gib() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / GIB
+
+
+def progress(side: str, case: str, r: dict[str, Any]) -> None:
+  """One line per finished case, so a run cut short by a time limit still shows its figures."""
+  peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+  compile_s = f"compile {r['compile_s']:.1f} s, " if "compile_s" in r else ""
+  print(f"{side} {case}: {compile_s}first step {r['first_step_s']:.3f} s, median "
+        f"{r['median_s']:.3f} s of {len(r['step_s'])}, peak {peak} GiB, loss {r['loss']:.4f}",
+        flush=True)
+
+
+def run_ours(step_fn, state: list, batch: dict[str, np.ndarray], mesh, args) -> dict[str, Any]:
+  """Compiles for this case, runs 1 + warmup steps, then times `steps` with a device sync."""
+  trainable, opt_state, frozen = state
+  device_batch = global_batch_from_local(batch, mesh)
+  t_low, t_high = jnp.float32(T_RANGE[0]), jnp.float32(T_RANGE[1])
+  total = 1 + args.warmup + args.steps
+  keys = [step_keys(args.seed, i) for i in range(total)]
+  start = time.perf_counter()
+  compiled = step_fn.lower(trainable, opt_state, frozen, device_batch, keys[0], t_low,
+                           t_high).compile()
+  compile_s = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  times, metrics = [], None
+  for i in range(total):
+    start = time.perf_counter()
+    trainable, opt_state, metrics = compiled(trainable, opt_state, frozen, device_batch,
+                                             keys[i], t_low, t_high)
+    jax.block_until_ready((trainable, opt_state, metrics))
+    times.append(time.perf_counter() - start)
+  state[:] = [trainable, opt_state, frozen]  # the old buffers were donated
+  timed = times[1 + args.warmup:]
+  return {
+      "compile_s": compile_s, "first_step_s": times[0], "step_s": timed,
+      "median_s": statistics.median(timed), "peak_memory_gib": device_peak_gib(),
+      "compiled_temp_gib": None if mem is None else mem.temp_size_in_bytes / GIB,
+      "compiled_argument_gib": None if mem is None else mem.argument_size_in_bytes / GIB,
+      "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
+  }
+
+
+def run_theirs(cfg, args, cases: dict[str, dict]) -> dict[str, dict]:
+  """The diffusers + peft step for every case; frees the device afterwards."""
+  if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+  import torch
+  import torch_reference as ref
+
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  if device.type == "cpu" and args.threads:
+    torch.set_num_threads(args.threads)
+  dtype = getattr(torch, cfg.param_dtype)
+  start = time.perf_counter()
+  model, params = ref.build_model(cfg, rank=args.rank, alpha=args.alpha, dtype=dtype,
+                                  device=device, checkpointing=args.remat != "none",
+                                  seed=args.seed)
+  out = {"build_s": time.perf_counter() - start, "device": str(device), "cases": {},
+         "threads": torch.get_num_threads() if device.type == "cpu" else None, **ref.versions()}
+  vae = wan21_vae()
+  for name, case in cases.items():
+    step = ref.Step(model, params, case["batch"], dtype=dtype,
+                    latents_mean=tuple(vae.latents_mean), latents_std=tuple(vae.latents_std),
+                    t_range=T_RANGE, seed=args.seed)
+    out["cases"][name] = ref.time_steps(step, steps=args.steps, warmup=args.warmup)
+    progress("torch", case["label"], out["cases"][name])
+    del step
+    ref.release()
+  del model, params
+  ref.release()
+  return out
+
+
+def summarise(report: dict[str, Any]) -> str:
+  """The table printed last (the device tool returns the end of the output)."""
+  peak = report["peak_flops_per_s"]
+  unit, scale = ("GFLOP", 1e9) if report["config"]["preset"] == "tiny" else ("PFLOP", 1e15)
+  head = (f"{'case':<18}{'tokens':>8}{unit:>8}{'compile s':>11}{'step s':>9}{'MFU':>7}"
+          f"{'tok/s':>9}{'peak GiB':>10}")
+  torch_on = any("torch" in c for c in report["cases"])
+  if torch_on:
+    head += f"{'torch s':>9}{'torch MFU':>11}{'ours/torch':>12}"
+  cfg = report["config"]
+  title = (f"{report['device_kind']} ({report['backend']}), peak {peak / 1e12:.1f} TFLOP/s "
+           f"{cfg['dtype']}; commit {report['commit']}{' (dirty)' if report['dirty'] else ''}; "
+           f"{cfg['layers']} layers, remat {cfg['remat']}, attention {cfg['attention_resolved']}, "
+           f"rank {cfg['rank']}, experts resident {cfg['resident_experts']}")
+  lines = [title, head]
+  fmt = lambda v, spec: "-" if v is None else format(v, spec)
+  for c in report["cases"]:
+    o = c["ours"]
+    row = (f"{c['label']:<18}{c['tokens']:>8}{c['model_flops'] / scale:>8.3f}"
+           f"{o['compile_s']:>11.1f}{o['median_s']:>9.3f}{o['mfu']:>7.1%}"
+           f"{o['tokens_per_s']:>9.0f}{fmt(o['peak_memory_gib'], '>10.1f'):>10}")
+    if torch_on:
+      t = c.get("torch", {})
+      row += (f"{fmt(t.get('median_s'), '>9.3f'):>9}{fmt(t.get('mfu'), '>11.1%'):>11}"
+              f"{fmt(c.get('ratio_ours_over_torch'), '>12.2f'):>12}")
+    lines.append(row)
+  return "\n".join(lines)
+
+
+def prepare_cases(cfg: wan_jax.WanConfig, args: argparse.Namespace) -> dict[str, dict]:
+  """Each case's shape, tokens, model FLOPs and (host) batch, shared by both frameworks."""
+  table = REDUCED_CASES if args.reduced else CASES
+  cases = {}
+  for name in dict.fromkeys(args.cases):
+    label, frames, height, width = table[name]
+    tokens = flops.token_count(cfg, frames, height, width)
+    cases[name] = {"case": name, "label": label, "frames": frames, "height": height,
+                   "width": width, "tokens": tokens,
+                   "model_flops": flops.step_flops(cfg, tokens, lora=True).step,
+                   "batch": make_batch(cfg, flops.latent_grid(frames, height, width), args.seed)}
+  return cases
+
+
+def run_jax(cfg: wan_jax.WanConfig, args: argparse.Namespace, cases: dict[str, dict],
+            peak_size: int) -> dict[str, Any]:
+  """Peak matmul rate, the state (with --resident-experts 2 a second, idle expert beside it, as
+  the trainer holds both), then every case's step."""
+  mesh = make_mesh(devices=jax.devices()[:1])  # one device, batch 1
+  out: dict[str, Any] = {"peak_flops_per_s": peak_matmul(cfg.compute_dtype, peak_size)}
+  tx = make_optimizer(optimizer_config())
+  start = time.perf_counter()
+  experts = [build_state(cfg, args.rank, args.alpha, tx, mesh, args.seed + i)
+             for i in range(args.resident_experts)]
+  jax.block_until_ready([e[1:] for e in experts])
+  out["build_s"] = time.perf_counter() - start
+  stats = jax.devices()[0].memory_stats() or {}
+  out["resident_gib"] = stats["bytes_in_use"] / GIB if "bytes_in_use" in stats else None
+  graphdef, trainable, frozen, opt_state = experts[0]
+  step_fn = make_train_step(graphdef, tx, step_settings(), mesh, trainable, opt_state, frozen,
+                            BATCH_NDIMS)
+  state = [trainable, opt_state, frozen]
+  del trainable, opt_state, frozen, experts[0]
+  out["cases"] = {}
+  for name, case in cases.items():
+    out["cases"][name] = run_ours(step_fn, state, case["batch"], mesh, args)
+    progress("ours", case["label"], out["cases"][name])
+  return out
+
+
+def add_rates(side: dict[str, Any], case: dict[str, Any], peak: float) -> dict[str, Any]:
+  side["mfu"] = flops.mfu(case["model_flops"], side["median_s"], peak)
+  side["tokens_per_s"] = case["tokens"] / side["median_s"]
+  return side
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  args = parse_args(argv)
+  if args.torch:  # both frameworks share the device: JAX must not take 75% of it up front
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  limit_cpu_threads(args.threads)
+  cfg = model_config(args)
+  cases = prepare_cases(cfg, args)
+  with_batches = dict(cases)
+  cases = {name: {k: v for k, v in c.items() if k != "batch"} for name, c in cases.items()}
+  theirs = run_theirs(cfg, args, with_batches) if args.torch else None  # first: frees the device
+  peak_size = args.peak_size or (512 if args.reduced else 8192)
+  ours = run_jax(cfg, args, with_batches, peak_size)
+  peak = ours["peak_flops_per_s"]
+  for name, case in cases.items():
+    case["ours"] = add_rates(ours["cases"][name], case, peak)
+    if theirs is not None:
+      case["torch"] = add_rates(theirs["cases"][name], case, peak)
+      case["ratio_ours_over_torch"] = case["ours"]["median_s"] / case["torch"]["median_s"]
+
+  device = jax.devices()[0]
+  command = ["python", "benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)]
+  report = {
+      "benchmark": "train_step", "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+      "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+      "jax_version": jax.__version__, "backend": jax.default_backend(),
+      "device_kind": device.device_kind, "peak_flops_per_s": peak, "peak_matmul_size": peak_size,
+      "config": {"preset": "tiny" if args.reduced else "t2v_a14b", "layers": cfg.num_layers,
+                 "dim": cfg.dim, "dtype": cfg.compute_dtype, "rank": args.rank,
+                 "alpha": args.alpha, "remat": cfg.remat, "attention": cfg.attention,
+                 "attention_resolved": resolve_impl(cfg.attention, jnp.dtype(cfg.compute_dtype)),
+                 "batch": 1, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+                 "resident_experts": args.resident_experts, "command": " ".join(command)},
+      "build_s": ours["build_s"], "resident_gib": ours["resident_gib"],
+      "cases": list(cases.values()),
+  }
+  if theirs is not None:
+    report["torch"] = {k: v for k, v in theirs.items() if k != "cases"}
+  if args.out:
+    Path(args.out).write_text(json.dumps(report, indent=2))
+  else:
+    print(json.dumps(report))
+  print(summarise(report), flush=True)
+  return report
+
+
+if __name__ == "__main__":
+  main()
