@@ -4,6 +4,7 @@ components can be added to a converted folder one at a time."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -136,3 +137,23 @@ def test_writing_over_a_source_is_refused(tmp_path, full_release):
   result = run_cli(root, root, "--overwrite")
   assert result.returncode == 2 and "would overwrite the source" in result.stderr
   assert (root / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_an_encoders_cache_identity_ignores_the_rest_of_the_release(tmp_path, full_release):
+  from wan_jax.data.caches import files_id
+  from wan_jax.weights.load_encoders import component_location
+  release = tmp_path / "release"
+  shutil.copytree(full_release, release)
+  assert component_location(release, "vae") == release / "Wan2.1_VAE.pth"
+  assert component_location(release, "tokenizer") == release / "google" / "umt5-xxl"
+  ids = lambda: [files_id(component_location(release, c))
+                 for c in ("vae", "text_encoder", "tokenizer")]
+  before = ids()
+  expert_file = next((release / "high_noise_model").glob("*.safetensors"))
+  os.utime(expert_file, ns=(1, 1))  # re-downloading an expert changes no encoder's identity
+  assert ids() == before
+  os.utime(release / "Wan2.1_VAE.pth", ns=(1, 1))
+  assert ids()[0] != before[0] and ids()[1:] == before[1:]
+  out = tmp_path / "converted"
+  assert run_cli(release, out, "--only", "vae").returncode == 0
+  assert component_location(out, "vae") == out / "vae"

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 HIGH = "high"
 LOW = "low"
 EXPERTS = (HIGH, LOW)  # position = expert index
+CHECKPOINT_NAMES = {HIGH: "high_noise", LOW: "low_noise"}  # in checkpoints and output file names
 
 
 def _check(train_high: bool, train_low: bool, switch_every: int) -> None:
@@ -47,3 +48,14 @@ def active_expert_index(step: jax.Array | int, train_high: bool, train_low: bool
   if not (train_high and train_low):
     return jnp.int32(0 if train_high else 1)
   return ((jnp.asarray(step, jnp.int32) // switch_every) % 2).astype(jnp.int32)
+
+
+def batches_per_expert(steps: int, train_high: bool, train_low: bool,
+                       switch_every: int) -> dict[str, int]:
+  """How many of the run's `steps` batches each trained expert gets (its optimizer's horizon)."""
+  _check(train_high, train_low, switch_every)
+  if not (train_high and train_low):
+    return {HIGH if train_high else LOW: int(steps)}
+  full, rest = divmod(int(steps), 2 * switch_every)
+  high = full * switch_every + min(rest, switch_every)
+  return {HIGH: high, LOW: int(steps) - high}

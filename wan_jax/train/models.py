@@ -22,9 +22,10 @@ from wan_jax.model.transformer import WanTransformer
 from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny
 from wan_jax.model.vae import WanVAE
 from wan_jax.model.vae_config import VAEConfig, tiny_vae, wan21_vae
-from wan_jax.train.experts import HIGH, LOW
+from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
 from wan_jax.weights.load import load_transformer
-from wan_jax.weights.load_encoders import load_text_encoder, load_tokenizer, load_vae
+from wan_jax.weights.load_encoders import (component_location, load_text_encoder, load_tokenizer,
+                                           load_vae)
 
 ARCHS = ("wan22_t2v_a14b", "tiny")
 TINY_SEEDS = {HIGH: 0, LOW: 1, "vae": 2, "text": 3}
@@ -72,8 +73,8 @@ def load_expert(cfg: ml_collections.ConfigDict, expert: str) -> WanTransformer:
     dtype = cfg.model.dtype
     model_cfg = tiny(param_dtype=dtype, compute_dtype=dtype, **runtime)
     return WanTransformer(model_cfg, rngs=nnx.Rngs(TINY_SEEDS[expert]))
-  name = "high_noise" if expert == HIGH else "low_noise"
-  return load_transformer(cfg.model.name_or_path, cfg.model.dtype, expert=name, **runtime)
+  return load_transformer(cfg.model.name_or_path, cfg.model.dtype,
+                          expert=CHECKPOINT_NAMES[expert], **runtime)
 
 
 def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
@@ -102,10 +103,8 @@ def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
 
 
 def _component_id(path: str, component: str) -> str:
-  """Identity of one component's files (its subfolder when the path is a whole checkpoint)."""
-  root = Path(path).expanduser()
-  sub = root / component
-  return files_id(sub if sub.is_dir() else root)
+  """Identity of one component's files only (touching an expert must not rebuild the caches)."""
+  return files_id(component_location(path, component))
 
 
 def cache_settings(cfg: ml_collections.ConfigDict, enc: Encoders) -> CacheSettings:

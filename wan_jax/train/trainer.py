@@ -33,7 +33,8 @@ from wan_jax.data.pipeline import Pipeline, build_pipeline
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.train import models
 from wan_jax.train.checkpointing import Checkpoints, abstract_like
-from wan_jax.train.experts import HIGH, LOW, active_expert
+from wan_jax.train.experts import (CHECKPOINT_NAMES, HIGH, LOW, active_expert,
+                                   batches_per_expert)
 from wan_jax.train.export import save_full, save_lora
 from wan_jax.train.lora import FROZEN, LORA, add_lora
 from wan_jax.train.mesh import make_mesh
@@ -46,7 +47,6 @@ from wan_jax.train.tensorboard import ScalarWriter
 from wan_jax.train.timesteps import expert_range
 
 log = logging.getLogger(__name__)
-FILE_SUFFIX = {HIGH: "high_noise", LOW: "low_noise"}
 DEVICE, HOST = "device", "pinned_host"
 
 
@@ -171,8 +171,8 @@ class Outputs:
       if not self.main:
         continue
       stem = f"{cfg.save.name}_{step:06d}" if step is not None else cfg.save.name
-      path = folder / f"{stem}_{FILE_SUFFIX[name]}.safetensors"
-      meta = {"step": str(step if step is not None else st.steps), "expert": FILE_SUFFIX[name],
+      path = folder / f"{stem}_{CHECKPOINT_NAMES[name]}.safetensors"
+      meta = {"step": str(step if step is not None else st.steps), "expert": CHECKPOINT_NAMES[name],
               "wan_jax_train_config": self.cfg.to_json()}
       model = nnx.merge(st.graphdef, trainable, st.frozen)
       if cfg.lora.enabled:
@@ -241,7 +241,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
-  tx = make_optimizer(cfg.train)
+  # One optimizer definition serves both experts (one compiled step); each expert has its own
+  # state. Its schedule spans the batches an expert gets (they differ by at most one switch).
+  horizon = max(batches_per_expert(int(cfg.train.steps), HIGH in names, LOW in names,
+                                   int(cfg.train.switch_boundary_every)).values())
+  tx = make_optimizer(cfg.train, horizon)
   offload = bool(cfg.train.offload_inactive_expert) and len(names) == 2
   if cfg.train.offload_inactive_expert and not offload:
     log.warning("train.offload_inactive_expert has no effect: only one expert is trained (and "
@@ -284,7 +288,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     print(f"resuming from {workdir / 'checkpoints'} at step {start}", flush=True)
 
   outputs = Outputs(cfg, workdir, enc, pipeline)
-  schedule = learning_rate(cfg.train)
+  schedule = learning_rate(cfg.train, horizon)
   steps = int(cfg.train.steps)
   recent: list[float] = []
   bar = tqdm.tqdm(total=steps, initial=start, desc="training", unit="step",

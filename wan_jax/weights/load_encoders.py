@@ -49,6 +49,19 @@ def _entry(path: Path, manifest: dict, name: str) -> dict:
   return entry
 
 
+def component_location(path: str | Path, name: str) -> Path:
+  """The file or folder that holds one component (vae, text_encoder, tokenizer) of `path`:
+  what identifies it, e.g. for cache keys (a release's other files do not change it)."""
+  path = Path(path).expanduser().resolve()
+  manifest = checkpoint.read_manifest(path) if path.is_dir() else None
+  if manifest is not None:
+    return path / _entry(path, manifest, name)["path"]
+  where = getattr(find_components(path), name)
+  if where is None:
+    raise CheckpointError(f"{path}: no {name} found there")
+  return where
+
+
 def _component(path: str | Path, name: str, dtype: str, source) -> tuple[Any, dict, Path]:
   """(config or arch dict, tensors, resolved path) from a converted folder or PyTorch files."""
   path = Path(path).expanduser().resolve()
