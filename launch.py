@@ -7,8 +7,9 @@
   python launch.py ... --cache_only                               # build the caches, then stop
 
 Running again with the same --workdir resumes from its latest checkpoint. On several hosts,
-start the same command on every host with JAX's coordinator variables set (or under SLURM /
-Open MPI): the run calls jax.distributed.initialize() when it sees them.
+start the same command on every host with JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES
+and JAX_PROCESS_ID set (or under SLURM / Open MPI, detected by JAX): the run then calls
+jax.distributed.initialize() before anything else touches a device.
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ def _flags(argv: list[str]) -> flags.FlagValues:
 def _distributed() -> None:
   """Multi-host start-up when the environment asks for it (one process per host)."""
   import jax
-  wants = os.environ.get("JAX_COORDINATOR_ADDRESS") or any(
-      int(os.environ.get(v, "1") or 1) > 1 for v in MULTI_HOST_ENV[1:])
-  if wants:
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):  # explicit: address, process count and this one's id
+    count, index = env.get("JAX_NUM_PROCESSES"), env.get("JAX_PROCESS_ID")
+    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(count) if count else None,
+                               process_id=int(index) if index else None)
+  elif any(int(env.get(v, "1") or 1) > 1 for v in MULTI_HOST_ENV[1:]):  # SLURM / Open MPI
     jax.distributed.initialize()
 
 

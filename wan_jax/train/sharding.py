@@ -143,8 +143,23 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 
 def shard_state(tree: Any, shardings: Any) -> Any:
-  """Places `tree` as `shardings` say (each host passes the same full values)."""
-  return jax.device_put(tree, shardings)
+  """Places `tree` as `shardings` say; each host passes the same full values.
+
+  On several hosts, a value this process holds whole (a freshly loaded or initialised array,
+  or numpy) is cut into this process's shards locally: `jax.device_put` would instead compare
+  every leaf across hosts (gigabytes per 14B leaf) and, for replicated targets, fail outright.
+  Arrays already spread over the hosts are resharded by `jax.device_put`.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+
+  def place(x, sharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(place, tree, shardings)
 
 
 def global_batch_from_local(local_arrays: Any, mesh: Mesh) -> Any:

@@ -106,7 +106,7 @@ def _place(tree: Any, mesh, min_size: int, memory_kind: str) -> Any:
   """The tree on the mesh as the sharding rules say, in device or (pinned) host memory."""
   shardings = jax.tree.map(lambda s: s.with_memory_kind(memory_kind),
                            tree_shardings(tree, mesh, min_size=min_size))
-  return jax.device_put(tree, shardings)
+  return shard_state(tree, shardings)
 
 
 def _move(e: ExpertState, mesh, min_size: int, memory_kind: str) -> None:
