@@ -57,7 +57,7 @@ from wan_jax.train.sharding import (
     path_names,
     tree_shardings,
 )
-from wan_jax.train.step import StepSettings, make_train_step, step_keys
+from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
 
 HERE = Path(__file__).resolve().parent
 # name: (label, frames, height, width); the reduced shapes keep the cases' character (a long
@@ -67,8 +67,6 @@ CASES = {"a": ("480x832x81", 81, 480, 832), "b": ("720x1280x81", 81, 720, 1280),
 REDUCED_CASES = {"a": ("96x160x17", 17, 96, 160), "b": ("144x256x17", 17, 144, 256),
                  "c": ("128x128 image", 1, 128, 128)}
 T_RANGE = (0.0, 875.0)  # the low-noise expert's timesteps (either expert costs the same)
-BATCH_NDIMS = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
-               "loss_multiplier": 1}
 GIB = 2**30
 
 

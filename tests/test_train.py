@@ -115,9 +115,7 @@ def test_a_non_finite_step_is_skipped_and_changes_nothing():
   tx = optax.adam(1e-2)
   opt_state = tx.init(trainable)
   settings = StepSettings("uniform", 1.0, 0.0, 1.0, False, (0.0,) * 16, (1.0,) * 16)
-  ndims = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
-           "loss_multiplier": 1}
-  step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen, ndims)
+  step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen)
   batch = {"latent_mean": jnp.ones((1, 2, 4, 6, 16)), "latent_logvar": jnp.zeros((1, 2, 4, 6, 16)),
            "weights": jnp.ones((1, 2, 4, 6)), "context": jnp.ones((1, 24, 48)),
            "loss_multiplier": jnp.ones((1,))}
@@ -224,9 +222,7 @@ def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule
   tx = make_optimizer(train_cfg)
   opt_state = tx.init(trainable)
   settings = StepSettings("uniform", 1.0, 0.0, 1.0, False, (0.0,) * 16, (1.0,) * 16)
-  ndims = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
-           "loss_multiplier": 1}
-  step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen, ndims)
+  step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen)
   batch = {"latent_mean": jnp.ones((1, 2, 4, 6, 16)), "latent_logvar": jnp.zeros((1, 2, 4, 6, 16)),
            "weights": jnp.ones((1, 2, 4, 6)), "context": jnp.ones((1, 24, 48)),
            "loss_multiplier": jnp.ones((1,))}
@@ -238,3 +234,19 @@ def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule
   same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
   assert same(snapshots[0], snapshots[1]) and not same(snapshots[1], snapshots[2])
   assert same(snapshots[2], snapshots[3]) and not same(snapshots[3], snapshots[4])
+
+
+def test_resume_refuses_a_different_run_or_a_finished_one(tmp_path):
+  def config(steps, rank=4):
+    cfg = quiet(get_config(), steps)
+    cfg.lora.rank = rank
+    cfg.cache.dir = str(tmp_path / "cache")
+    return cfg
+
+  train(config(2), tmp_path / "run", progress=False)
+  with pytest.raises(ValueError, match="other settings for lora"):
+    train(config(3, rank=8), tmp_path / "run", progress=False)
+  with pytest.raises(ValueError, match="past train.steps=1"):
+    train(config(1), tmp_path / "run", progress=False)
+  summary = train(config(3), tmp_path / "run", progress=False)  # more steps: fine
+  assert summary.resumed_from == 2 and summary.steps == 3

@@ -148,14 +148,15 @@ class RowReader:
       raise SkipItem(str(e)) from e
 
   def _context(self, caption: str) -> np.ndarray:
-    """[text_len, D] float32: the cached embedding zero-padded as Wan pads it."""
+    """[text_len, D] float32: the cached embedding zero-padded as Wan pads it. An unreadable
+    embedding skips the row (it is replaced and counted), never trains it unconditioned."""
     ctx = self._contexts.get(caption)
     if ctx is None:
       try:
         emb = self._blank if caption == BLANK else self.plan.prompt(caption)
-      except CacheError as e:  # fall back to the blank caption rather than dying mid-run
-        log.warning("%s; using the blank caption for this row", e)
-        emb = self._blank
+      except CacheError as e:
+        log.warning("skipping a row captioned %r: %s", caption[:60], e)
+        raise SkipItem(str(e)) from e
       ctx = np.zeros((self.plan.settings.text_len, emb.shape[1]), np.float32)
       ctx[:len(emb)] = emb
       if len(self._contexts) < 4096:

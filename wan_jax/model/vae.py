@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -337,8 +338,7 @@ class WanVAE(nnx.Module):
     return mean, logvar
 
   def normalize(self, z: jax.Array) -> jax.Array:
-    cfg = self.config
-    return (z - jnp.asarray(cfg.latents_mean, F32)) / jnp.asarray(cfg.latents_std, F32)
+    return normalize_latents(z, self.config.latents_mean, self.config.latents_std)
 
   def denormalize(self, latents: jax.Array) -> jax.Array:
     cfg = self.config
@@ -363,6 +363,12 @@ class WanVAE(nnx.Module):
     x = self.post_quant_conv(z)[0]
     video = _chunked(self.decoder, x[:, :1], x[:, 1:, None])
     return jnp.clip(video.astype(F32), -1.0, 1.0)
+
+
+def normalize_latents(z: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """(z - mean) / std per channel: what the transformer sees. A function of the config's
+  constants only, so training from cached moments needs no VAE."""
+  return (z - jnp.asarray(mean, F32)) / jnp.asarray(std, F32)
 
 
 def sample_posterior(mean: jax.Array, logvar: jax.Array, key: jax.Array) -> jax.Array:

@@ -41,6 +41,11 @@ class Checkpoints:
         **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
            DATA: grain.checkpoint.CheckpointSave(iterator)}), force=force)
 
+  def meta(self, step: int) -> dict:
+    """The step's metadata alone (checked before any array is read)."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        **{META: ocp.args.JsonRestore()}))[META]
+
   def restore(self, step: int, abstract_state: Any, iterator: Any) -> tuple[Any, dict]:
     """(state placed like `abstract_state`'s shardings, meta); the iterator is restored in place."""
     got = self.manager.restore(step, args=ocp.args.Composite(

@@ -18,13 +18,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from wan_jax.model.vae import sample_posterior
+from wan_jax.model.vae import normalize_latents, sample_posterior
 from wan_jax.train.objective import masked_mse, noisy_latents
 from wan_jax.train.sharding import (MIN_SHARD_SIZE, batch_sharding, replicated,
                                     tree_shardings)
 from wan_jax.train.timesteps import sample_timesteps
 
-BATCH_KEYS = ("latent_mean", "latent_logvar", "weights", "context", "loss_multiplier")
+# What the step reads from a cached batch, and each array's rank (for the batch shardings).
+BATCH_NDIMS = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
+               "loss_multiplier": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,7 @@ def loss_and_grads(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.Sta
   k_post, k_t, k_noise = jax.random.split(key, 3)
   mean, logvar = batch["latent_mean"], batch["latent_logvar"]
   z = sample_posterior(mean, logvar, k_post) if s.sample_posterior else mean
-  x0 = (z - jnp.asarray(s.latents_mean, jnp.float32)) / jnp.asarray(s.latents_std, jnp.float32)
+  x0 = normalize_latents(z, s.latents_mean, s.latents_std)
   b = x0.shape[0]
   t = sample_timesteps(k_t, b, t_low, t_high, s.sampling, shift=s.shift,
                        logit_mean=s.logit_mean, logit_std=s.logit_std)
@@ -68,7 +70,7 @@ def loss_and_grads(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.Sta
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     settings: StepSettings, mesh: jax.sharding.Mesh, trainable: nnx.State,
-                    opt_state: Any, frozen: nnx.State, batch_ndims: dict[str, int],
+                    opt_state: Any, frozen: nnx.State, batch_ndims: dict[str, int] = BATCH_NDIMS,
                     min_size: int = MIN_SHARD_SIZE) -> Callable:
   """The compiled step for this mesh; state arguments are donated (updated in place)."""
 

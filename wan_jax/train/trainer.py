@@ -42,7 +42,7 @@ from wan_jax.train.optimizer import learning_rate, make_optimizer
 from wan_jax.train.plot import save_loss_plot
 from wan_jax.train.preview import Guidance, render_previews
 from wan_jax.train.sharding import global_batch_from_local, shard_state, tree_shardings
-from wan_jax.train.step import BATCH_KEYS, StepSettings, make_train_step, step_keys
+from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
 from wan_jax.train.tensorboard import ScalarWriter
 from wan_jax.train.timesteps import expert_range
 
@@ -64,6 +64,8 @@ class RunSummary:
   steps: int = 0
   resumed_from: int | None = None
   skipped_steps: int = 0
+  substituted_rows: int = 0  # a broken item replaced mid-run by another of its bucket
+  skipped_rows: int = 0  # nothing in the bucket could be read: the row trained with zero weight
   files: list[str] = dataclasses.field(default_factory=list)
   final_loss: float = math.nan
 
@@ -71,11 +73,49 @@ class RunSummary:
     lines = [f"trained {self.steps} steps" + (f" (resumed from step {self.resumed_from})"
                                                if self.resumed_from else ""),
              f"  steps skipped (non-finite loss or gradients): {self.skipped_steps}",
-             f"  final loss (mean of the last steps): {self.final_loss:.5f}"]
+             f"  batch rows replaced mid-run (item unreadable): {self.substituted_rows}; rows "
+             f"with nothing readable (zero weight): {self.skipped_rows}",
+             "  final loss (mean of the last steps): " + (
+                 f"{self.final_loss:.5f}" if math.isfinite(self.final_loss) else "n/a")]
     if pipeline is not None:
       lines.append("  data: " + pipeline.report.summary().replace("\n", "\n  "))
     lines += ["  files written:"] + [f"    {f}" for f in self.files]
     return "\n".join(lines)
+
+
+RESUME_KEYS = ("seed", "model.arch", "model.name_or_path", "model.train_high_noise",
+               "model.train_low_noise", "lora", "train.batch_size", "train.grad_accum",
+               "train.switch_boundary_every", "datasets", "mesh")
+
+
+def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a checkpoint's state depends on: a resume with other values would silently continue
+  a different run (another data order, LoRA shape or expert schedule), so it is refused."""
+  out = {}
+  for key in RESUME_KEYS:
+    value = cfg
+    for part in key.split("."):
+      value = value[part]
+    out[key] = json.loads(json.dumps(value.to_dict() if hasattr(value, "to_dict") else
+                                     [v.to_dict() for v in value] if key == "datasets" else value,
+                                     default=str))
+  return out
+
+
+def _check_resume(saved: dict[str, Any] | None, cfg, start: int, workdir: Path) -> None:
+  steps = int(cfg.train.steps)
+  if start > steps:
+    raise ValueError(f"{workdir} holds a checkpoint at step {start}, past train.steps={steps}; "
+                     "raise train.steps to continue, or use another --workdir")
+  if saved is None:
+    return
+  now = resume_settings(cfg)
+  changed = sorted(k for k in RESUME_KEYS if saved.get(k) != now[k])
+  if changed:
+    raise ValueError(f"{workdir} was trained with other settings for {', '.join(changed)}; "
+                     "resuming would not continue the same run. Use another --workdir (or "
+                     "restore those settings; train.steps, learning rate, previews and saving may "
+                     "change between resumes)")
 
 
 def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -90,7 +130,6 @@ def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
                mesh: jax.sharding.Mesh, progress: bool) -> Pipeline:
-  prepare_datasets(cfg, workdir)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if cfg.train.batch_size % shards:
     raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the mesh's "
@@ -136,7 +175,7 @@ def _expert_state(cfg, expert: str, tx, mesh, memory_kind: str = DEVICE) -> Expe
 
 
 def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  return global_batch_from_local({k: np.asarray(batch[k]) for k in BATCH_KEYS}, mesh)
+  return global_batch_from_local({k: np.asarray(batch[k]) for k in BATCH_NDIMS}, mesh)
 
 
 class Outputs:
@@ -230,7 +269,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
   workdir.mkdir(parents=True, exist_ok=True)
   models.check_arch(cfg)
   names = models.trained_experts(cfg)
+  if jax.process_count() > 1 and not cfg.lora.enabled and cfg.save.every:
+    raise ValueError("exporting a full fine-tune from a multi-host run is not supported yet: set "
+                     "save.every=0 and export from the Orbax checkpoint on one host")
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
+  ckpt = None if cache_only else Checkpoints(workdir / "checkpoints", cfg.checkpoint.every,
+                                             cfg.checkpoint.keep, cfg.checkpoint.async_save)
+  latest = None if ckpt is None else ckpt.latest()
+  if latest is not None:  # refuse a mismatched resume before loading anything big
+    saved = ckpt.meta(latest)
+    _check_resume(saved.get("settings"), cfg, int(saved["step"]), workdir)
   enc = models.encoders(cfg, workdir)
   pipeline = build_data(cfg, workdir, enc, mesh, progress)
   print(f"data:\n  {pipeline.summary()}", flush=True)
@@ -259,17 +308,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
                           float(cfg.train.logit_mean), float(cfg.train.logit_std),
                           bool(cfg.train.sample_posterior), tuple(vae.latents_mean),
                           tuple(vae.latents_std))
-  batch_ndims = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
-                 "loss_multiplier": 1}
   min_size = int(cfg.mesh.min_shard_size)
   step_fn = make_train_step(first.graphdef, tx, settings, mesh, first.trainable,
-                            first.opt_state, first.frozen, batch_ndims, min_size=min_size)
+                            first.opt_state, first.frozen, BATCH_NDIMS, min_size=min_size)
 
-  ckpt = Checkpoints(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.keep,
-                     cfg.checkpoint.async_save)
   iterator = iter(pipeline.dataset)
   start = 0
-  latest = ckpt.latest()
   if latest is not None:
     shardings = {n: {"trainable": tree_shardings(e.trainable, mesh, min_size=min_size),
                      "opt": tree_shardings(e.opt_state, mesh, min_size=min_size)}
@@ -285,6 +329,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
         _move(e, mesh, min_size, HOST)
     start, summary.resumed_from = int(meta["step"]), int(meta["step"])
     summary.skipped_steps = int(meta["skipped_steps"])
+    summary.skipped_rows = int(meta.get("skipped_rows", 0))
+    summary.substituted_rows = int(meta.get("substituted_rows", 0))
     print(f"resuming from {workdir / 'checkpoints'} at step {start}", flush=True)
 
   outputs = Outputs(cfg, workdir, enc, pipeline)
@@ -299,6 +345,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
 
   def meta(step: int) -> dict:
     return {"step": step, "skipped_steps": summary.skipped_steps,
+            "settings": resume_settings(cfg), "skipped_rows": summary.skipped_rows,
+            "substituted_rows": summary.substituted_rows,
             "expert_steps": {n: e.steps for n, e in experts.items()}, "seed": int(cfg.seed)}
 
   on_device = names[0]
@@ -312,6 +360,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
         _move(e, mesh, min_size, DEVICE)
         on_device = name
       batch = next(iterator)
+      summary.substituted_rows += int(np.sum(batch["substituted"] & batch["valid"]))
+      summary.skipped_rows += int(np.sum(~batch["valid"]))
       t_low, t_high = expert_range(name, float(cfg.model.boundary))
       tic = time.perf_counter()
       e.trainable, e.opt_state, m = step_fn(
@@ -319,11 +369,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
           jnp.float32(t_low), jnp.float32(t_high))
       loss, finite = float(m["loss"]), bool(m["finite"])  # waits for the step
       seconds = time.perf_counter() - tic
-      e.steps += 1
-      if not finite:
+      if finite:
+        e.steps += 1  # the optimizer's own count: a skipped step does not advance it
+      else:
         summary.skipped_steps += 1
         log.warning("step %d: non-finite loss or gradients; update skipped", step + 1)
-      else:
+      if finite:
         recent = (recent + [loss])[-20:]
       lat = batch["latent_mean"].shape
       tokens = cfg.train.batch_size * lat[1] * (lat[2] // 2) * (lat[3] // 2)
