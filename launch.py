@@ -35,6 +35,8 @@ def _flags(argv: list[str]) -> flags.FlagValues:
   flags.DEFINE_bool("cache_only", False, "build the latent and prompt caches, then stop",
                     flag_values=fv)
   flags.DEFINE_bool("progress", True, "show progress bars", flag_values=fv)
+  flags.DEFINE_bool("traceback", False, "show the full traceback of a configuration or data "
+                    "error instead of one line", flag_values=fv)
   fv(argv)
   return fv
 
@@ -71,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     train(cfg, workdir, cache_only=fv.cache_only, progress=fv.progress)
   except (ValueError, FileNotFoundError) as e:  # config and data problems: one clear line
-    print(f"launch.py: {type(e).__name__}: {e}", file=sys.stderr)
+    if fv.traceback:
+      raise
+    print(f"launch.py: {type(e).__name__}: {e}\n(--traceback shows where it came from)",
+          file=sys.stderr)
     return 2
   return 0
 

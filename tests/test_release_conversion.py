@@ -157,3 +157,35 @@ def test_an_encoders_cache_identity_ignores_the_rest_of_the_release(tmp_path, fu
   out = tmp_path / "converted"
   assert run_cli(release, out, "--only", "vae").returncode == 0
   assert component_location(out, "vae") == out / "vae"
+
+
+def test_training_from_a_converted_release(tmp_path, full_release):
+  """The real path users take: convert, then train LoRAs on the converted folder (caches built
+  with the converted VAE, umT5 and tokenizer; previews decoded by that VAE)."""
+  import importlib.util
+
+  from wan_jax.data.demo import make_demo_dataset
+  from wan_jax.train.trainer import train
+  out = tmp_path / "converted"
+  assert run_cli(full_release, out, "--num-heads", "4").returncode == 0
+  spec = importlib.util.spec_from_file_location(
+      "wan22_masked", Path(__file__).resolve().parents[1] / "configs/wan22_masked.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config()  # the real setup, pointed at the converted folder
+  media, masks = make_demo_dataset(tmp_path / "data")
+  cfg.model.name_or_path = str(out)
+  cfg.model.dtype = "float32"
+  cfg.lora.rank, cfg.lora.alpha = 2, 2.0
+  cfg.train.steps, cfg.train.switch_boundary_every = 2, 1
+  cfg.checkpoint.every, cfg.save.every, cfg.preview.every = 2, 0, 2
+  cfg.preview.height, cfg.preview.width, cfg.preview.num_frames = 32, 48, 1
+  cfg.preview.num_steps = 1
+  cfg.cache.dir = str(tmp_path / "cache")
+  ds = cfg.datasets[0]
+  ds.folder_path, ds.mask_path, ds.resolution, ds.num_frames = str(media), str(masks), [64], 5
+  summary = train(cfg, tmp_path / "run", progress=False)
+  assert summary.steps == 2 and summary.skipped_steps == 0
+  names = sorted(Path(f).name for f in summary.files)
+  assert "wan22_lora_high_noise.safetensors" in names and "wan22_lora_low_noise.safetensors" in names
+  assert "step_000002_0.png" in names
