@@ -107,18 +107,24 @@ def test_resume_equals_an_uninterrupted_run_even_after_a_save_cut_short(tmp_path
   assert [r["expert"] for r in rows[:4]] == ["high", "high", "low", "low"]
 
 
-def test_a_non_finite_step_is_skipped_and_changes_nothing():
+def tiny_lora_step(tx: optax.GradientTransformation, b_offset: float = 0.0):
+  """(step, trainable, opt_state, frozen, batch) for the tiny model with rank-2 LoRA."""
   import wan_jax
   model = wan_jax.WanTransformer(wan_jax.tiny(), rngs=nnx.Rngs(0))
   add_lora(model, 2, 2.0, seed=0)
   graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
-  tx = optax.adam(1e-2)
+  trainable = jax.tree.map(lambda x: x + b_offset, trainable)
   opt_state = tx.init(trainable)
   settings = StepSettings("uniform", 1.0, 0.0, 1.0, False, (0.0,) * 16, (1.0,) * 16)
   step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen)
   batch = {"latent_mean": jnp.ones((1, 2, 4, 6, 16)), "latent_logvar": jnp.zeros((1, 2, 4, 6, 16)),
            "weights": jnp.ones((1, 2, 4, 6)), "context": jnp.ones((1, 24, 48)),
            "loss_multiplier": jnp.ones((1,))}
+  return step, trainable, opt_state, frozen, batch
+
+
+def test_a_non_finite_step_is_skipped_and_changes_nothing():
+  step, trainable, opt_state, frozen, batch = tiny_lora_step(optax.adam(1e-2))
   before = jax.tree.map(np.asarray, trainable)
   new, new_opt, m = step(trainable, opt_state, frozen,
                          batch | {"latent_mean": batch["latent_mean"].at[0, 0, 0, 0, 0].set(jnp.nan)},
@@ -205,7 +211,6 @@ def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path,
 
 
 def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule_warms_up():
-  import wan_jax
   from wan_jax.train.optimizer import learning_rate, make_optimizer
   train_cfg = get_config().train
   train_cfg.grad_accum, train_cfg.steps, train_cfg.warmup_steps = 2, 20, 4
@@ -215,17 +220,8 @@ def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule
       [train_cfg.learning_rate * k / 4 for k in (1, 2, 3, 4)])
   assert float(lr(10)) < 1e-3 * train_cfg.learning_rate  # cosine ends at updates = steps / accum
 
-  model = wan_jax.WanTransformer(wan_jax.tiny(), rngs=nnx.Rngs(0))
-  add_lora(model, 2, 2.0, seed=0)
-  graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
-  trainable = jax.tree.map(lambda x: x + 0.01, trainable)  # B != 0: A gets gradients too
-  tx = make_optimizer(train_cfg)
-  opt_state = tx.init(trainable)
-  settings = StepSettings("uniform", 1.0, 0.0, 1.0, False, (0.0,) * 16, (1.0,) * 16)
-  step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen)
-  batch = {"latent_mean": jnp.ones((1, 2, 4, 6, 16)), "latent_logvar": jnp.zeros((1, 2, 4, 6, 16)),
-           "weights": jnp.ones((1, 2, 4, 6)), "context": jnp.ones((1, 24, 48)),
-           "loss_multiplier": jnp.ones((1,))}
+  # B != 0 (offset), so A gets gradients too.
+  step, trainable, opt_state, frozen, batch = tiny_lora_step(make_optimizer(train_cfg), 0.01)
   snapshots = [jax.tree.map(np.asarray, trainable)]
   for i in range(4):
     trainable, opt_state, _ = step(trainable, opt_state, frozen, batch, jax.random.key(i),
