@@ -37,6 +37,12 @@ def _flags(argv: list[str]) -> flags.FlagValues:
   flags.DEFINE_bool("progress", True, "show progress bars", flag_values=fv)
   flags.DEFINE_bool("traceback", False, "show the full traceback of a configuration or data "
                     "error instead of one line", flag_values=fv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__)
+    print(fv.get_help())
+    print("\nEvery key of the config file is a flag too: --config.<key>=<value> (see "
+          "docs/training.md).")
+    raise SystemExit(0)
   fv(argv)
   return fv
 

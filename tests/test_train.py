@@ -173,6 +173,8 @@ def test_eight_devices_train_like_one(tmp_path):
 
 
 def test_config_errors_are_one_clear_line(tmp_path):
+  helped = _launch(None, "--help")
+  assert helped.returncode == 0 and "--cache_only" in helped.stdout and "--config.<key>" in helped.stdout
   bad = _launch(tmp_path / "a", "--config.model.arch=nope")
   assert bad.returncode == 2 and "model.arch must be one of" in bad.stderr
   real = _launch(None, "--config", str(REPO / "configs/wan22_masked.py"))
