@@ -248,3 +248,16 @@ def test_resume_refuses_a_different_run_or_a_finished_one(tmp_path):
     train(config(1), tmp_path / "run", progress=False)
   summary = train(config(3), tmp_path / "run", progress=False)  # more steps: fine
   assert summary.resumed_from == 2 and summary.steps == 3
+
+
+def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_path, monkeypatch):
+  from wan_jax.train import models
+  loaded, real = [], models.load_expert
+  monkeypatch.setattr(models, "load_expert", lambda cfg, e: loaded.append(e) or real(cfg, e))
+  cfg = quiet(get_config(), 2)
+  cfg.model.train_high_noise = False
+  cfg.preview.every, cfg.preview.num_steps = 2, 2
+  cfg.cache.dir = str(tmp_path / "cache")
+  summary = train(cfg, tmp_path / "run", progress=False)
+  assert loaded == ["low", "high"]  # the trained one, then the idle one for the preview only
+  assert any(f.endswith("step_000002_0.mp4") for f in summary.files)

@@ -230,10 +230,15 @@ class Outputs:
       return []
     models_by_name = {name: nnx.merge(st.graphdef, on_device(st.trainable), on_device(st.frozen))
                       for name, st in experts.items()}
-    if len(models_by_name) == 1:
-      only = next(iter(models_by_name.values()))
-      log.info("previews use the one trained expert for every step (the other is not loaded)")
-      models_by_name = {HIGH: only, LOW: only}
+    if len(models_by_name) == 1:  # the untrained expert, as released, for this preview only
+      (trained, model), = models_by_name.items()
+      idle = LOW if trained == HIGH else HIGH
+      try:
+        models_by_name[idle] = models.load_expert(self.cfg, idle)
+      except (ValueError, OSError) as e:  # e.g. a checkpoint converted with one expert only
+        log.warning("previews use the trained %s-noise expert for every step: the %s-noise "
+                    "expert could not be loaded (%s)", trained, idle, e)
+        models_by_name[idle] = model
     dual = DualWanTransformer(models_by_name[HIGH], models_by_name[LOW], self.cfg.model.boundary)
     vae = self.enc.load_vae()  # only for the preview: the VAE never stays in training memory
     plan = self.pipeline.cache_plan
