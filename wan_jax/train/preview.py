@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,7 +106,10 @@ def _euler_step(model: DualWanTransformer, x_BxFxHxWxC: jax.Array, t: jax.Array,
   return x_BxFxHxWxC + dt * v
 
 
-def sample_latents(model: DualWanTransformer, context: jax.Array,
+ModelAt = Callable[[float], DualWanTransformer]  # the model to use at timestep t
+
+
+def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
                    negative_context: jax.Array | None, shape: Sequence[int], key: jax.Array, *,
                    num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
                    guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
@@ -116,7 +119,9 @@ def sample_latents(model: DualWanTransformer, context: jax.Array,
   context [B, L, T] (or [L, T]); negative_context [B or 1, L', T] or None for no guidance.
   guidance is (low_noise, high_noise) as upstream writes it, or one number for both; scales of
   exactly 1 skip the unconditional pass. batch_cfg=False runs the two passes one after the other
-  (half the activations, twice the weight reads). Latents stay fp32 throughout.
+  (half the activations, twice the weight reads). Latents stay fp32 throughout. `model` may also
+  be a function of the timestep that returns the model for that step: a trainer that keeps one
+  expert in device memory at a time swaps them there (all high-noise steps come first).
   """
   if len(shape) != 5:
     raise ValueError(f"shape must be [B, F, H, W, C], got {tuple(shape)}")
@@ -139,8 +144,9 @@ def sample_latents(model: DualWanTransformer, context: jax.Array,
   sigmas = flow_sigmas(num_steps, shift)
   x = jax.random.normal(key, tuple(shape), F32)
   for s, s_next in itertools.pairwise(sigmas):
-    x = _euler_step(model, x, np.float32(s * NUM_TRAIN_TIMESTEPS), np.float32(s_next - s),
-                    context, negative, scales, cfg=cfg)
+    t = np.float32(s * NUM_TRAIN_TIMESTEPS)
+    step_model = model if isinstance(model, DualWanTransformer) else model(float(t))
+    x = _euler_step(step_model, x, t, np.float32(s_next - s), context, negative, scales, cfg=cfg)
   return x
 
 
@@ -162,7 +168,7 @@ def _describe(step: int, prompts: Sequence[str], paths: Sequence[Path], settings
   return "\n".join(lines) + "\n"
 
 
-def render_previews(model: DualWanTransformer, vae: WanVAE, prompts: list[str],
+def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: list[str],
                     contexts: list[jax.Array], negative_context: jax.Array | None, out_dir: Path,
                     step: int, *, height: int = 480, width: int = 832, num_frames: int = 81,
                     num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,

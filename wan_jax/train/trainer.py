@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 
 from wan_jax.data.demo import make_demo_dataset
 from wan_jax.data.pipeline import Pipeline, build_pipeline
-from wan_jax.model.dual import DualWanTransformer
+from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS, DualWanTransformer
 from wan_jax.train import models
 from wan_jax.train.checkpointing import Checkpoints, abstract_like
 from wan_jax.train.experts import (CHECKPOINT_NAMES, HIGH, LOW, active_expert,
@@ -221,25 +221,43 @@ class Outputs:
     return out
 
   def previews(self, experts: dict[str, ExpertState], step: int,
-               on_device: Callable[[Any], Any] = lambda tree: tree) -> list[Path]:
-    """Samples the preview prompts. `on_device` brings an offloaded expert back for the sampling
-    (the sampler switches experts mid-way, so both must be on the device). Every process samples
-    (the weights are sharded over all of them); only process 0 keeps the files."""
+               bring: Callable[[str], None] | None = None) -> list[Path]:
+    """Samples the preview prompts. Every process samples (the weights are sharded over all of
+    them); only process 0 keeps the files.
+
+    With offloading, `bring(name)` swaps an expert onto the device, and the sampler runs the
+    high-noise steps with one expert, then the low-noise steps with the other, so only one
+    expert is ever on the device.
+    """
     cfg = self.cfg.preview
     if not cfg.prompts:
       return []
-    models_by_name = {name: nnx.merge(st.graphdef, on_device(st.trainable), on_device(st.frozen))
-                      for name, st in experts.items()}
-    if len(models_by_name) == 1:  # the untrained expert, as released, for this preview only
-      (trained, model), = models_by_name.items()
-      idle = LOW if trained == HIGH else HIGH
-      try:
-        models_by_name[idle] = models.load_expert(self.cfg, idle)
-      except (ValueError, OSError) as e:  # e.g. a checkpoint converted with one expert only
-        log.warning("previews use the trained %s-noise expert for every step: the %s-noise "
-                    "expert could not be loaded (%s)", trained, idle, e)
-        models_by_name[idle] = model
-    dual = DualWanTransformer(models_by_name[HIGH], models_by_name[LOW], self.cfg.model.boundary)
+    boundary = self.cfg.model.boundary
+    if bring is not None and len(experts) == 2:
+      current: dict[str, DualWanTransformer] = {}
+
+      def dual(t: float) -> DualWanTransformer:
+        name = HIGH if t >= boundary * NUM_TRAIN_TIMESTEPS else LOW
+        if name not in current:
+          current.clear()  # drop the other expert's view before it leaves the device
+          bring(name)
+          st = experts[name]
+          expert = nnx.merge(st.graphdef, st.trainable, st.frozen)
+          current[name] = DualWanTransformer(expert, expert, boundary)
+        return current[name]
+    else:
+      models_by_name = {name: nnx.merge(st.graphdef, st.trainable, st.frozen)
+                        for name, st in experts.items()}
+      if len(models_by_name) == 1:  # the untrained expert, as released, for this preview only
+        (trained, model), = models_by_name.items()
+        idle = LOW if trained == HIGH else HIGH
+        try:
+          models_by_name[idle] = models.load_expert(self.cfg, idle)
+        except (ValueError, OSError) as e:  # e.g. a checkpoint converted with one expert only
+          log.warning("previews use the trained %s-noise expert for every step: the %s-noise "
+                      "expert could not be loaded (%s)", trained, idle, e)
+          models_by_name[idle] = model
+      dual = DualWanTransformer(models_by_name[HIGH], models_by_name[LOW], boundary)
     vae = self.enc.load_vae()  # only for the preview: the VAE never stays in training memory
     plan = self.pipeline.cache_plan
     contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
@@ -354,16 +372,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
             "substituted_rows": summary.substituted_rows,
             "expert_steps": {n: e.steps for n, e in experts.items()}, "seed": int(cfg.seed)}
 
-  on_device = names[0]
-  to_device = lambda tree: _place(tree, mesh, min_size, DEVICE)
+  placed = {"on_device": names[0]}
+
+  def bring(name: str) -> None:
+    """With offloading: the named expert onto the device, the other into host memory."""
+    if name != placed["on_device"]:
+      _move(experts[placed["on_device"]], mesh, min_size, HOST)
+      _move(experts[name], mesh, min_size, DEVICE)
+      placed["on_device"] = name
+
+  preview_args = {"bring": bring} if offload else {}
   try:
     for step in range(start, steps):
       name = active_expert(step, HIGH in names, LOW in names, int(cfg.train.switch_boundary_every))
       e = experts[name]
-      if offload and name != on_device:  # swap: the idle expert waits in host memory
-        _move(experts[on_device], mesh, min_size, HOST)
-        _move(e, mesh, min_size, DEVICE)
-        on_device = name
+      if offload:  # the idle expert waits in host memory
+        bring(name)
       batch = next(iterator)
       summary.substituted_rows += int(np.sum(batch["substituted"] & batch["valid"]))
       summary.skipped_rows += int(np.sum(~batch["valid"]))
@@ -397,7 +421,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
         if cfg.save.every and done % int(cfg.save.every) == 0:
           summary.files += map(str, outputs.weights(experts, done))
         if cfg.preview.every and done % int(cfg.preview.every) == 0:
-          summary.files += map(str, outputs.previews(experts, done, to_device))
+          summary.files += map(str, outputs.previews(experts, done, **preview_args))
     bar.close()
     if start < steps or ckpt.latest() != steps:
       ckpt.save(steps, state_tree(), meta(steps), iterator, force=True)
@@ -406,7 +430,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     summary.final_loss = float(np.mean(recent)) if recent else math.nan
     summary.files += map(str, outputs.weights(experts, None))
     if cfg.preview.every:
-      summary.files += map(str, outputs.previews(experts, steps, to_device))
+      summary.files += map(str, outputs.previews(experts, steps, **preview_args))
     plot = outputs.plot()
     if plot is not None:
       summary.files.append(str(plot))
