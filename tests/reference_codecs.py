@@ -87,15 +87,21 @@ def save_vae_pth(vae: AutoencoderKLWan, path: Path) -> Path:
   return path
 
 
-def make_umt5(seed: int = 0) -> UMT5EncoderModel:
+def make_umt5(seed: int = 0, *, norm_spread: float = 0.2, weight_noise: float = 0.0,
+              attn_implementation: str | None = None) -> UMT5EncoderModel:
+  """Random weights with norm gains 1 + norm_spread * N(0, 1), random bias tables, and (when
+  weight_noise) every other weight moved by weight_noise * its std."""
   torch.manual_seed(seed)
-  model = UMT5EncoderModel(UMT5Config(**UMT5_TINY)).eval()
+  extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+  model = UMT5EncoderModel(UMT5Config(**UMT5_TINY, **extra)).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "layer_norm" in name:
-        p.copy_(1 + 0.2 * torch.randn_like(p))
+        p.copy_(1 + norm_spread * torch.randn_like(p))
       elif "relative_attention_bias" in name:
         p.copy_(torch.randn_like(p))
+      elif weight_noise:
+        p.add_(weight_noise * p.std() * torch.randn_like(p))
   return model
 
 

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from reference_codecs import UMT5_TINY, umt5_wan_key
+from reference_codecs import UMT5_TINY, make_umt5, umt5_wan_key
 from transformers import UMT5Config as HFConfig
 from transformers import UMT5EncoderModel
 from transformers.models.umt5.modeling_umt5 import UMT5Attention
@@ -42,16 +42,7 @@ class DictStore:
 @pytest.fixture(scope="module")
 def reference() -> UMT5EncoderModel:
   """Random weights with non-trivial norm gains and bias tables."""
-  torch.manual_seed(0)
-  model = UMT5EncoderModel(HFConfig(**TINY, attn_implementation="eager")).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "layer_norm" in name:
-        p.copy_(1 + 0.3 * torch.randn_like(p))
-      elif "relative_attention_bias" in name:
-        p.copy_(torch.randn_like(p))
-      else:
-        p.add_(0.2 * p.std() * torch.randn_like(p))
+  model = make_umt5(0, norm_spread=0.3, weight_noise=0.2, attn_implementation="eager")
   return model
 
 
