@@ -60,6 +60,9 @@ from wan_jax.train.sharding import (
 from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the sibling scripts: forward (commit, memory), torch_reference
+  sys.path.insert(0, str(HERE))
+from forward import commit, peak_memory_gib  # noqa: E402
 # name: (label, frames, height, width); the reduced shapes keep the cases' character (a long
 # clip, a longer one, an image) at a size a CPU runs in seconds.
 CASES = {"a": ("480x832x81", 81, 480, 832), "b": ("720x1280x81", 81, 720, 1280),
@@ -237,12 +240,6 @@ def step_settings() -> StepSettings:
                       tuple(vae.latents_std))
 
 
-def device_peak_gib() -> float | None:
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = stats.get("peak_bytes_in_use")
-  return None if peak is None else peak / GIB
-
-
 def progress(side: str, case: str, r: dict[str, Any]) -> None:
   """One line per finished case, so a run cut short by a time limit still shows its figures."""
   peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
@@ -275,7 +272,7 @@ def run_ours(step_fn, state: list, batch: dict[str, np.ndarray], mesh, args) -> 
   timed = times[1 + args.warmup:]
   return {
       "compile_s": compile_s, "first_step_s": times[0], "step_s": timed,
-      "median_s": statistics.median(timed), "peak_memory_gib": device_peak_gib(),
+      "median_s": statistics.median(timed), "peak_memory_gib": peak_memory_gib(),
       "compiled_temp_gib": None if mem is None else mem.temp_size_in_bytes / GIB,
       "compiled_argument_gib": None if mem is None else mem.argument_size_in_bytes / GIB,
       "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
@@ -284,8 +281,6 @@ def run_ours(step_fn, state: list, batch: dict[str, np.ndarray], mesh, args) -> 
 
 def run_theirs(cfg, args, cases: dict[str, dict]) -> dict[str, dict]:
   """The diffusers + peft step for every case; frees the device afterwards."""
-  if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
   import torch
   import torch_reference as ref
 
@@ -410,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   device = jax.devices()[0]
   command = ["python", "benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)]
   report = {
-      "benchmark": "train_step", "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+      "benchmark": "train_step", "commit": commit(),
       "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "device_kind": device.device_kind, "peak_flops_per_s": peak, "peak_matmul_size": peak_size,
