@@ -117,17 +117,31 @@ class CachePlan:
   prompt_keys: dict[str, str]  # caption -> key (includes BLANK and extra prompts)
   failed: set[int] = dataclasses.field(default_factory=set)  # entries that could not be encoded
 
-  def missing(self) -> tuple[list[tuple[int, bool]], list[tuple[int, bool]], list[str]]:
-    """(entry/flip pairs without latents, entry/flip pairs without weights, captions)."""
-    lat, wts = [], []
+  def keys(self, kind: str) -> dict[str, tuple[int, bool]]:
+    """Each distinct latents/weights key -> the first (entry, flip) that needs it (an item with
+    `repeats` is several entries, one file)."""
+    out: dict[str, tuple[int, bool]] = {}
     for i, by_flip in enumerate(self.variants):
       for flip, v in by_flip.items():
-        if not self.store.has("latents", v.latent_key):
-          lat.append((i, flip))
-        if v.weights_key is not None and not self.store.has("weights", v.weights_key):
-          wts.append((i, flip))
+        key = v.latent_key if kind == "latents" else v.weights_key
+        if key is not None:
+          out.setdefault(key, (i, flip))
+    return out
+
+  def missing(self) -> tuple[list[tuple[int, bool]], list[tuple[int, bool]], list[str]]:
+    """(entry/flip pairs whose latents are missing, ... whose weights are, captions), one pair
+    per missing file."""
+    lat, wts = ([ef for key, ef in self.keys(kind).items() if not self.store.has(kind, key)]
+                for kind in ("latents", "weights"))
     texts = [t for t, k in self.prompt_keys.items() if not self.store.has("prompts", k)]
     return lat, wts, texts
+
+  def fail_shared(self) -> None:
+    """Marks every entry that shares a file with a failed one (the repeats of a broken item)."""
+    bad = {k for i in self.failed for v in self.variants[i].values()
+           for k in (v.latent_key, v.weights_key) if k is not None}
+    self.failed |= {i for i, by_flip in enumerate(self.variants)
+                    if any(v.latent_key in bad or v.weights_key in bad for v in by_flip.values())}
 
   def prompt(self, text: str) -> np.ndarray:
     """A cached embedding [tokens, D] (float32); the caption must be part of the plan."""
@@ -141,8 +155,11 @@ def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collect
   """Keys for every (item, resolution) entry and every caption; reads no media."""
   for i, cfg in enumerate(datasets):
     check_cacheable(cfg, f"datasets[{i}]")
-  variants = []
+  variants, planned = [], {}
   for item, resolution in items:
+    if (item, resolution) in planned:  # a repeated item: the same files
+      variants.append(planned[item, resolution])
+      continue
     cfg = datasets[item.dataset]
     media = _stamp(item.media)
     mask = (_stamp(item.mask) if item.mask is not None else media) if is_masked(item, cfg) else None
@@ -156,6 +173,7 @@ def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collect
            item.mask is None])
       by_flip[flip] = Variant(geo, lkey, wkey)
     variants.append(by_flip)
+    planned[item, resolution] = by_flip
   texts = {BLANK, *extra_prompts, *(item.caption for item, _ in items)}
   prompt_keys = {t: digest([VERSION, "prompts", t, settings.text_id, settings.text_len,
                             settings.dtype]) for t in sorted(texts)}
@@ -180,15 +198,16 @@ class BuildReport:
 def build_caches(plan: CachePlan, items: Sequence[tuple[Item, int]],
                  datasets: Sequence[ml_collections.ConfigDict],
                  load_vae: Callable[[], Any], load_text: Callable[[], tuple[Any, Any]],
-                 progress: bool = True) -> BuildReport:
+                 progress: bool = True,
+                 missing: tuple[list, list, list] | None = None) -> BuildReport:
   """Builds what is missing. `load_vae()` -> WanVAE and `load_text()` -> (tokenizer, UMT5Encoder)
   are called only if latents or prompts are missing; items that fail to decode are logged by
-  name, added to `plan.failed` and left out of training."""
+  name, added to `plan.failed` and left out of training. `missing`: `plan.missing()` if the
+  caller already has it."""
   start = time.time()
-  lat, wts, texts = plan.missing()
-  total = sum(len(v) for v in plan.variants) + sum(
-      v.weights_key is not None for by_flip in plan.variants for v in by_flip.values())
-  report = BuildReport(reused=total + len(plan.prompt_keys) - len(lat) - len(wts) - len(texts))
+  lat, wts, texts = missing or plan.missing()
+  total = len(plan.keys("latents")) + len(plan.keys("weights")) + len(plan.prompt_keys)
+  report = BuildReport(reused=total - len(lat) - len(wts) - len(texts))
   bar = lambda it, n, desc: tqdm.tqdm(it, total=n, desc=desc, unit="item",
                                       disable=not progress or n == 0)
   if lat:
@@ -208,6 +227,7 @@ def build_caches(plan: CachePlan, items: Sequence[tuple[Item, int]],
     report.weights_built += 1
   if texts:
     _build_prompts(plan, texts, load_text, report, bar)
+  plan.fail_shared()
   report.seconds = time.time() - start
   return report
 
@@ -250,7 +270,7 @@ def _build_latents(plan, items, datasets, todo, load_vae, report, bar) -> None:
 
 
 def _build_prompts(plan, texts, load_text, report, bar) -> None:
-  from wan_jax.model.prompts import encode_prompts, tokenize
+  from wan_jax.model.prompts import encode_tokens, tokenize
 
   tokenizer, encoder = load_text()
   dtype = np.dtype(plan.settings.dtype)
@@ -258,8 +278,8 @@ def _build_prompts(plan, texts, load_text, report, bar) -> None:
   with bar(None, len(texts), "caching prompts") as pbar:
     for batch in batches:
       padded = batch + [BLANK] * (PROMPT_BATCH - len(batch))  # one compiled batch size
-      _, mask = tokenize(padded, tokenizer, plan.settings.text_len)
-      emb = np.asarray(encode_prompts(padded, tokenizer, encoder, plan.settings.text_len))
+      ids, mask = tokenize(padded, tokenizer, plan.settings.text_len)
+      emb = np.asarray(encode_tokens(encoder, ids, mask))
       for j, text in enumerate(batch):
         n = max(1, int(mask[j].sum()))
         plan.store.write("prompts", plan.prompt_keys[text], {"embedding": emb[j, :n].astype(dtype)},

@@ -42,7 +42,8 @@ def tokenize(prompts: Sequence[str], tokenizer, max_length: int = TEXT_LEN
 
 
 @nnx.jit
-def _encode(encoder: UMT5Encoder, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+def encode_tokens(encoder: UMT5Encoder, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+  """`tokenize`'s output encoded: [B, L, d_model] float32, rows past each mask's length zero."""
   out = encoder(ids_BxL, mask_BxL)
   lengths = jnp.sum(mask_BxL != 0, axis=1)
   keep = jnp.arange(ids_BxL.shape[1])[None, :] < lengths[:, None]
@@ -56,4 +57,4 @@ def encode_prompts(prompts: Sequence[str], tokenizer, encoder: UMT5Encoder,
   Compiled once per batch size (every batch is padded to max_length).
   """
   ids, mask = tokenize(prompts, tokenizer, max_length)
-  return _encode(encoder, jnp.asarray(ids), jnp.asarray(mask))
+  return encode_tokens(encoder, jnp.asarray(ids), jnp.asarray(mask))
