@@ -224,3 +224,10 @@ def test_an_item_that_cannot_be_encoded_is_skipped_and_counted(tmp_path, encoder
                                progress=False)
   assert [Path(f).name for f, _ in report.failed] == ["clip.mp4"]
   assert len(plan.failed) == 1 and report.latents_built == 2
+
+
+def test_repeated_items_are_encoded_once(tmp_path, encoders):
+  media, masks = make_folder(tmp_path)
+  p = pipeline(dataset(media, masks, repeats=3), settings(tmp_path / "c"), Loads(encoders))
+  assert len(p.entries) == 9
+  assert (p.cache_report.latents_built, p.cache_report.weights_built) == (3, 1)

@@ -118,7 +118,6 @@ class RowReader:
     self.entries, self.datasets, self.plan = entries, datasets, plan
     if plan is not None:
       self._blank = plan.prompt(BLANK)
-      self._contexts: dict[str, np.ndarray] = {}
 
   def read(self, entry_id: int, rng: np.random.Generator) -> dict[str, Any]:
     entry = self.entries[entry_id]
@@ -149,18 +148,15 @@ class RowReader:
 
   def _context(self, caption: str) -> np.ndarray:
     """[text_len, D] float32: the cached embedding zero-padded as Wan pads it. An unreadable
-    embedding skips the row (it is replaced and counted), never trains it unconditioned."""
-    ctx = self._contexts.get(caption)
-    if ctx is None:
-      try:
-        emb = self._blank if caption == BLANK else self.plan.prompt(caption)
-      except CacheError as e:
-        log.warning("skipping a row captioned %r: %s", caption[:60], e)
-        raise SkipItem(str(e)) from e
-      ctx = np.zeros((self.plan.settings.text_len, emb.shape[1]), np.float32)
-      ctx[:len(emb)] = emb
-      if len(self._contexts) < 4096:
-        self._contexts[caption] = ctx
+    embedding skips the row (it is replaced and counted), never trains it unconditioned. Read
+    per row (a few MB from the page cache): holding every caption's padded context would not fit."""
+    try:
+      emb = self._blank if caption == BLANK else self.plan.prompt(caption)
+    except CacheError as e:
+      log.warning("skipping a row captioned %r: %s", caption[:60], e)
+      raise SkipItem(str(e)) from e
+    ctx = np.zeros((self.plan.settings.text_len, emb.shape[1]), np.float32)
+    ctx[:len(emb)] = emb
     return ctx
 
   def empty(self, entry_id: int) -> dict[str, Any]:
@@ -281,12 +277,14 @@ def _cached_entries(entries, datasets, settings, load_vae, load_text, extra_prom
   """Plans and builds the caches; returns the plan and entries restricted to what encoded."""
   pairs = [(e.item, e.resolution) for e in entries]
   plan = plan_caches(pairs, datasets, settings, extra_prompts)
-  if any(plan.missing()) and (load_vae is None or load_text is None):
-    lat, wts, texts = plan.missing()
+  missing = plan.missing()
+  if any(missing) and (load_vae is None or load_text is None):
+    lat, wts, texts = missing
     raise CacheError(f"caches under {settings.root} are incomplete ({len(lat)} latents, "
                      f"{len(wts)} weight maps, {len(texts)} prompts missing) and no encoders "
                      "were given to build them")
-  built = build_caches(plan, pairs, datasets, load_vae, load_text, progress=progress)
+  built = build_caches(plan, pairs, datasets, load_vae, load_text, progress=progress,
+                       missing=missing)
   for path, reason in built.failed:
     report.skipped.append((path, f"could not be encoded: {reason}"))
   keep = [i for i in range(len(entries)) if i not in plan.failed]
