@@ -88,6 +88,15 @@ RESUME_KEYS = ("seed", "model.arch", "model.name_or_path", "model.train_high_noi
                "train.switch_boundary_every", "datasets", "mesh")
 
 
+def _plain(value: Any) -> Any:
+  """A config value as JSON-comparable data (ConfigDicts and lists of them included)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  elif isinstance(value, (list, tuple)):
+    value = [_plain(v) for v in value]
+  return json.loads(json.dumps(value, default=str))
+
+
 def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """What a checkpoint's state depends on: a resume with other values would silently continue
   a different run (another data order, LoRA shape or expert schedule), so it is refused."""
@@ -96,9 +105,7 @@ def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     value = cfg
     for part in key.split("."):
       value = value[part]
-    out[key] = json.loads(json.dumps(value.to_dict() if hasattr(value, "to_dict") else
-                                     [v.to_dict() for v in value] if key == "datasets" else value,
-                                     default=str))
+    out[key] = _plain(value)
   return out
 
 
