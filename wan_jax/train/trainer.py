@@ -170,15 +170,14 @@ def _expert_state(cfg, expert: str, tx, mesh, memory_kind: str = DEVICE) -> Expe
     graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
   del model
   min_size = int(cfg.mesh.min_shard_size)
-  trainable = shard_state(trainable, tree_shardings(trainable, mesh, min_size=min_size))
-  frozen = _place(frozen, mesh, min_size, memory_kind)
+  frozen = _place(frozen, mesh, min_size, memory_kind)  # the big part goes straight to its place
+  trainable = _place(trainable, mesh, min_size, DEVICE)
   opt_shapes = jax.eval_shape(tx.init, trainable)
   opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh, min_size=min_size))(
       trainable)
-  e = ExpertState(graphdef, trainable, frozen, opt_state)
-  if memory_kind != DEVICE:
-    _move(e, mesh, min_size, memory_kind)
-  return e
+  if memory_kind != DEVICE:  # the adapters and moments follow (initialised on the device)
+    trainable, opt_state = (_place(t, mesh, min_size, memory_kind) for t in (trainable, opt_state))
+  return ExpertState(graphdef, trainable, frozen, opt_state)
 
 
 def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
