@@ -18,16 +18,15 @@ Each step time is one call of the compiled step with a device sync; the first ca
 apart (first_step_s), then --warmup untimed calls, then the median of --steps. Peak memory is
 the device allocator's peak for the whole process so far: run one case per process for a
 per-case figure. Weights are random draws in their final dtype, one layer at a time, so a 14B
-expert never exists in fp32. The PyTorch side checkpoints every block whatever --remat says
-(diffusers has one policy), and none with --remat none.
+expert never exists in fp32. The PyTorch side checkpoints every block whatever --plan says
+(diffusers has one policy), and none with --plan none. --plan auto runs the trainer's memory
+planner per case (wan_jax/train/memory_plan.py): the plan line is printed and reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -44,19 +43,16 @@ from flax import nnx
 
 import wan_jax
 from wan_jax.model.attention import resolve_impl
-from wan_jax.model.config import REMAT_POLICIES
+from wan_jax.model.remat import REMAT_PLANS
 from wan_jax.model.layers import matmul_precision
 from wan_jax.model.vae_config import wan21_vae
 from wan_jax.train import flops
 from wan_jax.train.lora import FROZEN, LORA, add_lora
 from wan_jax.train.mesh import make_mesh
 from wan_jax.train.optimizer import make_optimizer
-from wan_jax.train.sharding import (
-    LAYER_AXIS_PARENTS,
-    global_batch_from_local,
-    path_names,
-    tree_shardings,
-)
+from wan_jax.train import memory_plan
+from wan_jax.train.random_weights import random_state
+from wan_jax.train.sharding import global_batch_from_local, tree_shardings
 from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
 
 HERE = Path(__file__).resolve().parent
@@ -78,7 +74,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--cases", nargs="+", default=["a", "b", "c"], choices=sorted(CASES))
   p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
-  p.add_argument("--remat", default="full", choices=REMAT_POLICIES)
+  p.add_argument("--plan", "--remat", dest="plan", default="full",
+                 choices=("auto", *REMAT_PLANS),
+                 help="checkpointing plan, or auto: the trainer's memory planner picks the "
+                      "fastest that fits (with --resident-experts 2 it may move the idle expert "
+                      "to host memory); --remat is the older name")
+  p.add_argument("--device-memory-gib", type=float, default=0.0,
+                 help="with --plan auto: plan for this much device memory (e.g. 79 for an H100)")
+  p.add_argument("--memory-margin", type=float, default=0.05)
   p.add_argument("--attention", default="auto", choices=("auto", "cudnn", "xla", "chunked"))
   p.add_argument("--rank", type=int, default=32)
   p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
@@ -122,7 +125,8 @@ def git(*cmd: str) -> str:
 
 
 def model_config(args: argparse.Namespace) -> wan_jax.WanConfig:
-  runtime: dict[str, Any] = {"attention": args.attention, "remat": args.remat}
+  runtime: dict[str, Any] = {"attention": args.attention,
+                             "remat": "full" if args.plan == "auto" else args.plan}
   if args.layers is not None:
     runtime["num_layers"] = args.layers
   if args.reduced:
@@ -165,52 +169,6 @@ def peak_matmul(dtype: str, size: int, *, batch: int = 4, reps: int = 10) -> flo
   return 2 * batch * size**3 / statistics.median(times)
 
 
-def init_rule(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[float, float]:
-  """(mean, std) of a parameter's random values, as the model's own init draws them: kernels
-  and LoRA A N(0, 1/fan_in), LoRA B zero (the adapter starts as a no-op), norm gains near 1."""
-  leaf = path[-1]
-  if leaf == "lora_b":
-    return 0.0, 0.0
-  if leaf in ("kernel", "lora_a"):
-    return 0.0, 1.0 / math.sqrt(shape[-2])
-  if leaf.endswith("modulation"):
-    return 0.0, 1.0 / math.sqrt(shape[-1])
-  if leaf == "weight":
-    return 1.0, 0.1
-  return 0.0, 0.02
-
-
-@functools.cache
-def _drawer(shape: tuple[int, ...], dtype: str, mean: float, std: float, layered: bool,
-            sharding: jax.sharding.Sharding):
-  """A jitted draw of one parameter; a stacked one layer by layer, so the fp32 temporaries
-  are one layer's, never the stack's (a 14B expert in fp32 would not fit beside itself)."""
-  def one(key: jax.Array, layer_shape: tuple[int, ...]) -> jax.Array:
-    return (mean + std * jax.random.normal(key, layer_shape, jnp.float32)).astype(dtype)
-
-  def draw(key: jax.Array) -> jax.Array:
-    if layered:
-      return jax.lax.map(lambda k: one(k, shape[1:]), jax.random.split(key, shape[0]))
-    return one(key, shape)
-
-  return jax.jit(draw, out_shardings=sharding)
-
-
-def random_state(shapes: nnx.State, mesh, key: jax.Array) -> nnx.State:
-  """Random values for an abstract state, drawn on the device parameter by parameter."""
-  shardings = tree_shardings(shapes, mesh)
-  flat = jax.tree_util.tree_leaves_with_path(shapes)
-  treedef = jax.tree_util.tree_structure(shapes)
-  values = []
-  for i, ((kp, leaf), sharding) in enumerate(zip(flat, treedef.flatten_up_to(shardings))):
-    path = path_names(kp)
-    mean, std = init_rule(path, leaf.shape)
-    layered = path[0] in LAYER_AXIS_PARENTS and len(leaf.shape) >= 3
-    fn = _drawer(tuple(leaf.shape), str(leaf.dtype), mean, std, layered, sharding)
-    values.append(fn(jax.random.fold_in(key, i)))
-  return jax.tree_util.tree_unflatten(treedef, values)
-
-
 def build_state(cfg: wan_jax.WanConfig, rank: int, alpha: float, tx, mesh, seed: int):
   """(graphdef, trainable, frozen, opt_state): the model's structure from nnx.eval_shape (no
   weights), then random weights drawn directly in their dtype and sharding on the device."""
@@ -221,8 +179,8 @@ def build_state(cfg: wan_jax.WanConfig, rank: int, alpha: float, tx, mesh, seed:
 
   graphdef, trainable_shape, frozen_shape = nnx.split(nnx.eval_shape(build), LORA, FROZEN)
   key_trainable, key_frozen = jax.random.split(jax.random.key(seed))
-  trainable = random_state(trainable_shape, mesh, key_trainable)
-  frozen = random_state(frozen_shape, mesh, key_frozen)
+  trainable = random_state(trainable_shape, key_trainable, tree_shardings(trainable_shape, mesh))
+  frozen = random_state(frozen_shape, key_frozen, tree_shardings(frozen_shape, mesh))
   opt_shapes = jax.eval_shape(tx.init, trainable)
   opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh))(trainable)
   return graphdef, trainable, frozen, opt_state
@@ -249,18 +207,68 @@ def progress(side: str, case: str, r: dict[str, Any]) -> None:
         flush=True)
 
 
-def run_ours(step_fn, state: list, batch: dict[str, np.ndarray], mesh, args) -> dict[str, Any]:
-  """Compiles for this case, runs 1 + warmup steps, then times `steps` with a device sync."""
-  trainable, opt_state, frozen = state
-  device_batch = global_batch_from_local(batch, mesh)
+class Steps:
+  """The compiled step of each checkpointing plan for one case (the state is the same for all:
+  the plan lives in the graph, not in the weights)."""
+
+  def __init__(self, cfg: wan_jax.WanConfig, args, tx, mesh, state: list, batch, key, t):
+    self.cfg, self.args, self.tx, self.mesh = cfg, args, tx, mesh
+    self.args_for_lowering = (*state[:2], state[2], batch, key, *t)
+    self.compiled: dict[str, Any] = {}
+    self.compile_s: dict[str, float] = {}
+
+  def get(self, remat: str) -> Any:
+    if remat not in self.compiled:
+      cfg = self.cfg.replace(remat=remat)
+
+      def build() -> wan_jax.WanTransformer:
+        model = wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0))
+        add_lora(model, self.args.rank, self.args.alpha)
+        return model
+
+      graphdef = nnx.split(nnx.eval_shape(build), LORA, FROZEN)[0]
+      trainable, opt_state, frozen = self.args_for_lowering[:3]
+      step_fn = make_train_step(graphdef, self.tx, step_settings(), self.mesh, trainable,
+                                opt_state, frozen, BATCH_NDIMS)
+      start = time.perf_counter()
+      self.compiled[remat] = step_fn.lower(*self.args_for_lowering).compile()
+      self.compile_s[remat] = time.perf_counter() - start
+    return self.compiled[remat]
+
+
+def choose_plan(steps: Steps, args, idle: list | None) -> memory_plan.Plan:
+  """--plan auto: the trainer's planner over this case; else the named plan, unchecked."""
+  two = idle is not None
+  if args.plan != "auto":
+    return memory_plan.Plan(memory_plan.Candidate(args.plan, False), None, [], None,
+                            "named by --plan", two, "")
+  capacity, source = memory_plan.device_capacity(args.device_memory_gib, "--device-memory-gib")
+  usable = None if capacity is None else int(capacity * (1 - args.memory_margin))
+  idle_bytes = memory_plan.device_bytes(idle) if two else 0
+  return memory_plan.choose(
+      memory_plan.candidates(two), lambda r: memory_plan.StepMemory.of(steps.get(r)), idle_bytes,
+      usable, capacity_source=source, two_experts=two, bucket="this case")
+
+
+def to_memory(tree: Any, kind: str) -> Any:
+  return jax.tree.map(lambda x: jax.device_put(x, x.sharding.with_memory_kind(kind)), tree)
+
+
+def run_ours(cfg, tx, state: list, idle: list | None, case: dict, mesh, args) -> dict[str, Any]:
+  """Plans (or takes the named plan), compiles for this case, runs 1 + warmup steps, then
+  times `steps` with a device sync."""
+  device_batch = global_batch_from_local(case["batch"], mesh)
   t_low, t_high = jnp.float32(T_RANGE[0]), jnp.float32(T_RANGE[1])
   total = 1 + args.warmup + args.steps
   keys = [step_keys(args.seed, i) for i in range(total)]
-  start = time.perf_counter()
-  compiled = step_fn.lower(trainable, opt_state, frozen, device_batch, keys[0], t_low,
-                           t_high).compile()
-  compile_s = time.perf_counter() - start
+  steps = Steps(cfg, args, tx, mesh, state, device_batch, keys[0], (t_low, t_high))
+  plan = choose_plan(steps, args, idle)
+  print(plan.line(), flush=True)
+  if idle is not None:  # where the plan keeps the idle expert (it stays there for later cases)
+    idle[:] = to_memory(idle, "pinned_host" if plan.chosen.offload_expert else "device")
+  compiled = steps.get(plan.chosen.remat)
   mem = compiled.memory_analysis()
+  trainable, opt_state, frozen = state
   times, metrics = [], None
   for i in range(total):
     start = time.perf_counter()
@@ -271,7 +279,11 @@ def run_ours(step_fn, state: list, batch: dict[str, np.ndarray], mesh, args) -> 
   state[:] = [trainable, opt_state, frozen]  # the old buffers were donated
   timed = times[1 + args.warmup:]
   return {
-      "compile_s": compile_s, "first_step_s": times[0], "step_s": timed,
+      "plan": plan.chosen.remat, "idle_expert_offloaded": plan.chosen.offload_expert,
+      "plan_line": plan.line(), "compile_s": steps.compile_s[plan.chosen.remat],
+      "compile_s_all_plans": steps.compile_s,
+      "predicted_peak_gib": None if plan.estimate is None else plan.estimate.total / GIB,
+      "first_step_s": times[0], "step_s": timed,
       "median_s": statistics.median(timed), "peak_memory_gib": peak_memory_gib(),
       "compiled_temp_gib": None if mem is None else mem.temp_size_in_bytes / GIB,
       "compiled_argument_gib": None if mem is None else mem.argument_size_in_bytes / GIB,
@@ -290,7 +302,7 @@ def run_theirs(cfg, args, cases: dict[str, dict]) -> dict[str, dict]:
   dtype = getattr(torch, cfg.param_dtype)
   start = time.perf_counter()
   model, params = ref.build_model(cfg, rank=args.rank, alpha=args.alpha, dtype=dtype,
-                                  device=device, checkpointing=args.remat != "none",
+                                  device=device, checkpointing=args.plan != "none",
                                   seed=args.seed)
   out = {"build_s": time.perf_counter() - start, "device": str(device), "cases": {},
          "threads": torch.get_num_threads() if device.type == "cpu" else None, **ref.versions()}
@@ -320,9 +332,9 @@ def summarise(report: dict[str, Any]) -> str:
   cfg = report["config"]
   title = (f"{report['device_kind']} ({report['backend']}), peak {peak / 1e12:.1f} TFLOP/s "
            f"{cfg['dtype']}; commit {report['commit']}{' (dirty)' if report['dirty'] else ''}; "
-           f"{cfg['layers']} layers, remat {cfg['remat']}, attention {cfg['attention_resolved']}, "
+           f"{cfg['layers']} layers, plan {cfg['plan']}, attention {cfg['attention_resolved']}, "
            f"rank {cfg['rank']}, experts resident {cfg['resident_experts']}")
-  lines = [title, head]
+  lines = [title, head + "  plan"]
   fmt = lambda v, spec: "-" if v is None else format(v, spec)
   for c in report["cases"]:
     o = c["ours"]
@@ -333,6 +345,7 @@ def summarise(report: dict[str, Any]) -> str:
       t = c.get("torch", {})
       row += (f"{fmt(t.get('median_s'), '>9.3f'):>9}{fmt(t.get('mfu'), '>11.1%'):>11}"
               f"{fmt(c.get('ratio_ours_over_torch'), '>12.2f'):>12}")
+    row += f"  {o['plan']}{' (idle expert in host memory)' if o['idle_expert_offloaded'] else ''}"
     lines.append(row)
   return "\n".join(lines)
 
@@ -365,14 +378,13 @@ def run_jax(cfg: wan_jax.WanConfig, args: argparse.Namespace, cases: dict[str, d
   out["build_s"] = time.perf_counter() - start
   stats = jax.devices()[0].memory_stats() or {}
   out["resident_gib"] = stats["bytes_in_use"] / GIB if "bytes_in_use" in stats else None
-  graphdef, trainable, frozen, opt_state = experts[0]
-  step_fn = make_train_step(graphdef, tx, step_settings(), mesh, trainable, opt_state, frozen,
-                            BATCH_NDIMS)
+  _, trainable, frozen, opt_state = experts[0]
   state = [trainable, opt_state, frozen]
-  del trainable, opt_state, frozen, experts[0]
+  idle = list(experts[1][1:]) if len(experts) == 2 else None  # trainable, frozen, opt_state
+  del trainable, opt_state, frozen, experts[:]
   out["cases"] = {}
   for name, case in cases.items():
-    out["cases"][name] = run_ours(step_fn, state, case["batch"], mesh, args)
+    out["cases"][name] = run_ours(cfg, tx, state, idle, case, mesh, args)
     progress("ours", case["label"], out["cases"][name])
   return out
 
@@ -411,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "device_kind": device.device_kind, "peak_flops_per_s": peak, "peak_matmul_size": peak_size,
       "config": {"preset": "tiny" if args.reduced else "t2v_a14b", "layers": cfg.num_layers,
                  "dim": cfg.dim, "dtype": cfg.compute_dtype, "rank": args.rank,
-                 "alpha": args.alpha, "remat": cfg.remat, "attention": cfg.attention,
+                 "alpha": args.alpha, "plan": args.plan, "attention": cfg.attention,
                  "attention_resolved": resolve_impl(cfg.attention, jnp.dtype(cfg.compute_dtype)),
                  "batch": 1, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                  "resident_experts": args.resident_experts, "command": " ".join(command)},

@@ -12,6 +12,7 @@ umT5 and tokenizer come from the same folder unless `model.vae_path` etc. say ot
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from wan_jax.data.config import dataset_config
 from wan_jax.train.lora import DEFAULT_TARGETS
@@ -24,6 +25,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.arch = "wan22_t2v_a14b"  # or "tiny" (random weights, for the demo and tests)
   c.model.name_or_path = ""  # converted checkpoint folder (convert/wan22.py) or a release folder
+  c.model.random_weights = False  # True: real-size random experts/VAE/umT5, no checkpoint (GPU
+  #                                 smoke runs and benchmarks; trains on generated clips)
   c.model.vae_path = ""  # "" = the VAE in name_or_path
   c.model.text_encoder_path = ""  # "" = umT5 in name_or_path
   c.model.tokenizer_path = ""  # "" = the tokenizer in name_or_path
@@ -55,10 +58,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.shift = 5.0
   c.train.logit_mean = 0.0
   c.train.logit_std = 1.0
-  c.train.gradient_checkpointing = True
-  c.train.remat_policy = "full"  # what checkpointing saves: full | dots_saveable | ...
+  # How the run fits the device: "auto" compiles the step for the largest bucket before the
+  # weights load and takes the fastest plan that fits (docs/training.md); "off" trusts the two
+  # settings below as given (remat full, both experts on the device unless set).
+  c.train.memory_plan = "auto"
+  c.train.remat_policy = "auto"  # auto | full | save_attention | offload_residual |
+  #                                save_attention+offload_residual | none (explicit: not searched)
+  c.train.offload_inactive_expert = config_dict.placeholder(bool)  # None = the plan decides
+  c.train.device_memory_gib = 0.0  # 0 = the device's own limit; e.g. 79 to plan for an H100
+  c.train.memory_margin = 0.05  # fraction of the device kept free of the predicted peak
+  c.train.gradient_checkpointing = True  # False = remat_policy "none" (the older key)
   c.train.sample_posterior = True  # draw latents from the VAE posterior (False: its mean)
-  c.train.offload_inactive_expert = False  # keep the idle expert in host memory (small cards)
   c.train.log_every = 1
 
   c.mesh = ml_collections.ConfigDict()

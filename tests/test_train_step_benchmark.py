@@ -60,7 +60,7 @@ def test_reduced_run_with_torch(tmp_path, keep_threads):
   assert report["benchmark"] == "train_step" and report["commit"]
   assert report["jax_version"] == jax.__version__ and report["device_kind"]
   assert report["peak_flops_per_s"] > 0
-  assert report["config"]["remat"] == "full" and report["config"]["rank"] == 4
+  assert report["config"]["plan"] == "full" and report["cases"][0]["ours"]["plan"] == "full" and report["config"]["rank"] == 4
   assert report["torch"]["diffusers_version"] and report["torch"]["torch_version"]
 
   cfg = wan_jax.tiny()

@@ -56,6 +56,36 @@ def make_demo_dataset(root: str | Path) -> tuple[Path, Path]:
   return media, masks
 
 
+def make_clip_dataset(root: str | Path, width: int, height: int, frames: int,
+                      clips: int = 2) -> tuple[Path, Path]:
+  """(media folder, mask folder) of `clips` generated clips at a real training size (a disc
+  moving over a gradient, its mask per frame as an MP4): what `model.random_weights` trains on
+  when no folder is given. Reused as is when present."""
+  root = Path(root) / f"clips_{width}x{height}x{frames}"
+  media, masks = root / "media", root / "masks"
+  if media.is_dir() and len(list(media.glob("*.mp4"))) == clips:
+    return media, masks
+  media.mkdir(parents=True, exist_ok=True)
+  masks.mkdir(parents=True, exist_ok=True)
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  r = min(width, height) / 5
+  for c in range(clips):
+    rng = np.random.default_rng(c)
+    tint = rng.uniform(0.3, 1.0, 3).astype(np.float32)
+    background = ((0.5 * xx / width + 0.5 * yy / height)[..., None] * 255 * tint)
+    colour = rng.integers(0, 255, 3).astype(np.float32)
+    video, mask = [], []
+    for t in range(frames):
+      cx, cy = width * (0.25 + 0.5 * t / max(frames - 1, 1)), height / 2
+      disc = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)[..., None]
+      video.append(np.where(disc, colour, background).astype(np.uint8))
+      mask.append(np.repeat(disc.astype(np.uint8) * 255, 3, axis=2))
+    iio.imwrite(media / f"clip{c}.mp4", np.stack(video), plugin="pyav", fps=16, codec="libx264")
+    iio.imwrite(masks / f"clip{c}.mp4", np.stack(mask), plugin="pyav", fps=16, codec="libx264")
+    (media / f"clip{c}.txt").write_text("a coloured ball rolling to the right")
+  return media, masks
+
+
 DEMO_WORDS = ("a an the coloured ball photo rolling to right left red green blue small large on "
               "background moving").split()
 

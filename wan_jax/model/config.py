@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from wan_jax.model.remat import REMAT_PLANS
+
 ATTENTION_IMPLS = ("auto", "cudnn", "xla", "chunked")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 # Fields that describe the weights; everything else is a runtime choice.
 ARCH_FIELDS = (
@@ -50,8 +51,8 @@ class WanConfig:
       raise ValueError(f"head_dim {self.head_dim} must be even and >= 6 for the 3D RoPE split")
     if self.attention not in ATTENTION_IMPLS:
       raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if self.remat not in REMAT_PLANS:
+      raise ValueError(f"remat must be one of {REMAT_PLANS}, got {self.remat!r}")
     object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
 
   @property

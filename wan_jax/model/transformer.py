@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wan_jax.model.attention import attention
+from wan_jax.model.attention import attention, resolve_impl
 from wan_jax.model.config import WanConfig
 from wan_jax.model.layers import LayerNorm, Linear, RMSNorm, layer_norm
+from wan_jax.model.remat import name_block_input, name_self_attention, remat_block
 from wan_jax.model.rope import apply_rope, rope_tables
 
 F32 = jnp.float32
@@ -48,7 +49,10 @@ class Attention(nnx.Module):
     q, k, v = split(q), split(k), split(v)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    out = attention(q, k, v, impl=self.impl, chunk_size=self.chunk_size)
+    impl = resolve_impl(self.impl, q.dtype)
+    out = attention(q, k, v, impl=impl, chunk_size=self.chunk_size)
+    if context_BxSxD is None and impl != "cudnn":  # cuDNN's output is kept by its own kernel
+      out = name_self_attention(out)
     return self.o(out.reshape(x_BxNxD.shape[:2] + (-1,)))
 
 
@@ -79,17 +83,6 @@ class WanBlock(nnx.Module):
     h = layer_norm(x, self.eps) * (1 + scale_ff) + shift_ff
     y = self.ffn_out(jax.nn.gelu(self.ffn_in(h.astype(cd)), approximate=True))
     return x + y.astype(F32) * gate_ff
-
-
-def _remat(fn, policy: str):
-  if policy == "none":
-    return fn
-  policies = {
-      "full": None,
-      "dots_saveable": jax.checkpoint_policies.dots_saveable,
-      "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-  }
-  return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
 
 
 def _leading_bits(x: np.ndarray, bits: int) -> np.ndarray:
@@ -188,9 +181,9 @@ class WanTransformer(nnx.Module):
 
     def one_layer(x, layer_state):
       block = nnx.merge(graphdef, layer_state)
-      return block(x, e0_Bx6xD, context_BxSxD, rope), None
+      return block(name_block_input(x), e0_Bx6xD, context_BxSxD, rope), None
 
-    x_BxNxD, _ = jax.lax.scan(_remat(one_layer, cfg.remat), x_BxNxD, layer_states)
+    x_BxNxD, _ = jax.lax.scan(remat_block(one_layer, cfg.remat), x_BxNxD, layer_states)
 
     m = self.head_modulation[...].astype(F32) + e_BxD[:, None, :]
     out = self.head(layer_norm(x_BxNxD, cfg.eps) * (1 + m[:, 1:2]) + m[:, 0:1])

@@ -1,8 +1,10 @@
 """What a run loads, from its config: the experts it trains (only those), and, lazily, the VAE,
 umT5 and tokenizer (only when a cache must be built or a preview decoded).
 
-`model.arch = "tiny"` builds random tiny models instead (the demo and the tests); their cache
-identities name the seed, so a demo cache is never mistaken for a real one.
+`model.arch = "tiny"` builds random tiny models instead (the demo and the tests), and
+`model.random_weights = True` random real-size ones drawn on the device (the trainer at full size
+without a download); their cache identities name the seed, so a random cache is never mistaken
+for a real one.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from flax import nnx
 from wan_jax.data.caches import CacheSettings, files_id
 from wan_jax.data.demo import make_demo_tokenizer
 from wan_jax.data.probe_cache import default_cache_dir
-from wan_jax.model.config import tiny
+from wan_jax.model.config import WanConfig, t2v_a14b, tiny
 from wan_jax.model.transformer import WanTransformer
-from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny
+from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny, umt5_xxl
 from wan_jax.model.vae import WanVAE
 from wan_jax.model.vae_config import VAEConfig, tiny_vae, wan21_vae
 from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
-from wan_jax.weights.load import load_transformer
+from wan_jax.train.random_weights import random_module
+from wan_jax.weights.load import expert_arch, load_transformer
 from wan_jax.weights.load_encoders import (component_location, load_text_encoder, load_tokenizer,
                                            load_vae)
 
@@ -43,10 +46,19 @@ class Encoders:
   text_len: int
 
 
+def random_weights(cfg: ml_collections.ConfigDict) -> bool:
+  """Models of the arch's real sizes with weights drawn on the device (`model.random_weights`):
+  no checkpoint is read. With arch "tiny" the same path runs at the tiny sizes (tests)."""
+  return bool(cfg.model.random_weights)
+
+
 def check_arch(cfg: ml_collections.ConfigDict) -> None:
   if cfg.model.arch not in ARCHS:
     raise ValueError(f"model.arch must be one of {ARCHS}, got {cfg.model.arch!r}")
-  if cfg.model.arch != "tiny" and not cfg.model.name_or_path:
+  if random_weights(cfg) and cfg.model.name_or_path:
+    raise ValueError("model.random_weights=True builds random experts; it cannot be combined "
+                     f"with model.name_or_path={cfg.model.name_or_path!r}")
+  if cfg.model.arch != "tiny" and not random_weights(cfg) and not cfg.model.name_or_path:
     raise ValueError("model.name_or_path is required: a folder made by convert/wan22.py (or a "
                      "Wan 2.2 release folder); e.g. --config.model.name_or_path=/ckpt/wan22-jax")
 
@@ -60,26 +72,38 @@ def trained_experts(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   return out
 
 
-def _runtime(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  remat = cfg.train.remat_policy if cfg.train.gradient_checkpointing else "none"
-  return {"attention": cfg.model.attention, "remat": remat}
-
-
-def load_expert(cfg: ml_collections.ConfigDict, expert: str) -> WanTransformer:
-  """One expert, built (tiny) or read from the checkpoint in model.dtype."""
+def expert_config(cfg: ml_collections.ConfigDict, expert: str, remat: str) -> WanConfig:
+  """The expert's architecture and runtime settings, read without loading its weights."""
   check_arch(cfg)
-  runtime = _runtime(cfg)
+  dtype = cfg.model.dtype
+  runtime = {"param_dtype": dtype, "compute_dtype": dtype, "attention": cfg.model.attention,
+             "remat": remat}
   if cfg.model.arch == "tiny":
-    dtype = cfg.model.dtype
-    model_cfg = tiny(param_dtype=dtype, compute_dtype=dtype, **runtime)
+    return tiny(**runtime)
+  if random_weights(cfg):
+    return t2v_a14b(**runtime)
+  return WanConfig.from_arch_dict(expert_arch(cfg.model.name_or_path, CHECKPOINT_NAMES[expert]),
+                                  **runtime)
+
+
+def load_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str = "full") -> WanTransformer:
+  """One expert, built (tiny) or read from the checkpoint in model.dtype."""
+  model_cfg = expert_config(cfg, expert, remat)
+  if random_weights(cfg):
+    return random_module(lambda: WanTransformer(model_cfg, rngs=nnx.Rngs(0)),
+                         int(cfg.seed) * 10 + TINY_SEEDS[expert])
+  if cfg.model.arch == "tiny":
     return WanTransformer(model_cfg, rngs=nnx.Rngs(TINY_SEEDS[expert]))
   return load_transformer(cfg.model.name_or_path, cfg.model.dtype,
-                          expert=CHECKPOINT_NAMES[expert], **runtime)
+                          expert=CHECKPOINT_NAMES[expert], attention=cfg.model.attention,
+                          remat=remat)
 
 
 def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
   check_arch(cfg)
   m = cfg.model
+  if random_weights(cfg):
+    return _random_encoders(cfg, workdir)
   if m.arch == "tiny":
     text_len = tiny().text_len
     tokenizer_dir = workdir / "tokenizer"
@@ -100,6 +124,26 @@ def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
       text_id=(f"{_component_id(text_path, 'text_encoder')}-{_component_id(tok_path, 'tokenizer')}"
                f"-{m.text_encoder_dtype}"),
       text_len=512)
+
+
+def _random_encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
+  """The VAE and umT5 of the arch's sizes (the released Wan 2.1 VAE and umT5-XXL for the A14B)
+  with random weights, and the demo's word tokenizer (its ids index any umT5 vocabulary)."""
+  m, seed = cfg.model, int(cfg.seed)
+  vae_seed, text_seed = seed * 10 + TINY_SEEDS["vae"], seed * 10 + TINY_SEEDS["text"]
+  small = m.arch == "tiny"
+  vae_sizes, text_sizes = (tiny_vae, umt5_tiny) if small else (wan21_vae, umt5_xxl)
+  vae_cfg = vae_sizes(param_dtype=m.vae_dtype, compute_dtype=m.vae_dtype)
+  text_cfg = text_sizes(param_dtype=m.text_encoder_dtype, compute_dtype=m.text_encoder_dtype)
+  tag = f"random-{m.arch}-seed"
+  return Encoders(
+      vae_sizes(),
+      lambda: random_module(lambda: WanVAE(vae_cfg, rngs=nnx.Rngs(0)), vae_seed),
+      lambda: (load_tokenizer(make_demo_tokenizer(workdir / "tokenizer")),
+               random_module(lambda: UMT5Encoder(text_cfg, rngs=nnx.Rngs(0)), text_seed)),
+      vae_id=f"{tag}{vae_seed}-vae-{m.vae_dtype}",
+      text_id=f"{tag}{text_seed}-umt5-{m.text_encoder_dtype}",
+      text_len=tiny().text_len if small else 512)
 
 
 def _component_id(path: str, component: str) -> str:

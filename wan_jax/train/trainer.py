@@ -28,7 +28,8 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from wan_jax.data.demo import make_demo_dataset
+from wan_jax.data.config import resolutions
+from wan_jax.data.demo import make_clip_dataset, make_demo_dataset
 from wan_jax.data.pipeline import Pipeline, build_pipeline
 from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS, DualWanTransformer
 from wan_jax.train import models
@@ -42,7 +43,8 @@ from wan_jax.train.optimizer import learning_rate, make_optimizer
 from wan_jax.train.plot import save_loss_plot
 from wan_jax.train.preview import Guidance, render_previews
 from wan_jax.train.sharding import global_batch_from_local, shard_state, tree_shardings
-from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
+from wan_jax.train.planned_step import plan_train_step
+from wan_jax.train.step import BATCH_NDIMS, StepSettings, step_keys
 from wan_jax.train.tensorboard import ScalarWriter
 from wan_jax.train.timesteps import expert_range
 
@@ -126,13 +128,20 @@ def _check_resume(saved: dict[str, Any] | None, cfg, start: int, workdir: Path) 
 
 
 def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
-  """The tiny demo trains on a generated data set unless a folder was given."""
-  if cfg.model.arch != "tiny":
+  """The tiny demo trains on a generated data set unless a folder was given; random real-size
+  models on generated clips at the data set's largest resolution and frame count."""
+  if cfg.model.arch != "tiny" and not models.random_weights(cfg):
     return
   for ds in cfg.datasets:
-    if not ds.folder_path:
+    if ds.folder_path:
+      continue
+    if not models.random_weights(cfg):
       media, masks = make_demo_dataset(workdir / "demo_data")
-      ds.folder_path, ds.mask_path = str(media), str(masks)
+    else:
+      side = max(resolutions(ds))  # buckets are area-based: 16:9 clips of area side^2
+      width, height = 16 * math.ceil(side * 4 / 3 / 16), 16 * math.ceil(side * 3 / 4 / 16)
+      media, masks = make_clip_dataset(workdir / "demo_data", width, height, int(ds.num_frames))
+    ds.folder_path, ds.mask_path = str(media), str(masks)
 
 
 def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
@@ -160,8 +169,9 @@ def _move(e: ExpertState, mesh, min_size: int, memory_kind: str) -> None:
                                         for t in (e.trainable, e.frozen, e.opt_state))
 
 
-def _expert_state(cfg, expert: str, tx, mesh, memory_kind: str = DEVICE) -> ExpertState:
-  model = models.load_expert(cfg, expert)
+def _expert_state(cfg, expert: str, tx, mesh, remat: str,
+                  memory_kind: str = DEVICE) -> ExpertState:
+  model = models.load_expert(cfg, expert, remat)
   if cfg.lora.enabled:
     add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets),
              seed=cfg.seed + (0 if expert == HIGH else 1))
@@ -181,7 +191,8 @@ def _expert_state(cfg, expert: str, tx, mesh, memory_kind: str = DEVICE) -> Expe
 
 
 def _global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  return global_batch_from_local({k: np.asarray(batch[k]) for k in BATCH_NDIMS}, mesh)
+  return global_batch_from_local({k: np.asarray(batch[k], np.float32) for k in BATCH_NDIMS},
+                                 mesh)
 
 
 class Outputs:
@@ -324,22 +335,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
   horizon = max(batches_per_expert(int(cfg.train.steps), HIGH in names, LOW in names,
                                    int(cfg.train.switch_boundary_every)).values())
   tx = make_optimizer(cfg.train, horizon)
-  offload = bool(cfg.train.offload_inactive_expert) and len(names) == 2
-  if cfg.train.offload_inactive_expert and not offload:
-    log.warning("train.offload_inactive_expert has no effect: only one expert is trained (and "
-                "only that one is loaded)")
-  # With offloading, every expert but the first waits in host memory from the start.
-  experts = {name: _expert_state(cfg, name, tx, mesh, HOST if offload and i else DEVICE)
-             for i, name in enumerate(names)}
-  first = experts[names[0]]
   vae = enc.vae_config
   settings = StepSettings(cfg.train.timestep_sampling, float(cfg.train.shift),
                           float(cfg.train.logit_mean), float(cfg.train.logit_std),
                           bool(cfg.train.sample_posterior), tuple(vae.latents_mean),
                           tuple(vae.latents_std))
+  # Before any big weights load: how the run fits the device, and its compiled step.
+  planned = plan_train_step(cfg, names, tx, settings, mesh, pipeline, enc.text_len, progress)
+  print(planned.plan.line(), flush=True)
+  remat = planned.plan.chosen.remat
+  offload = planned.plan.chosen.offload_expert and len(names) == 2
+  # With offloading, every expert but the first waits in host memory from the start.
+  experts = {name: _expert_state(cfg, name, tx, mesh, remat, HOST if offload and i else DEVICE)
+             for i, name in enumerate(names)}
   min_size = int(cfg.mesh.min_shard_size)
-  step_fn = make_train_step(first.graphdef, tx, settings, mesh, first.trainable,
-                            first.opt_state, first.frozen, BATCH_NDIMS, min_size=min_size)
+  step_fn = planned.step
 
   iterator = iter(pipeline.dataset)
   start = 0

@@ -69,6 +69,18 @@ class _Opened:
       params[key] = params.pop(key).astype(np_dtype, copy=False)
     return entry["config"], params
 
+  def arch(self, name: str) -> dict[str, Any]:
+    """The expert's architecture fields, without reading its tensors."""
+    self._check(name)
+    if self.manifest is None:
+      return self.experts[name].config.arch_dict()
+    return self.manifest["experts"][name]["config"]
+
+  def _check(self, name: str) -> None:
+    names = self.names()
+    if name not in names:
+      raise ValueError(f"{self.path} has no expert {name!r}; it holds {names}")
+
   def build(self, name: str | None, dtype: str, runtime: dict[str, Any]) -> WanTransformer:
     names = self.names()
     if name is None:
@@ -76,8 +88,7 @@ class _Opened:
         raise ValueError(f"{self.path} holds experts {names}; pass expert= one of them "
                          "(or use load_dual_transformer)")
       name = names[0]
-    elif name not in names:
-      raise ValueError(f"{self.path} has no expert {name!r}; it holds {names}")
+    self._check(name)
     arch, params = self.params(name, dtype)
     runtime = {"compute_dtype": dtype, **runtime}
     return assemble(WanConfig.from_arch_dict(arch, param_dtype=dtype, **runtime), params)
@@ -94,6 +105,12 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str |
   runtime: WanConfig runtime fields (compute_dtype, attention, attention_chunk_size, remat).
   """
   return _Opened.of(path, num_heads).build(expert, dtype_name(dtype), runtime)
+
+
+def expert_arch(path: str | Path, expert: str, *, num_heads: int | None = None) -> dict[str, Any]:
+  """One expert's architecture (WanConfig.from_arch_dict input) from its manifest or release
+  config, without reading any tensor: what planning a run needs before the weights load."""
+  return _Opened.of(path, num_heads).arch(expert)
 
 
 def load_dual_transformer(path: str | Path, dtype: str = "bfloat16", *, boundary: float = 0.875,

@@ -1,0 +1,180 @@
+"""Checkpointing plans and the memory planner.
+
+Every plan must compute the same step (losses and gradients equal to `full`'s); the planner must
+take the fastest plan that fits, move the idle expert or the residual stream off the device only
+when it has to, and refuse a run that cannot fit before any weights load, saying what would fit.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import wan_jax
+from wan_jax.model.remat import REMAT_PLANS, is_self_attention_kernel
+from wan_jax.model.vae_config import tiny_vae
+from wan_jax.train import memory_plan
+from wan_jax.train.lora import FROZEN, LORA, add_lora
+from wan_jax.train.memory_plan import GIB, Candidate, DoesNotFit, StepMemory
+from wan_jax.train.step import StepSettings, loss_and_grads, step_keys
+
+PLANS = [p for p in REMAT_PLANS if p != "full"]
+
+
+def tiny_batch(frames: int = 5, height: int = 6, width: int = 10) -> dict[str, jax.Array]:
+  """Odd latent frames, H != W, a partial mask and a padded prompt."""
+  rng = np.random.default_rng(0)
+  cfg = wan_jax.tiny()
+  grid = (2, frames, height, width)
+  return {"latent_mean": jnp.asarray(rng.standard_normal((*grid, 16)), jnp.float32),
+          "latent_logvar": jnp.full((*grid, 16), -4.0, jnp.float32),
+          "weights": jnp.asarray(np.where(rng.random(grid) < 0.5, 1.0, 0.1), jnp.float32),
+          "context": jnp.asarray(rng.standard_normal((2, cfg.text_len, cfg.text_dim)) *
+                                 (np.arange(cfg.text_len) < 7)[None, :, None], jnp.float32),
+          "loss_multiplier": jnp.asarray([1.0, 0.5], jnp.float32)}
+
+
+def step_result(plan: str) -> tuple[float, list[np.ndarray]]:
+  model = wan_jax.WanTransformer(wan_jax.tiny(remat=plan, num_layers=3), rngs=nnx.Rngs(0))
+  add_lora(model, 4, 8.0, seed=0)
+  graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
+  vae = tiny_vae()
+  settings = StepSettings("uniform", 1.0, 0.0, 1.0, True, tuple(vae.latents_mean),
+                          tuple(vae.latents_std))
+  fn = jax.jit(lambda tr, fr, b, k: loss_and_grads(graphdef, tr, fr, b, k, jnp.float32(0.0),
+                                                   jnp.float32(1000.0), settings))
+  loss, _, grads = fn(trainable, frozen, tiny_batch(), step_keys(0, 3))
+  return float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)]
+
+
+@pytest.fixture(scope="module")
+def full_result():
+  return step_result("full")
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_every_plan_computes_the_same_step(plan, full_result):
+  loss, grads = step_result(plan)
+  want_loss, want_grads = full_result
+  assert loss == pytest.approx(want_loss, rel=1e-6, abs=1e-7)
+  assert len(grads) == len(want_grads) and any(np.abs(g).max() > 0 for g in grads)
+  for got, want in zip(grads, want_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_only_self_attention_kernels_are_kept():
+  """save_attention keeps the cuDNN forward's outputs of self-attention (keys as long as the
+  queries), not of cross-attention (512 prompt rows) nor anything else."""
+  class Prim:
+    def __init__(self, name):
+      self.name = name
+
+  q = jax.ShapeDtypeStruct((1, 32760, 40, 128), jnp.bfloat16)
+  ctx = jax.ShapeDtypeStruct((1, 512, 40, 128), jnp.bfloat16)
+  fwd = Prim("dot_product_attention_fwd_wrapper")
+  assert is_self_attention_kernel(fwd, q, q, q)
+  assert not is_self_attention_kernel(fwd, q, ctx, ctx)
+  assert not is_self_attention_kernel(Prim("dot_product_attention_bwd_wrapper"), q, q, q)
+  assert not is_self_attention_kernel(Prim("dot_general"), q, q)
+
+
+def test_offload_plans_on_the_cpu_keep_the_residuals_in_the_same_memory():
+  """The CPU has no separate pinned host memory: an offload plan compiles and runs (same
+  numbers, above) and its device figure equals the plan without offloading."""
+  def memory(plan):
+    model = wan_jax.WanTransformer(wan_jax.tiny(remat=plan), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    x = jnp.ones((1, 5, 6, 10, 16))
+    f = jax.jit(jax.grad(lambda s: jnp.mean(nnx.merge(graphdef, s)(x, jnp.array([10.0]),
+                                                                      jnp.ones((1, 7, 48))))))
+    return StepMemory.of(f.lower(state).compile())
+
+  assert memory("offload_residual") == memory("full")
+  assert memory("save_attention+offload_residual") == memory("save_attention")
+  assert memory("save_attention").peak > memory("full").peak  # the kept attention outputs
+
+
+# Figures shaped like the measured 720p x 81 step on one H200 (docs/performance.md): weights
+# 26.6 GiB per expert; temporaries 85.8 GiB with full checkpointing, of which 57.7 GiB is the
+# saved residual stream, plus 31 GiB of attention outputs when they are kept.
+G = GIB
+STEP_720P = {
+    "save_attention": StepMemory(int(145.2 * G), int(28.4 * G)),
+    "full": StepMemory(int(114.2 * G), int(28.4 * G)),
+    "save_attention+offload_residual": StepMemory(int(87.5 * G), int(28.4 * G)),
+    "offload_residual": StepMemory(int(56.5 * G), int(28.4 * G)),
+}
+IDLE = int(28.0 * G)
+
+
+def plan_for(usable_gib: float, steps=STEP_720P):
+  compiled = []
+
+  def step_of(remat):
+    compiled.append(remat)
+    return steps[remat]
+
+  plan = memory_plan.choose(memory_plan.candidates(True), step_of, IDLE, int(usable_gib * G),
+                            capacity_source="test", bucket="81x720x1280")
+  return plan, compiled
+
+
+def test_planner_takes_the_fastest_plan_that_fits():
+  plan, compiled = plan_for(200)  # roomy: both experts resident, attention kept
+  assert plan.chosen == Candidate("save_attention", False) and compiled == ["save_attention"]
+  assert plan.rejected == []
+
+  plan, _ = plan_for(150)  # full checkpointing fits with both experts resident
+  assert plan.chosen == Candidate("full", False)
+
+  plan, compiled = plan_for(132)  # an H200: the residual stream goes to the host, experts stay
+  assert plan.chosen == Candidate("save_attention+offload_residual", False)
+  assert plan.estimate.total == STEP_720P["save_attention+offload_residual"].peak + IDLE
+  assert [e.candidate.remat for e in plan.rejected] == ["save_attention", "full"]
+  line = plan.line()
+  assert line.startswith("memory plan: save_attention+offload_residual, both experts on the "
+                         "device: predicted peak 115.5 GiB of 132.0 GiB usable")
+  assert "faster plans rejected: save_attention, both experts on the device (173.2 GiB)" in line
+
+
+def test_planner_moves_the_idle_expert_then_the_residuals_when_tighter():
+  steps_480p = {"save_attention": StepMemory(int(79 * G), int(28.4 * G)),
+                "full": StepMemory(int(66 * G), int(28.4 * G)),
+                "save_attention+offload_residual": StepMemory(int(74 * G), int(28.4 * G)),
+                "offload_residual": StepMemory(int(61 * G), int(28.4 * G))}
+  plan, compiled = plan_for(75, steps_480p)  # an H100 at 480p: the idle expert waits on the host
+  assert plan.chosen == Candidate("full", True)
+  assert sorted(compiled) == sorted(set(compiled))  # each checkpointing plan compiled once
+
+  plan, _ = plan_for(60, STEP_720P)  # an H100 at 720p: both
+  assert plan.chosen == Candidate("offload_residual", True)
+  assert "idle expert in host memory" in plan.line()
+
+
+def test_nothing_fits_says_what_would():
+  with pytest.raises(DoesNotFit) as e:
+    memory_plan.choose(memory_plan.candidates(True), STEP_720P.__getitem__, IDLE, int(40 * G),
+                       capacity_source="test", bucket="81x720x1280",
+                       advice=lambda est, usable: f"about "
+                       f"{memory_plan.frames_that_fit(81, est, usable)} frames")
+  msg = str(e.value)
+  assert "\n" not in msg
+  assert msg.startswith("nothing fits: the smallest plan (offload_residual, idle expert in host "
+                        "memory) needs 56.5 GiB per device for 81x720x1280 and 40.0 GiB are usable")
+  assert msg.endswith("about 29 frames")  # (40 - 28.4) / (56.5 - 28.4) of 21 latent frames: 8
+
+
+def test_explicit_settings_fix_their_part_of_the_plan():
+  assert memory_plan.candidates(True, remat="full") == [Candidate("full", False),
+                                                        Candidate("full", True)]
+  assert memory_plan.candidates(True, offload_expert=True)[0] == Candidate("save_attention", True)
+  assert memory_plan.candidates(True, "none", False) == [Candidate("none", False)]
+  single = memory_plan.candidates(False)
+  assert [c.remat for c in single] == ["save_attention", "full", "save_attention+offload_residual",
+                                       "offload_residual"]
+  assert memory_plan.fsdp_that_fits(memory_plan.Estimate(Candidate("full", False),
+                                                         StepMemory(100 * G, 60 * G), 0),
+                                    weights=60 * G, usable=70 * G) == 2

@@ -1,0 +1,221 @@
+"""Choosing how a run fits the device before any big weights load.
+
+A plan is a checkpointing plan (wan_jax/model/remat.py) and where the idle expert waits (on the
+device, or in pinned host memory, swapped in when its turn comes). The planner compiles the
+train step ahead of time for the run's largest bucket, one checkpointing plan at a time, fastest
+first, and takes the first whose predicted peak fits:
+
+  predicted peak (per device) = the compiled step's arguments + temporaries + outputs that do not
+                                alias a donated argument (XLA's own memory analysis)
+                              + what else stays on the device: the idle expert's weights,
+                                adapters and moments, unless it waits in host memory
+
+On one H200 this analysis matched the allocator's measured peak to 0.2 GiB at 480p and 720p, so a
+small margin is enough. The step that was compiled for the chosen plan is the one that trains.
+
+The order (fastest first) is a judgement from measured costs: saving attention outputs removes
+the recomputed attention forward (~13% of the 480p step); moving the residual stream to the
+host overlaps with compute (1.5 GB per block against ~1.2 s of compute at 720p); swapping a 27 GB
+expert costs a pause at every expert switch, so it comes after the residual offload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+GIB = 2**30
+
+
+def size(n: float) -> str:
+  """Bytes as GiB (or MiB below one GiB: the tiny configs' figures)."""
+  return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  remat: str
+  offload_expert: bool  # the idle expert (weights, adapters, moments) waits in pinned host memory
+
+  def describe(self, two_experts: bool) -> str:
+    if not two_experts:
+      return self.remat
+    where = "idle expert in host memory" if self.offload_expert else "both experts on the device"
+    return f"{self.remat}, {where}"
+
+
+ORDER = (
+    Candidate("save_attention", False),
+    Candidate("full", False),
+    Candidate("save_attention+offload_residual", False),
+    Candidate("offload_residual", False),
+    Candidate("save_attention", True),
+    Candidate("full", True),
+    Candidate("save_attention+offload_residual", True),
+    Candidate("offload_residual", True),
+)
+
+
+def candidates(two_experts: bool, remat: str | None = None,
+               offload_expert: bool | None = None) -> list[Candidate]:
+  """The plans to try, fastest first; an explicit setting fixes its part of the plan.
+
+  With one trained expert nothing is idle, so only the checkpointing plans differ.
+  """
+  out = []
+  for c in ORDER:
+    if not two_experts and c.offload_expert:
+      continue
+    if remat is not None and c.remat != remat:
+      continue
+    if offload_expert is not None and two_experts and c.offload_expert != offload_expert:
+      continue
+    out.append(c)
+  if remat is not None and not out:  # an explicit plan outside the search order ("none", ...)
+    offload = [False, True] if offload_expert is None and two_experts else [bool(offload_expert)]
+    out = [Candidate(remat, o) for o in offload]
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+  """One compiled call's device memory per device, from XLA's memory analysis."""
+
+  peak: int  # arguments + temporaries + outputs that do not alias a donated argument
+  arguments: int  # what is there before the call (weights, state, batch)
+
+  @classmethod
+  def of(cls, compiled: Any) -> "StepMemory":
+    m = compiled.memory_analysis()
+    peak = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+            - m.alias_size_in_bytes)
+    return cls(int(peak), int(m.argument_size_in_bytes))
+
+
+def device_bytes(tree: Any) -> int:
+  """Bytes of `tree` on its most loaded device (arrays or ShapeDtypeStructs with shardings)."""
+  per_device: dict[Any, int] = {}
+  for leaf in jax.tree.leaves(tree):
+    sharding = getattr(leaf, "sharding", None)
+    itemsize = np.dtype(leaf.dtype).itemsize
+    if sharding is None:
+      per_device[None] = per_device.get(None, 0) + math.prod(leaf.shape) * itemsize
+      continue
+    shard = math.prod(sharding.shard_shape(leaf.shape)) * itemsize
+    for d in sharding.device_set:
+      per_device[d] = per_device.get(d, 0) + shard
+  return max(per_device.values(), default=0)
+
+
+def device_capacity(override_gib: float = 0.0,
+                    override_name: str = "train.device_memory_gib") -> tuple[int | None, str]:
+  """(bytes one device may use, where that figure came from); None when the backend says not."""
+  if override_gib:
+    return int(override_gib * GIB), override_name
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  if not limit:
+    return None, f"{device.platform} reports no memory limit"
+  return int(limit), f"{device.device_kind} allocator limit"
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  candidate: Candidate
+  step: StepMemory  # the compiled step, per device
+  idle: int  # the idle expert on the device (0 when it waits in host memory, or none is idle)
+
+  @property
+  def total(self) -> int:
+    return self.step.peak + self.idle
+
+  @property
+  def fixed(self) -> int:
+    """What does not grow with the clip: the step's arguments and the idle expert."""
+    return self.step.arguments + self.idle
+
+
+@dataclasses.dataclass
+class Plan:
+  chosen: Candidate
+  estimate: Estimate | None  # None when the capacity is unknown and nothing was compared
+  rejected: list[Estimate]
+  usable: int | None
+  capacity_source: str
+  two_experts: bool
+  bucket: str
+
+  def line(self) -> str:
+    """The one line the trainer prints."""
+    name = self.chosen.describe(self.two_experts)
+    if self.estimate is None:
+      return (f"memory plan: {name} (the fastest; {self.capacity_source}, so no fit was checked; "
+              f"set train.device_memory_gib to check) for {self.bucket}")
+    out = (f"memory plan: {name}: predicted peak {size(self.estimate.total)} of "
+           f"{size(self.usable)} usable ({self.capacity_source}) for {self.bucket}")
+    if self.rejected:
+      out += "; faster plans rejected: " + ", ".join(
+          f"{e.candidate.describe(self.two_experts)} ({size(e.total)})"
+          for e in self.rejected)
+    return out
+
+
+class DoesNotFit(ValueError):
+  """No plan fits; the message says what would."""
+
+
+def choose(cands: Sequence[Candidate], step_of: Callable[[str], StepMemory], idle_bytes: int,
+           usable: int | None, *, capacity_source: str = "", two_experts: bool = True,
+           bucket: str = "", advice: Callable[[Estimate, int], str] | None = None) -> Plan:
+  """The first candidate whose predicted peak fits `usable` bytes.
+
+  step_of(remat) compiles and returns the step's memory per device (called once per plan);
+  idle_bytes is what the idle expert holds per device when it stays there.
+  """
+  if not cands:
+    raise ValueError("no memory plan to choose from")
+  if usable is None:
+    return Plan(cands[0], None, [], None, capacity_source, two_experts, bucket)
+  rejected, measured = [], {}
+  for c in cands:
+    if c.remat not in measured:  # one compile per checkpointing plan
+      measured[c.remat] = step_of(c.remat)
+    est = Estimate(c, measured[c.remat], 0 if c.offload_expert or not two_experts else idle_bytes)
+    if est.total <= usable:
+      return Plan(c, est, rejected, usable, capacity_source, two_experts, bucket)
+    rejected.append(est)
+  smallest = min(rejected, key=lambda e: e.total)
+  msg = (f"nothing fits: the smallest plan ({smallest.candidate.describe(two_experts)}) needs "
+         f"{size(smallest.total)} per device for {bucket} and {size(usable)} are usable "
+         f"({capacity_source})")
+  if advice is not None:
+    msg += "; " + advice(smallest, usable)
+  raise DoesNotFit(msg)
+
+
+def frames_that_fit(frames: int, est: Estimate, usable: int) -> int:
+  """About how many frames (4k+1) would fit at the same resolution, taking the step's
+  non-argument memory as proportional to the latent frames; 0 if not even one frame."""
+  latent = (frames - 1) // 4 + 1
+  scalable = est.total - est.fixed
+  room = usable - est.fixed
+  if scalable <= 0 or room <= 0:
+    return 0
+  fit = math.floor(latent * room / scalable)
+  return 0 if fit < 1 else 4 * (min(fit, latent) - 1) + 1
+
+
+def fsdp_that_fits(est: Estimate, weights: int, usable: int, limit: int = 64) -> int:
+  """The smallest power-of-two mesh.fsdp (each GPU one batch row) under which the sharded
+  weights plus one row's activations fit; 0 if none up to `limit`."""
+  n = 2
+  while n <= limit:
+    if est.total - weights + weights / n <= usable:
+      return n
+    n *= 2
+  return 0

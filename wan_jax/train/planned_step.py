@@ -1,0 +1,225 @@
+"""The train step a run uses: planned for the device before the weights load, then compiled once
+per batch shape (the planner's compile serves the largest bucket; other buckets compile on first
+use).
+
+The planner needs no weights: the experts' structure comes from `nnx.eval_shape` and the
+checkpoint's config, the batch's from the largest bucket, so a plan that cannot fit is refused in
+seconds, not after minutes of loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from wan_jax.data.pipeline import Pipeline
+from wan_jax.data.weight_maps import latent_frames
+from wan_jax.model.transformer import WanTransformer
+from wan_jax.train import memory_plan, models
+from wan_jax.train.lora import FROZEN, LORA, add_lora
+from wan_jax.train.sharding import batch_sharding, replicated, tree_shardings
+from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
+
+log = logging.getLogger(__name__)
+LATENT_CHANNELS = 16
+
+
+def explicit_settings(cfg: ml_collections.ConfigDict) -> tuple[str | None, bool | None]:
+  """(remat plan, idle expert offloaded) as the user fixed them; None = the planner decides.
+
+  `train.gradient_checkpointing=False` is the older spelling of `train.remat_policy=none`.
+  """
+  remat = str(cfg.train.remat_policy)
+  if not cfg.train.gradient_checkpointing:
+    if remat not in ("auto", "none"):
+      raise ValueError(f"train.gradient_checkpointing=False contradicts train.remat_policy="
+                       f"{remat!r}; set only train.remat_policy")
+    remat = "none"
+  offload = cfg.train.offload_inactive_expert
+  return (None if remat == "auto" else remat), (None if offload is None else bool(offload))
+
+
+def largest_bucket(pipeline: Pipeline) -> tuple[int, int, int]:
+  """(frames, height, width) of the bucket with the most tokens."""
+  return max({e.bucket for e in pipeline.entries},
+             key=lambda b: (latent_frames(b[0]) * b[1] * b[2], b))
+
+
+def abstract_batch(bucket: tuple[int, int, int], batch_size: int, text_len: int, text_dim: int,
+                   mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The shapes a cached batch of this bucket has on the device (every array float32)."""
+  f, h, w = bucket
+  grid = (batch_size, latent_frames(f), h // 8, w // 8)
+  shapes = {"latent_mean": (*grid, LATENT_CHANNELS), "latent_logvar": (*grid, LATENT_CHANNELS),
+            "weights": grid, "context": (batch_size, text_len, text_dim),
+            "loss_multiplier": (batch_size,)}
+  return {k: jax.ShapeDtypeStruct(shapes[k], jnp.float32, sharding=batch_sharding(mesh, n))
+          for k, n in BATCH_NDIMS.items()}
+
+
+@dataclasses.dataclass
+class AbstractExpert:
+  """One expert's state as shapes, dtypes and shardings: what the step compiles against."""
+
+  graphdef: nnx.GraphDef
+  trainable: Any
+  frozen: Any
+  opt_state: Any
+  text_dim: int
+
+  def device_bytes(self) -> int:
+    return memory_plan.device_bytes((self.trainable, self.frozen, self.opt_state))
+
+
+def _with_shardings(tree: Any, mesh, min_size: int) -> Any:
+  shardings = tree_shardings(tree, mesh, min_size=min_size)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+def abstract_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str, tx,
+                    mesh: jax.sharding.Mesh) -> AbstractExpert:
+  model_cfg = models.expert_config(cfg, expert, remat)
+
+  def build() -> WanTransformer:
+    model = WanTransformer(model_cfg, rngs=nnx.Rngs(0))
+    if cfg.lora.enabled:
+      add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets), seed=0)
+    return model
+
+  model = nnx.eval_shape(build)
+  if cfg.lora.enabled:
+    graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
+  else:
+    graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
+  min_size = int(cfg.mesh.min_shard_size)
+  trainable, frozen = (_with_shardings(t, mesh, min_size) for t in (trainable, frozen))
+  opt_state = _with_shardings(jax.eval_shape(tx.init, trainable), mesh, min_size)
+  return AbstractExpert(graphdef, trainable, frozen, opt_state, model_cfg.text_dim)
+
+
+def _shape_key(batch: dict[str, Any]) -> tuple:
+  return tuple((k, tuple(batch[k].shape)) for k in sorted(batch))
+
+
+class CompiledStep:
+  """make_train_step's function, compiled ahead of time per batch shape and reused."""
+
+  def __init__(self, jitted: Callable, remat: str, progress: bool = True):
+    self.jitted, self.remat, self.progress = jitted, remat, progress
+    self.compiled: dict[tuple, Any] = {}
+
+  def compile(self, *args: Any) -> Any:
+    key = _shape_key(args[3])
+    if key not in self.compiled:
+      start = time.perf_counter()
+      self.compiled[key] = self.jitted.lower(*args).compile()
+      log.info("compiled the train step (%s) for %s in %.1f s", self.remat,
+               dict(key)["latent_mean"], time.perf_counter() - start)
+    return self.compiled[key]
+
+  def __call__(self, trainable, opt_state, frozen, batch, key, t_low, t_high):
+    args = (trainable, opt_state, frozen, batch, key, t_low, t_high)
+    return self.compile(*args)(*args)
+
+
+@dataclasses.dataclass
+class PlannedStep:
+  plan: memory_plan.Plan
+  step: CompiledStep
+  graphdef: nnx.GraphDef
+
+
+def _scalar() -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((), jnp.float32)
+
+
+def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
+                    settings: StepSettings, mesh: jax.sharding.Mesh, pipeline: Pipeline,
+                    text_len: int, progress: bool = True) -> PlannedStep:
+  """Chooses the memory plan for this run and compiles its step for the largest bucket."""
+  remat, offload = explicit_settings(cfg)
+  two = len(names) == 2
+  if offload and not two:
+    log.warning("train.offload_inactive_expert has no effect: only one expert is trained (and "
+                "only that one is loaded)")
+  mode = str(cfg.train.memory_plan)
+  if mode not in ("auto", "off"):
+    raise ValueError(f"train.memory_plan must be 'auto' or 'off', got {mode!r}")
+  bucket = largest_bucket(pipeline)
+  f, h, w = bucket
+  label = f"the largest bucket, {f}x{h}x{w} (frames x height x width), batch {cfg.train.batch_size}"
+  cands = memory_plan.candidates(two, remat, offload)
+  min_size = int(cfg.mesh.min_shard_size)
+  experts: dict[str, AbstractExpert] = {}
+  steps: dict[str, CompiledStep] = {}
+
+  def step_for(plan_remat: str) -> CompiledStep:
+    if plan_remat not in steps:
+      e = experts[plan_remat] = abstract_expert(cfg, names[0], plan_remat, tx, mesh)
+      jitted = make_train_step(e.graphdef, tx, settings, mesh, e.trainable, e.opt_state,
+                               e.frozen, BATCH_NDIMS, min_size=min_size)
+      steps[plan_remat] = CompiledStep(jitted, plan_remat, progress)
+    return steps[plan_remat]
+
+  def compiled_memory(plan_remat: str) -> memory_plan.StepMemory:
+    step = step_for(plan_remat)
+    e = experts[plan_remat]
+    batch = abstract_batch(bucket, int(cfg.train.batch_size), text_len, e.text_dim, mesh)
+    key = jax.eval_shape(lambda: step_keys(0, 0))
+    if progress:
+      print(f"planning memory: compiling the step with {plan_remat} for {f}x{h}x{w}", flush=True)
+    compiled = step.compile(e.trainable, e.opt_state, e.frozen, batch, key, _scalar(), _scalar())
+    return memory_plan.StepMemory.of(compiled)
+
+  if mode == "off":
+    chosen = memory_plan.Candidate(remat or "full", bool(offload) and two)
+    plan = memory_plan.Plan(chosen, None, [], None, "train.memory_plan=off", two, label)
+  else:
+    usable, source = _usable(cfg)
+    idle = 0
+    if two and usable is not None:  # the other expert has the same shapes; planned as "full"
+      idle = abstract_expert(cfg, names[1], "full", tx, mesh).device_bytes()
+
+    def advice(smallest: memory_plan.Estimate, room: int) -> str:
+      return _advice(smallest, room, bucket, experts[smallest.candidate.remat],
+                     int(cfg.train.batch_size))
+
+    plan = memory_plan.choose(cands, compiled_memory, idle, usable, capacity_source=source,
+                              two_experts=two, bucket=label, advice=advice)
+  step = step_for(plan.chosen.remat)
+  return PlannedStep(plan, step, experts[plan.chosen.remat].graphdef)
+
+
+def _usable(cfg: ml_collections.ConfigDict) -> tuple[int | None, str]:
+  capacity, source = memory_plan.device_capacity(float(cfg.train.device_memory_gib))
+  if capacity is None:
+    return None, source
+  margin = float(cfg.train.memory_margin)
+  if not 0 <= margin < 1:
+    raise ValueError(f"train.memory_margin must be in [0, 1), got {margin}")
+  return (int(capacity * (1 - margin)),
+          f"{memory_plan.size(capacity)} from {source}, less a {margin:.0%} margin")
+
+
+def _advice(smallest: memory_plan.Estimate, usable: int, bucket: tuple[int, int, int],
+            expert: AbstractExpert, batch_size: int) -> str:
+  f, h, w = bucket
+  options = []
+  frames = memory_plan.frames_that_fit(f, smallest, usable)
+  if 0 < frames < f:
+    options.append(f"about {frames} frames at {h}x{w} (datasets[*].num_frames)")
+  options.append("a lower resolution (datasets[*].resolution)")
+  weights = memory_plan.device_bytes((expert.frozen, expert.trainable, expert.opt_state))
+  n = memory_plan.fsdp_that_fits(smallest, weights, usable)
+  if n:
+    options.append(f"mesh.fsdp={n} over {n} GPUs with train.batch_size={n * batch_size} (the "
+                   f"weights split {n} ways, the same rows per GPU)")
+  return "what would fit: " + ", or ".join(options)
