@@ -22,6 +22,10 @@ from pathlib import Path
 from absl import flags
 from ml_collections import config_flags
 
+# The memory planner sizes the run against the allocator's limit; JAX's default of 75% of the
+# card would refuse plans that fit. Set before JAX starts its backend; the user's value wins.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "wan22_masked.py") + ":tiny"
 MULTI_HOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 

@@ -35,6 +35,8 @@ def test_the_demo_trains_and_hands_over_every_file(tmp_path):
   assert "5 items, 0 skipped" in out and "(5, 48, 64)" in out  # images and the clip, bucketed
   assert "0 latents, 0 weight maps, 0 prompt embeddings" in out.replace("built ", "")  # all reused
   assert "trained 24 steps" in out and "nan" not in out.lower()
+  assert "memory plan: save_attention, both experts on the device (the fastest; cpu reports no " \
+         "memory limit" in out  # the plan line, before the experts load
 
   run = tmp_path / "run"
   rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

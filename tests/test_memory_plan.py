@@ -178,3 +178,125 @@ def test_explicit_settings_fix_their_part_of_the_plan():
   assert memory_plan.fsdp_that_fits(memory_plan.Estimate(Candidate("full", False),
                                                          StepMemory(100 * G, 60 * G), 0),
                                     weights=60 * G, usable=70 * G) == 2
+
+
+# --- The planner inside the trainer, on the tiny run (real compiles, real caches) -------------
+
+def tiny_run(tmp_path_factory):
+  from test_train import get_config
+
+  from wan_jax.train import models
+  from wan_jax.train.mesh import make_mesh
+  from wan_jax.train.optimizer import make_optimizer
+  from wan_jax.train.trainer import build_data, prepare_datasets
+
+  cfg = get_config()
+  root = tmp_path_factory.mktemp("planned")
+  cfg.cache.dir = str(root / "cache")
+  prepare_datasets(cfg, root)
+  mesh = make_mesh()
+  enc = models.encoders(cfg, root)
+  pipeline = build_data(cfg, root, enc, mesh, progress=False)
+  vae = enc.vae_config
+  settings = StepSettings("uniform", 1.0, 0.0, 1.0, True, tuple(vae.latents_mean),
+                          tuple(vae.latents_std))
+  tx = make_optimizer(cfg.train, 10)
+  return cfg, tx, settings, mesh, pipeline, enc.text_len
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  return tiny_run(tmp_path_factory)
+
+
+def plan_with(tiny, gib: float | None = None, **train):
+  from wan_jax.train.planned_step import plan_train_step
+
+  cfg, tx, settings, mesh, pipeline, text_len = tiny
+  cfg = cfg.copy_and_resolve_references()
+  cfg.train.device_memory_gib = gib or 0.0
+  for k, v in train.items():
+    cfg.train[k] = v
+  return plan_train_step(cfg, ("high", "low"), tx, settings, mesh, pipeline, text_len,
+                         progress=False)
+
+
+def test_the_trainer_plans_by_the_compiled_step(tiny):
+  unchecked = plan_with(tiny)  # the CPU has no limit: the fastest plan, said to be unchecked
+  assert unchecked.plan.chosen == Candidate("save_attention", False)
+  assert "no fit was checked" in unchecked.plan.line()
+  assert "5x48x64" in unchecked.plan.line()  # the largest bucket (the clip), not the images
+
+  roomy = plan_with(tiny, 1.0).plan
+  assert roomy.chosen == Candidate("save_attention", False)
+  idle, attention = roomy.estimate.idle, roomy.estimate.step
+  full = plan_with(tiny, 1.0, remat_policy="full").plan.estimate.step
+  assert idle > 0 and attention.peak > full.peak  # kept attention outputs cost memory
+  usable = lambda n: (n + 1024) / 0.95 / GIB  # device_memory_gib leaving n bytes (+ rounding)
+
+  # Only without the idle expert: every resident candidate is compiled and rejected first.
+  tight = plan_with(tiny, usable(attention.peak)).plan
+  assert tight.chosen == Candidate("save_attention", True)
+  assert tight.estimate.total == attention.peak
+  assert [e.candidate for e in tight.rejected] == [c for c in memory_plan.ORDER[:4]]
+  assert "idle expert in host memory" in tight.line()
+
+
+def test_the_chosen_compile_trains_the_largest_bucket(tiny):
+  """The step compiled while planning is the one that runs: a batch of the largest bucket
+  trains without another compile; the image bucket compiles once on first use."""
+  from wan_jax.train.planned_step import abstract_expert
+  from wan_jax.train.random_weights import random_state
+  from wan_jax.train.trainer import _global_batch
+
+  cfg, tx, _, mesh, pipeline, _ = tiny
+  planned = plan_with(tiny, 1.0)
+  step = planned.step
+  assert len(step.compiled) == 1  # the planner's compile, for the clip bucket
+  e = abstract_expert(cfg, "high", planned.plan.chosen.remat, tx, mesh)
+  trainable = random_state(e.trainable, jax.random.key(0), jax.tree.map(lambda x: x.sharding,
+                                                                           e.trainable))
+  frozen = random_state(e.frozen, jax.random.key(1), jax.tree.map(lambda x: x.sharding, e.frozen))
+  opt_state = jax.jit(tx.init, out_shardings=jax.tree.map(lambda x: x.sharding, e.opt_state))(
+      trainable)
+  shapes = set()
+  for i, batch in zip(range(6), pipeline.dataset):
+    shapes.add(batch["latent_mean"].shape)
+    trainable, opt_state, m = step(trainable, opt_state, frozen, _global_batch(batch, mesh),
+                                   step_keys(0, i), jnp.float32(0.0), jnp.float32(1000.0))
+    assert bool(m["finite"])
+  assert shapes == {(2, 2, 6, 8, 16), (2, 1, 6, 8, 16)}  # the clip and the image buckets
+  assert len(step.compiled) == 2  # one more compile, for the image bucket only
+
+
+def test_launch_prints_the_plan_and_trains_at_random_weights(tmp_path):
+  """`model.random_weights` through launch.py at the tiny sizes: generated clips, random
+  encoders drawn on the device, a checked plan, both experts trained, files written."""
+  from test_launch import launch
+
+  run = tmp_path / "run"
+  args = ["--workdir", str(run), "--noprogress", "--config.model.random_weights=True",
+          "--config.train.steps=2", "--config.train.switch_boundary_every=1",
+          "--config.checkpoint.every=2", "--config.save.every=0", "--config.preview.every=2",
+          "--config.preview.num_steps=2", f"--config.cache.dir={tmp_path / 'cache'}"]
+  result = launch(*args, "--config.train.device_memory_gib=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  plan = [line for line in out.splitlines() if line.startswith("memory plan:")]
+  assert len(plan) == 1 and plan[0].startswith(
+      "memory plan: save_attention, both experts on the device: predicted peak ")
+  assert "of 972.8 MiB usable (1.0 GiB from train.device_memory_gib, less a 5% margin)" in plan[0]
+  assert "2 items, 0 skipped" in out and "[(5, 32, 80)]" in out  # two generated 96x48 clips
+  assert "trained 2 steps" in out and "steps skipped (non-finite loss or gradients): 0" in out
+  assert sorted(p.name for p in (run / "lora").iterdir()) == [
+      "demo_lora_high_noise.safetensors", "demo_lora_low_noise.safetensors"]
+  assert (run / "previews/step_000002_0.mp4").is_file()
+  assert (run / "checkpoints/2").is_dir()
+
+  refused = launch(*args[:1], str(tmp_path / "small"), *args[2:],
+                   "--config.train.device_memory_gib=0.0001")
+  assert refused.returncode == 2
+  assert refused.stderr.startswith("launch.py: DoesNotFit: nothing fits: the smallest plan")
+  assert len(refused.stderr.strip().splitlines()) == 2  # the error and the --traceback hint
+  assert not (tmp_path / "small/lora").exists()  # refused before any training or export
+  assert not any((tmp_path / "small/checkpoints").iterdir())

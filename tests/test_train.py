@@ -260,7 +260,8 @@ def test_resume_refuses_a_different_run_or_a_finished_one(tmp_path):
 def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_path, monkeypatch):
   from wan_jax.train import models
   loaded, real = [], models.load_expert
-  monkeypatch.setattr(models, "load_expert", lambda cfg, e: loaded.append(e) or real(cfg, e))
+  monkeypatch.setattr(models, "load_expert",
+                      lambda cfg, e, *a: loaded.append(e) or real(cfg, e, *a))
   cfg = quiet(get_config(), 2)
   cfg.model.train_high_noise = False
   cfg.preview.every, cfg.preview.num_steps = 2, 2

@@ -87,7 +87,8 @@ def test_reduced_run_ours_only_prints_a_table(capsys, keep_threads):
   report = bench.main(["--reduced", "--steps", "1", "--warmup", "0", "--cases", "c",
                        "--remat", "none", "--attention", "xla"])
   printed = capsys.readouterr().out.strip().splitlines()
-  assert printed[0].startswith("ours 128x128 image: compile")  # progress, case by case
+  assert printed[0].startswith("memory plan: none (the fastest; named by --plan")
+  assert printed[1].startswith("ours 128x128 image: compile")  # progress, case by case
   json_lines = [line for line in printed if line.startswith("{")]
   assert json.loads(json_lines[0])["cases"][0]["case"] == "c"  # a JSON line when no --out
   assert printed[-1].startswith(report["cases"][0]["label"])  # the table comes last

@@ -112,8 +112,8 @@ def _shape_key(batch: dict[str, Any]) -> tuple:
 class CompiledStep:
   """make_train_step's function, compiled ahead of time per batch shape and reused."""
 
-  def __init__(self, jitted: Callable, remat: str, progress: bool = True):
-    self.jitted, self.remat, self.progress = jitted, remat, progress
+  def __init__(self, jitted: Callable, remat: str):
+    self.jitted, self.remat = jitted, remat
     self.compiled: dict[tuple, Any] = {}
 
   def compile(self, *args: Any) -> Any:
@@ -166,7 +166,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
       e = experts[plan_remat] = abstract_expert(cfg, names[0], plan_remat, tx, mesh)
       jitted = make_train_step(e.graphdef, tx, settings, mesh, e.trainable, e.opt_state,
                                e.frozen, BATCH_NDIMS, min_size=min_size)
-      steps[plan_remat] = CompiledStep(jitted, plan_remat, progress)
+      steps[plan_remat] = CompiledStep(jitted, plan_remat)
     return steps[plan_remat]
 
   def compiled_memory(plan_remat: str) -> memory_plan.StepMemory:
