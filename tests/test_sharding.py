@@ -271,3 +271,12 @@ def test_eight_optimizer_state(eight):
   opt = eight["model"]["optimizer"]
   assert opt["moments_match"] and opt["placed_ok"]
   assert all(spec == [] for spec in opt["scalar_specs"])
+
+
+def test_eight_memory_plan_is_per_device(eight):
+  """The planner compares per-device figures: replicated weights count whole on each device,
+  weights sharded eight ways about an eighth (small arrays stay replicated)."""
+  plan, total = eight["plan"], eight["plan"]["total"]
+  assert plan["data8"]["device_bytes"] == total
+  assert plan["fsdp8"]["device_bytes"] < total / 4
+  assert plan["fsdp8"]["arguments"] < plan["data8"]["arguments"] / 4

@@ -199,6 +199,9 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
 
 
 def _usable(cfg: ml_collections.ConfigDict) -> tuple[int | None, str]:
+  if float(cfg.train.device_memory_gib) < 0:
+    raise ValueError(f"train.device_memory_gib must be >= 0 (0 = the device's own limit), got "
+                     f"{cfg.train.device_memory_gib}")
   capacity, source = memory_plan.device_capacity(float(cfg.train.device_memory_gib))
   if capacity is None:
     return None, source
@@ -222,4 +225,5 @@ def _advice(smallest: memory_plan.Estimate, usable: int, bucket: tuple[int, int,
   if n:
     options.append(f"mesh.fsdp={n} over {n} GPUs with train.batch_size={n * batch_size} (the "
                    f"weights split {n} ways, the same rows per GPU)")
-  return "what would fit: " + ", or ".join(options)
+  return ("what would fit: " + ", or ".join(options) +
+          " (train.memory_plan=off skips this check and tries anyway)")
