@@ -70,6 +70,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.gradient_checkpointing = True  # False = remat_policy "none" (the older key)
   c.train.sample_posterior = True  # draw latents from the VAE posterior (False: its mean)
   c.train.log_every = 1
+  c.train.max_skipped_in_a_row = 20  # stop when this many steps in a row were skipped (0 = never)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 fills the remaining devices

@@ -46,6 +46,10 @@ _LORA_KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\."
 _SUFFIX = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
 
 
+class NonFiniteWeights(ValueError):
+  """An export would have written NaN or infinite weights."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _Entry:
   """One tensor of a file being written; `make` runs only when its bytes are due."""
@@ -75,6 +79,9 @@ def _write_atomic(path: Path, entries: list[_Entry], metadata: dict[str, str]) -
       array = np.asarray(e.make(), dtype=e.dtype)
       if array.shape != e.shape:
         raise AssertionError(f"{e.key}: made {array.shape}, header says {e.shape}")
+      if not np.isfinite(array.astype(np.float32, copy=False)).all():
+        raise NonFiniteWeights(f"{path.name}: tensor {e.key} holds NaN or infinite values; the "
+                               "file was not written")
       f.write(np.ascontiguousarray(array.reshape(-1)).view(np.uint8))
     f.flush()
     os.fsync(f.fileno())

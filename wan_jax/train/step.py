@@ -4,8 +4,8 @@
 
 The same compiled step serves both experts (they share one graph and one set of shapes); the
 expert is chosen by which weights are passed and by the timestep range [t_low, t_high). A step
-whose loss or gradients are not finite returns the old weights and optimizer state unchanged
-and reports finite=False, so a bad batch is counted, never applied.
+whose loss, gradients or updated weights are not finite returns the old weights and optimizer
+state unchanged and reports finite=False, so a bad batch is counted, never applied.
 """
 
 from __future__ import annotations
@@ -68,6 +68,13 @@ def loss_and_grads(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.Sta
   return loss, aux, grads
 
 
+def all_finite(tree: Any) -> jax.Array:
+  """True when every element of every floating array in `tree` is finite (one scalar)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     settings: StepSettings, mesh: jax.sharding.Mesh, trainable: nnx.State,
                     opt_state: Any, frozen: nnx.State, batch_ndims: dict[str, int] = BATCH_NDIMS,
@@ -78,10 +85,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     loss, aux, grads = loss_and_grads(graphdef, trainable, frozen, batch, key, t_low, t_high,
                                       settings)
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    safe = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    grads_finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    safe = jax.tree.map(lambda g: jnp.where(grads_finite, g, 0.0), grads)
     updates, new_opt = tx.update(safe, opt_state, trainable)
     new_trainable = optax.apply_updates(trainable, updates)
+    # An update can turn weights non-finite on its own (a NaN learning rate, an overflow): the
+    # new weights are checked too, on the device, so a bad step is never applied.
+    finite = grads_finite & all_finite(new_trainable)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
                "t_mean": jnp.mean(aux["t"])}

@@ -47,9 +47,14 @@ from wan_jax.train.planned_step import plan_train_step
 from wan_jax.train.step import BATCH_NDIMS, StepSettings, step_keys
 from wan_jax.train.tensorboard import ScalarWriter
 from wan_jax.train.timesteps import expert_range
+from wan_jax.train.validate import check_run_config
 
 log = logging.getLogger(__name__)
 DEVICE, HOST = "device", "pinned_host"
+
+
+class TrainingStalled(ValueError):
+  """Every step of a window was skipped: training would spin without learning."""
 
 
 @dataclasses.dataclass
@@ -305,6 +310,7 @@ class Outputs:
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bool = False,
           progress: bool = True) -> RunSummary:
+  check_run_config(cfg)  # before anything is written or loaded
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   models.check_arch(cfg)
@@ -376,6 +382,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
   schedule = learning_rate(cfg.train, horizon)
   steps = int(cfg.train.steps)
   recent: list[float] = []
+  skipped_in_a_row = 0
   bar = tqdm.tqdm(total=steps, initial=start, desc="training", unit="step",
                   disable=not progress or jax.process_index() != 0)
 
@@ -416,9 +423,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
       seconds = time.perf_counter() - tic
       if finite:
         e.steps += 1  # the optimizer's own count: a skipped step does not advance it
+        skipped_in_a_row = 0
       else:
         summary.skipped_steps += 1
-        log.warning("step %d: non-finite loss or gradients; update skipped", step + 1)
+        skipped_in_a_row += 1
+        log.warning("step %d: non-finite loss, gradients or updated weights; update skipped",
+                    step + 1)
       if finite:
         recent = (recent + [loss])[-20:]
       lat = batch["latent_mean"].shape
@@ -432,6 +442,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
       bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", expert=name, s_step=f"{seconds:.2f}",
                       tok_s=f"{tokens / seconds:.0f}")
       bar.update(1)
+      limit = int(cfg.train.max_skipped_in_a_row)
+      if limit and skipped_in_a_row >= limit:
+        raise TrainingStalled(
+            f"steps {done - limit + 1}-{done} were all skipped (non-finite loss, gradients or "
+            f"updated weights): stopping. The weights are those of the last applied step (the "
+            f"latest checkpoint holds them); lower train.learning_rate, check the data, or raise "
+            f"train.max_skipped_in_a_row")
       if done < steps:
         ckpt.save(done, state_tree(), meta(done), iterator)
         if cfg.save.every and done % int(cfg.save.every) == 0:

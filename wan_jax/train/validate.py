@@ -1,0 +1,76 @@
+"""Start-up checks of a run's numeric settings: one line naming the key, before anything loads.
+
+A value out of range would otherwise train silently wrong (a negative learning rate ascends the
+loss, steps=0 writes an untrained "final" LoRA) or fail minutes in (a preview of 3 frames).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+
+def _number(cfg: ml_collections.ConfigDict, key: str) -> float:
+  value: Any = cfg
+  for part in key.split("."):
+    value = value[part]
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ValueError(f"{key} must be a number, got {value!r}")
+  return float(value)
+
+
+def _check(cfg: ml_collections.ConfigDict, key: str, ok: Callable[[float], bool],
+           want: str) -> None:
+  value = _number(cfg, key)
+  if not ok(value):
+    raise ValueError(f"{key} must be {want}, got {value:g}")
+
+
+def _frames_ok(n: float) -> bool:
+  return n >= 1 and n == int(n) and (int(n) - 1) % 4 == 0
+
+
+POSITIVE = (lambda v: math.isfinite(v) and v > 0, "finite and > 0")
+NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
+AT_LEAST_ONE = (lambda v: v >= 1 and v == int(v), "a whole number >= 1")
+COUNT = (lambda v: v >= 0 and v == int(v), "a whole number >= 0 (0 = off)")
+PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
+FRAMES = (_frames_ok, "1 or 4k+1 (5, 9, ..., 81): the VAE compresses 4 frames after the first")
+SIDE = (lambda v: v >= 16 and v % 16 == 0, "a multiple of 16 pixels")
+
+RULES = {
+    "train.steps": AT_LEAST_ONE, "train.batch_size": AT_LEAST_ONE,
+    "train.grad_accum": AT_LEAST_ONE, "train.learning_rate": POSITIVE,
+    "train.warmup_steps": COUNT, "train.weight_decay": NON_NEGATIVE,
+    "train.max_grad_norm": NON_NEGATIVE, "train.switch_boundary_every": AT_LEAST_ONE,
+    "train.shift": POSITIVE, "train.logit_std": POSITIVE, "train.log_every": AT_LEAST_ONE,
+    "train.max_skipped_in_a_row": COUNT, "train.device_memory_gib": NON_NEGATIVE,
+    "checkpoint.every": AT_LEAST_ONE, "checkpoint.keep": AT_LEAST_ONE,
+    "save.every": COUNT, "preview.every": COUNT,
+}
+PREVIEW_RULES = {"preview.num_frames": FRAMES, "preview.num_steps": AT_LEAST_ONE,
+                 "preview.height": SIDE, "preview.width": SIDE}
+DATASET_RULES = {"loss_multiplier": POSITIVE, "flip_prob": PROBABILITY,
+                 "caption_dropout_rate": PROBABILITY, "num_frames": FRAMES,
+                 "repeats": AT_LEAST_ONE}
+
+
+def check_run_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first key out of range."""
+  rules = dict(RULES)
+  if _number(cfg, "preview.every") > 0:
+    rules.update(PREVIEW_RULES)
+  for key, (ok, want) in rules.items():
+    _check(cfg, key, ok, want)
+  margin = _number(cfg, "train.memory_margin")
+  if not 0 <= margin < 1:
+    raise ValueError(f"train.memory_margin must be in [0, 1), got {margin:g}")
+  for i, ds in enumerate(cfg.datasets):
+    for key, (ok, want) in DATASET_RULES.items():
+      value = ds[key]
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"datasets[{i}].{key} must be a number, got {value!r}")
+      if not ok(float(value)):
+        raise ValueError(f"datasets[{i}].{key} must be {want}, got {float(value):g}")
