@@ -133,8 +133,7 @@ class CompiledStep:
 @dataclasses.dataclass
 class PlannedStep:
   plan: memory_plan.Plan
-  step: CompiledStep
-  graphdef: nnx.GraphDef
+  step: CompiledStep  # compiled for the plan; the planner's compile serves the largest bucket
 
 
 def _scalar() -> jax.ShapeDtypeStruct:
@@ -195,7 +194,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
     plan = memory_plan.choose(cands, compiled_memory, idle, usable, capacity_source=source,
                               two_experts=two, bucket=label, advice=advice)
   step = step_for(plan.chosen.remat)
-  return PlannedStep(plan, step, experts[plan.chosen.remat].graphdef)
+  return PlannedStep(plan, step)
 
 
 def _usable(cfg: ml_collections.ConfigDict) -> tuple[int | None, str]:
