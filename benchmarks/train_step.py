@@ -213,7 +213,7 @@ class Steps:
 
   def __init__(self, cfg: wan_jax.WanConfig, args, tx, mesh, state: list, batch, key, t):
     self.cfg, self.args, self.tx, self.mesh = cfg, args, tx, mesh
-    self.args_for_lowering = (*state[:2], state[2], batch, key, *t)
+    self.args_for_lowering = (*state, batch, key, *t)  # trainable, opt_state, frozen, ...
     self.compiled: dict[str, Any] = {}
     self.compile_s: dict[str, float] = {}
 
@@ -242,8 +242,8 @@ def choose_plan(steps: Steps, args, idle: list | None) -> memory_plan.Plan:
   if args.plan != "auto":
     return memory_plan.Plan(memory_plan.Candidate(args.plan, False), None, [], None,
                             "named by --plan", two, "")
-  capacity, source = memory_plan.device_capacity(args.device_memory_gib, "--device-memory-gib")
-  usable = None if capacity is None else int(capacity * (1 - args.memory_margin))
+  usable, source = memory_plan.usable_memory(args.device_memory_gib, args.memory_margin,
+                                             "--device-memory-gib")
   idle_bytes = memory_plan.device_bytes(idle) if two else 0
   return memory_plan.choose(
       memory_plan.candidates(two), lambda r: memory_plan.StepMemory.of(steps.get(r)), idle_bytes,

@@ -124,6 +124,18 @@ def device_capacity(override_gib: float = 0.0,
   return int(limit), f"{device.device_kind} allocator limit"
 
 
+def usable_memory(override_gib: float, margin: float,
+                  override_name: str = "train.device_memory_gib") -> tuple[int | None, str]:
+  """(bytes a plan may use per device, a description of where that came from): the capacity
+  less `margin` (a fraction); None when the backend reports no limit."""
+  if not 0 <= margin < 1:
+    raise ValueError(f"the memory margin must be in [0, 1), got {margin}")
+  capacity, source = device_capacity(override_gib, override_name)
+  if capacity is None:
+    return None, source
+  return int(capacity * (1 - margin)), f"{size(capacity)} from {source}, less a {margin:.0%} margin"
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
   candidate: Candidate

@@ -182,7 +182,8 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
     chosen = memory_plan.Candidate(remat or "full", bool(offload) and two)
     plan = memory_plan.Plan(chosen, None, [], None, "train.memory_plan=off", two, label)
   else:
-    usable, source = _usable(cfg)
+    usable, source = memory_plan.usable_memory(float(cfg.train.device_memory_gib),
+                                               float(cfg.train.memory_margin))
     idle = 0
     if two and usable is not None:  # the other expert has the same shapes; planned as "full"
       idle = abstract_expert(cfg, names[1], "full", tx, mesh).device_bytes()
@@ -195,20 +196,6 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
                               two_experts=two, bucket=label, advice=advice)
   step = step_for(plan.chosen.remat)
   return PlannedStep(plan, step)
-
-
-def _usable(cfg: ml_collections.ConfigDict) -> tuple[int | None, str]:
-  if float(cfg.train.device_memory_gib) < 0:
-    raise ValueError(f"train.device_memory_gib must be >= 0 (0 = the device's own limit), got "
-                     f"{cfg.train.device_memory_gib}")
-  capacity, source = memory_plan.device_capacity(float(cfg.train.device_memory_gib))
-  if capacity is None:
-    return None, source
-  margin = float(cfg.train.memory_margin)
-  if not 0 <= margin < 1:
-    raise ValueError(f"train.memory_margin must be in [0, 1), got {margin}")
-  return (int(capacity * (1 - margin)),
-          f"{memory_plan.size(capacity)} from {source}, less a {margin:.0%} margin")
 
 
 def _advice(smallest: memory_plan.Estimate, usable: int, bucket: tuple[int, int, int],
