@@ -1,5 +1,5 @@
 """The trainer end to end on the tiny config: it learns, it resumes exactly, it survives a save
-cut short, bad steps are skipped, and 8 devices train like one."""
+cut short and a damaged checkpoint, bad steps are skipped, and 8 devices train like one."""
 
 from __future__ import annotations
 
@@ -98,8 +98,13 @@ def test_resume_equals_an_uninterrupted_run_even_after_a_save_cut_short(tmp_path
   train(config(6), tmp_path / "split", progress=False)
   ckpts = tmp_path / "split/checkpoints"
   shutil.move(ckpts / "6", ckpts / "6.orbax-checkpoint-tmp-1234")
+  # And the last complete one (4) was damaged since: 64 bytes of its array data flipped.
+  from test_checkpoints import flip_bytes
+  flip_bytes(ckpts / "4")
   summary = train(config(7), tmp_path / "split", progress=False)
-  assert summary.resumed_from == 4  # the last complete checkpoint
+  assert summary.resumed_from == 3  # the last complete and intact checkpoint
+  assert [p.name.split("-")[0] for p in (tmp_path / "split/damaged_checkpoints").iterdir()] == ["4"]
+  assert not list(ckpts.glob("*tmp*"))  # the temporary folder of the cut save was removed
   split = losses(tmp_path / "split")
   assert sorted(straight) == sorted(split) == list(range(1, 8))
   assert [split[s] for s in range(1, 8)] == [straight[s] for s in range(1, 8)]  # exactly

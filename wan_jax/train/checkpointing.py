@@ -2,33 +2,63 @@
 optimizer state, the step counters, and the Grain iterator's position.
 
 Orbax writes each step to a temporary folder and renames it when complete, so a run killed
-during a save restarts from the last complete step. The RNG needs no saving: every step's key is
-a pure function of (seed, step), and the expert schedule is a pure function of the step.
+during a save restarts from the last complete step (temporary folders left by a crash are removed
+at start). The RNG needs no saving: every step's key is a pure function of (seed, step), and the
+expert schedule is a pure function of the step.
+
+A complete checkpoint can still be damaged later (a flipped byte, a truncated or deleted file).
+Every save records a fingerprint of each array (`checksums.py`) in its metadata; a restore
+recomputes them, and a checkpoint that cannot be read or does not match is set aside into
+`damaged_checkpoints/` with a warning naming it, and the previous one is used.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from wan_jax.train.checksums import checksums, mismatches
 
 STATE, META, DATA = "state", "meta", "data"
+DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/, so Orbax never lists them as steps
+log = logging.getLogger(__name__)
+
+
+class NoUsableCheckpoint(ValueError):
+  """Every checkpoint of the run is damaged: nothing safe to resume from."""
+
+
+class DamagedCheckpoint(Exception):
+  """One checkpoint failed to read or to verify."""
+
+
+def _reason(e: BaseException) -> str:
+  """One line: the first line of the error, at most 200 characters."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
 class Checkpoints:
 
   def __init__(self, directory: Path, every: int, keep: int, async_save: bool = True):
+    self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(1, int(every)), max_to_keep=max(1, int(keep)),
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(
-        Path(directory).absolute(), options=options,
+        self.directory, options=options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler(),
                        DATA: grain.checkpoint.CheckpointHandler()})
     self.every = max(1, int(every))
+    self.damaged: dict[int, str] = {}  # step -> why, found by newest_meta / restore_newest
 
   def latest(self) -> int | None:
     return self.manager.latest_step()
@@ -37,6 +67,7 @@ class Checkpoints:
     """Saves when `step` is due (or `force`); returns whether a save started."""
     if not force and step % self.every:
       return False
+    meta = {**meta, "checksums": checksums(state)}
     return self.manager.save(step, args=ocp.args.Composite(
         **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
            DATA: grain.checkpoint.CheckpointSave(iterator)}), force=force)
@@ -46,12 +77,79 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.Composite(
         **{META: ocp.args.JsonRestore()}))[META]
 
-  def restore(self, step: int, abstract_state: Any, iterator: Any) -> tuple[Any, dict]:
-    """(state placed like `abstract_state`'s shardings, meta); the iterator is restored in place."""
-    got = self.manager.restore(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore(),
-           DATA: grain.checkpoint.CheckpointRestore(iterator)}))
-    return got[STATE], got[META]
+  def _candidates(self) -> list[int]:
+    return [s for s in sorted(self.manager.all_steps(), reverse=True) if s not in self.damaged]
+
+  def newest_meta(self) -> tuple[int, dict] | None:
+    """(step, metadata) of the newest checkpoint whose metadata reads; None without checkpoints.
+
+    Cheap (no arrays are read): lets the trainer refuse a mismatched resume before any weights
+    load. Unreadable ones are remembered as damaged for `restore_newest`.
+    """
+    for step in self._candidates():
+      try:
+        meta = self.meta(step)
+        if not isinstance(meta, dict) or "step" not in meta:
+          raise DamagedCheckpoint("its metadata is not a training checkpoint's")
+        return step, meta
+      except Exception as e:  # Orbax raises many types for a damaged folder
+        self.damaged[step] = f"metadata unreadable ({_reason(e)})"
+    self._none_usable()
+    return None
+
+  def restore_newest(self, abstract_state: Any, iterator: Any,
+                     check: Callable[[dict], None] = lambda meta: None
+                     ) -> tuple[int, Any, dict]:
+    """(step, state placed like `abstract_state`'s shardings, meta) of the newest checkpoint that
+    reads and verifies; the iterator is restored in place. Newer damaged ones are set aside.
+
+    `check(meta)` may refuse a checkpoint of a different run (its error propagates).
+    """
+    for step in self._candidates():
+      try:
+        got = self.manager.restore(step, args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore(),
+               DATA: grain.checkpoint.CheckpointRestore(iterator)}))
+        state, meta = got[STATE], got[META]
+      except Exception as e:
+        self.damaged[step] = f"unreadable ({_reason(e)})"
+        continue
+      check(meta)
+      if "checksums" in meta:
+        bad = mismatches(state, meta["checksums"])
+        if bad:
+          self.damaged[step] = (f"{len(bad)} array(s) differ from what was saved, e.g. "
+                                f"{bad[0]}")
+          continue
+      self._set_aside(newer_than=step)
+      return step, state, meta
+    self._none_usable()
+    raise AssertionError("unreachable: no checkpoints were listed")
+
+  def _none_usable(self) -> None:
+    if self.damaged and not self._candidates():
+      detail = "; ".join(f"step {s}: {why}" for s, why in sorted(self.damaged.items()))
+      raise NoUsableCheckpoint(
+          f"every checkpoint in {self.directory} is damaged ({detail}); remove that folder to "
+          f"start the run over")
+
+  def _set_aside(self, newer_than: int) -> None:
+    """Moves damaged checkpoints newer than the one restored out of Orbax's folder, so the run
+    can save those steps again; the warning names each one."""
+    steps = sorted(s for s in self.damaged if s > newer_than)
+    if not steps:
+      return
+    target = self.directory.parent / DAMAGED_DIR
+    for step in steps:
+      moved = target / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+      if jax.process_index() == 0:
+        target.mkdir(exist_ok=True)
+        shutil.move(self.directory / str(step), moved)
+      log.warning("checkpoint %s is damaged (%s): moved to %s; resuming from step %d instead",
+                  self.directory / str(step), self.damaged[step], moved, newer_than)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("wan_jax_set_aside_damaged_checkpoints")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

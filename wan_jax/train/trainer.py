@@ -322,10 +322,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
   prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
   ckpt = None if cache_only else Checkpoints(workdir / "checkpoints", cfg.checkpoint.every,
                                              cfg.checkpoint.keep, cfg.checkpoint.async_save)
-  latest = None if ckpt is None else ckpt.latest()
-  if latest is not None:  # refuse a mismatched resume before loading anything big
-    saved = ckpt.meta(latest)
-    _check_resume(saved.get("settings"), cfg, int(saved["step"]), workdir)
+  # The newest checkpoint whose metadata reads: a mismatched resume is refused before anything
+  # big loads. Its arrays are verified when restored; a damaged one falls back to the previous.
+  found = None if ckpt is None else ckpt.newest_meta()
+  if found is not None:
+    _check_resume(found[1].get("settings"), cfg, int(found[1]["step"]), workdir)
   enc = models.encoders(cfg, workdir)
   pipeline = build_data(cfg, workdir, enc, mesh, progress)
   print(f"data:\n  {pipeline.summary()}", flush=True)
@@ -359,14 +360,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
 
   iterator = iter(pipeline.dataset)
   start = 0
-  if latest is not None:
+  if found is not None:
     shardings = {n: {"trainable": tree_shardings(e.trainable, mesh, min_size=min_size),
                      "opt": tree_shardings(e.opt_state, mesh, min_size=min_size)}
                  for n, e in experts.items()}
     target = {n: {"trainable": abstract_like(e.trainable, shardings[n]["trainable"]),
                   "opt": abstract_like(e.opt_state, shardings[n]["opt"])}
               for n, e in experts.items()}
-    state, meta = ckpt.restore(latest, target, iterator)
+    _, state, meta = ckpt.restore_newest(
+        target, iterator, lambda m: _check_resume(m.get("settings"), cfg, int(m["step"]), workdir))
     for n, e in experts.items():
       e.trainable, e.opt_state = state[n]["trainable"], state[n]["opt"]
       e.steps = int(meta["expert_steps"][n])
