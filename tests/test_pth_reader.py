@@ -6,9 +6,11 @@ import collections
 import os
 import pickle
 import random
+import re
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from wan_jax.weights import pth_reader
 from wan_jax.weights.pth_reader import CheckpointError, PthFile, common_prefix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -276,3 +279,76 @@ def test_expanded_views_are_refused(tmp_path):
   torch.save({"ok": torch.ones(3), "big": torch.zeros(1).expand(1000)}, path)
   with pytest.raises(CheckpointError, match="'big' has 1000 elements.*expanded view"):
     PthFile(path)
+
+
+def _deflated_pickle(src: Path, dst: Path, payload: bytes | None = None) -> Path:
+  """A copy of a torch.save archive whose data.pkl (only) is deflated, optionally replaced."""
+  with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+    for info in zin.infolist():
+      pkl = info.filename.endswith("/data.pkl")
+      data = payload if pkl and payload is not None else zin.read(info.filename)
+      zout.writestr(info.filename, data, zipfile.ZIP_DEFLATED if pkl else zipfile.ZIP_STORED)
+  return dst
+
+
+def _claim_size(path: Path, member_suffix: str, size: int) -> None:
+  """Rewrites the uncompressed size a zip declares for one member (local and central headers)."""
+  data = bytearray(path.read_bytes())
+  with zipfile.ZipFile(path) as zf:
+    info = next(i for i in zf.infolist() if i.filename.endswith(member_suffix))
+  struct.pack_into("<I", data, info.header_offset + 22, size)
+  at = data.index(b"PK\x01\x02")
+  while at >= 0:
+    name_len = struct.unpack_from("<H", data, at + 28)[0]
+    if bytes(data[at + 46:at + 46 + name_len]).decode().endswith(member_suffix):
+      struct.pack_into("<I", data, at + 24, size)
+    at = data.find(b"PK\x01\x02", at + 46)
+  path.write_bytes(bytes(data))
+
+
+def _peak_bytes(fn) -> int:
+  tracemalloc.start()
+  try:
+    fn()
+  finally:
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+  return peak
+
+
+def test_deflate_bomb_is_refused_without_inflating(saved, tmp_path, monkeypatch):
+  """A data.pkl that inflates past the cap (here lowered to 1 MiB; 4 MiB in use) is refused
+  from the size the zip declares, before a byte is inflated."""
+  path, sd = saved
+  ok = PthFile(_deflated_pickle(path, tmp_path / "deflated.pth"))  # a deflated pickle is fine
+  _assert_same(ok.read("transposed"), sd["transposed"])
+  monkeypatch.setattr(pth_reader, "MAX_PICKLE_BYTES", 1 << 20)
+  bomb = _deflated_pickle(path, tmp_path / "bomb.pth", b"\0" * (8 << 20))
+  assert bomb.stat().st_size < 64 << 10
+
+  def refused():
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(bomb))}: zip member "
+                                              r"'.*/data.pkl' inflates to 8388608 bytes, more "
+                                              r"than the 1048576.*decompression bomb"):
+      PthFile(bomb)
+  assert _peak_bytes(refused) < 256 << 10
+
+
+def test_a_zip_header_that_lies_about_the_size_does_not_inflate_more(saved, tmp_path,
+                                                                     monkeypatch):
+  """Declared 4 KB, really 8 MiB: at most the declared size is inflated, then the CRC fails."""
+  monkeypatch.setattr(pth_reader, "MAX_PICKLE_BYTES", 1 << 20)
+  bomb = _deflated_pickle(saved[0], tmp_path / "liar.pth", b"\0" * (8 << 20))
+  _claim_size(bomb, "/data.pkl", 4096)
+
+  def refused():
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(bomb))}: unreadable archive or "
+                                              r"data.pkl \(BadZipFile: Bad CRC"):
+      PthFile(bomb)
+  assert _peak_bytes(refused) < 256 << 10
+
+
+def test_a_pickle_without_tensors_is_refused(tmp_path):
+  torch.save({"epoch": 3, "note": "x" * 100}, tmp_path / "meta.pth")
+  with pytest.raises(CheckpointError, match=r"meta.pth: holds no tensors \(2 other entries\)"):
+    PthFile(tmp_path / "meta.pth")

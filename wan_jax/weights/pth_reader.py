@@ -4,6 +4,7 @@ Wan's VAE and umT5 encoder ship only as `.pth`. Loading those with torch runs wh
 says; here the pickle may name only the few globals a state dict uses (anything else is refused
 before it is called), tensors become records of where their bytes are, and `read(key)` seeks to
 one tensor's bytes in the stored (uncompressed) zip member, so memory stays at one tensor.
+The pickle itself is inflated only up to MAX_PICKLE_BYTES, and every error names the file.
 
 Nested dicts (`{"state_dict": {...}}`) are flattened with dots; `common_prefix(keys)` finds such a
 wrapper, which callers strip. Non-tensor leaves (ints, strings, ...) go to `extras`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import os
 import pickle
 import struct
@@ -41,8 +43,17 @@ STORAGES = {
 _NP_DTYPES = {np.dtype(d) for d in DTYPES.values()}
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch < 1.6 files
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header, 30 bytes
+# The largest data.pkl we inflate. torch.save's pickle holds ~140 bytes per tensor (name, shape,
+# stride, storage id), so Wan's VAE and umT5-xxl pickles are ~30-40 KB and even a 14B transformer
+# saved as .pth (~1,100 tensors) ~150 KB; 4 MiB is 25x that (~30,000 tensors). The cap is also
+# what bounds a crafted file: a deflated member can be 1000x its stored size (a 400 MiB "bomb"
+# fits in 400 KB), and unpickling grows up to ~90x (one opcode byte makes an empty list), so
+# 4 MiB keeps the worst case under ~400 MB.
+MAX_PICKLE_BYTES = 4 << 20
+_MAX_BYTEORDER_BYTES = 16  # "little" or "big"
+_READ_CHUNK = 1 << 16
 _MALFORMED = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ArithmeticError,
-              AttributeError, LookupError, TypeError, ValueError, RuntimeError)
+              AttributeError, LookupError, TypeError, ValueError, RuntimeError, MemoryError)
 _ADVICE = "re-save it with a current torch (torch.save(torch.load(...))) or convert to safetensors"
 
 
@@ -181,17 +192,22 @@ class PthFile:
       raise CheckpointError(f"{self.path}: a TorchScript archive (torch.jit.save), not a state "
                             "dict; save the model's state_dict() with torch.save instead")
     try:
-      order = zf.read(prefix + "byteorder").strip() if prefix + "byteorder" in infos else b"little"
+      order = (self._read_member(zf, infos[prefix + "byteorder"], _MAX_BYTEORDER_BYTES).strip()
+               if prefix + "byteorder" in infos else b"little")
       if order not in (b"little", b"big"):
         raise CheckpointError(f"{self.path}: unknown byteorder {order!r}")
       self._swap = order.decode() != ("little" if np.little_endian else "big")
-      with zf.open(pkls[0]) as f:
-        root = _Unpickler(f, self.path).load()
+      pickled = self._read_member(zf, infos[pkls[0]], MAX_PICKLE_BYTES)
+      root = _Unpickler(io.BytesIO(pickled), self.path).load()
+      del pickled
       if not isinstance(root, dict):
         raise TypeError(f"holds a {type(root).__name__}, not a state dict")
       self._tensors: dict[str, _Tensor] = {}
       self.extras: dict[str, object] = {}
       _flatten(root, "", self._tensors, self.extras)
+      if not self._tensors:
+        raise CheckpointError(f"{self.path}: holds no tensors ({len(self.extras)} other entries), "
+                              "so it is not a model's state dict")
       self._members: dict[str, tuple[int, int]] = {}  # storage key -> (data start, size)
       with open(self.path, "rb") as f:
         for key, t in self._tensors.items():
@@ -201,6 +217,25 @@ class PthFile:
     except _MALFORMED as e:  # a damaged archive fails in many ways; all mean "not usable"
       raise CheckpointError(f"{self.path}: unreadable archive or data.pkl "
                             f"({type(e).__name__}: {e})") from None
+
+  def _read_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """A zip member's bytes, refused when over `limit`: checked against the size the zip
+    declares before inflating, and counted while inflating, since a crafted header can lie
+    (zipfile itself also stops at the declared size, and its CRC check then fails)."""
+    def too_big(size: str) -> CheckpointError:
+      return CheckpointError(f"{self.path}: zip member {info.filename!r} inflates to {size} bytes, "
+                             f"more than the {limit} a state dict needs (a damaged file or a "
+                             "decompression bomb); refusing to read it")
+    if info.file_size > limit:
+      raise too_big(str(info.file_size))
+    chunks, total = [], 0
+    with zf.open(info) as f:  # in chunks: zipfile inflates as much as one read asks for
+      while total <= limit and (chunk := f.read(min(_READ_CHUNK, limit + 1 - total))):
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > limit:
+      raise too_big(f"more than {limit} (its header says {info.file_size})")
+    return b"".join(chunks)
 
   def _check(self, key: str, t, info: zipfile.ZipInfo | None, f) -> None:
     """Every record field is checked here, after unpickling, so `read` can trust them."""
@@ -256,11 +291,14 @@ class PthFile:
     buf = np.empty(span, t.dtype)
     raw = memoryview(buf.view(np.uint8))
     start, _ = self._members[t.storage]
-    with open(self.path, "rb") as f:
-      f.seek(start + t.offset * t.dtype.itemsize)
-      got = 0
-      while got < len(raw) and (n := f.readinto(raw[got:])):
-        got += n
+    try:
+      with open(self.path, "rb") as f:
+        f.seek(start + t.offset * t.dtype.itemsize)
+        got = 0
+        while got < len(raw) and (n := f.readinto(raw[got:])):
+          got += n
+    except OSError as e:  # the file changed or the disk failed since it was indexed
+      raise CheckpointError(f"{self.path}: cannot read tensor {key!r} ({e})") from e
     if got != len(raw):
       raise CheckpointError(f"{self.path}: short read of tensor {key!r} (truncated file?)")
     if self._swap and t.dtype.itemsize > 1:
