@@ -117,3 +117,4 @@ def test_with_every_checkpoint_damaged_one_line_names_the_folder_to_remove(tmp_p
   assert "step 2: 1 array(s) differ from what was saved, e.g. ['w']" in message
   assert message.endswith("remove that folder to start the run over")
   assert (tmp_path / "checkpoints/2").is_dir()  # nothing moved when nothing is usable
+

@@ -48,6 +48,7 @@ from wan_jax.train.step import BATCH_NDIMS, StepSettings, step_keys
 from wan_jax.train.tensorboard import ScalarWriter
 from wan_jax.train.timesteps import expert_range
 from wan_jax.train.validate import check_run_config
+from wan_jax.train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 DEVICE, HOST = "device", "pinned_host"
@@ -310,9 +311,16 @@ class Outputs:
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bool = False,
           progress: bool = True) -> RunSummary:
+  """Trains (or resumes) the run in `workdir`, holding the workdir's lock throughout."""
   check_run_config(cfg)  # before anything is written or loaded
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock(workdir, enabled=jax.process_index() == 0):
+    return _train(cfg, workdir, cache_only, progress)
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
+           progress: bool) -> RunSummary:
   models.check_arch(cfg)
   names = models.trained_experts(cfg)
   if jax.process_count() > 1 and not cfg.lora.enabled and cfg.save.every:
