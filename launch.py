@@ -5,6 +5,12 @@
       --config.model.name_or_path=/ckpt/wan22-jax \
       --config.datasets[0].folder_path=/data/person --config.datasets[0].mask_path=/data/masks
   python launch.py ... --cache_only                               # build the caches, then stop
+  python launch.py --config job.yaml                              # an ai-toolkit Wan 2.2 job
+  python launch.py --config job.yaml --print_config               # what it became, as JSON
+
+A .yaml/.yml --config is an ai-toolkit job file (docs/from_ai_toolkit.md): it is mapped onto
+configs/wan22_masked.py, what is not used is listed at start-up, and --config.<key>=<value>
+overrides still apply on top; its training_folder/name is the default --workdir.
 
 Running again with the same --workdir resumes from its latest checkpoint. On several hosts,
 start the same command on every host with JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES
@@ -14,26 +20,59 @@ jax.distributed.initialize() before anything else touches a device.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
+
+from wan_jax.jobs.ai_toolkit import Job, JobError, is_job_file, load_job
 
 # The memory planner sizes the run against the allocator's limit; JAX's default of 75% of the
 # card would refuse plans that fit. Set before JAX starts its backend; the user's value wins.
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
-DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "wan22_masked.py") + ":tiny"
+CONFIG_FILE = str(Path(__file__).parent / "configs" / "wan22_masked.py")
+DEFAULT_CONFIG = CONFIG_FILE + ":tiny"
 MULTI_HOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
-def _flags(argv: list[str]) -> flags.FlagValues:
+def _config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
+  """The value of --config (None if not given) and argv without it."""
+  for i, arg in enumerate(argv[1:], 1):
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1], argv[:i] + argv[i + 2:]
+    if arg.startswith(("--config=", "-config=")):
+      return arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+  return None, argv
+
+
+def _python_config(variant: str = "") -> ml_collections.ConfigDict:
+  """configs/wan22_masked.py's get_config(variant): the base a job file is mapped onto."""
+  spec = importlib.util.spec_from_file_location("wan22_masked_config", CONFIG_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "config file[:variant]",
-                                  flag_values=fv, sys_argv=argv, lock_config=False)
+  path, rest = _config_arg(argv)
+  job = None
+  if path is not None and is_job_file(path):  # an ai-toolkit job: mapped, then overridable
+    job = load_job(path, _python_config)
+    argv = rest
+    config_flags.DEFINE_config_dict("config", job.config, "the mapped job file", flag_values=fv,
+                                    sys_argv=argv, lock_config=False)
+  else:
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "config file[:variant], or an "
+                                    "ai-toolkit job (.yaml)", flag_values=fv, sys_argv=argv,
+                                    lock_config=False)
   flags.DEFINE_string("workdir", None, "run folder (checkpoints, LoRA files, previews, logs); "
                       "default runs/demo for the tiny demo", flag_values=fv)
   flags.DEFINE_bool("cache_only", False, "build the latent and prompt caches, then stop",
@@ -41,6 +80,8 @@ def _flags(argv: list[str]) -> flags.FlagValues:
   flags.DEFINE_bool("progress", True, "show progress bars", flag_values=fv)
   flags.DEFINE_bool("traceback", False, "show the full traceback of a configuration or data "
                     "error instead of one line", flag_values=fv)
+  flags.DEFINE_bool("print_config", False, "print the resolved config as JSON and exit",
+                    flag_values=fv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
     print(__doc__)
     print(fv.get_help())
@@ -48,7 +89,16 @@ def _flags(argv: list[str]) -> flags.FlagValues:
           "docs/training.md).")
     raise SystemExit(0)
   fv(argv)
-  return fv
+  return fv, job
+
+
+def _plain(value):
+  """The config as JSON data (to_dict() leaves the ConfigDicts inside `datasets` as they are)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
 
 
 def _distributed() -> None:
@@ -68,12 +118,18 @@ def main(argv: list[str] | None = None) -> int:
   argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   try:
-    fv = _flags(argv)
-  except flags.Error as e:
+    fv, job = _flags(argv)
+  except (flags.Error, JobError) as e:
     print(f"launch.py: {e}", file=sys.stderr)
     return 2
   cfg = fv.config
-  workdir = fv.workdir or ("runs/demo" if cfg.model.arch == "tiny" else None)
+  if job is not None:  # notices and unused keys, once; out of the way of --print_config's JSON
+    print(job.report(_config_arg(argv)[0]), file=sys.stderr if fv.print_config else sys.stdout)
+  if fv.print_config:
+    print(json.dumps(_plain(cfg), indent=2, default=str))
+    return 0
+  default = job.workdir if job is not None else "runs/demo" if cfg.model.arch == "tiny" else None
+  workdir = fv.workdir or default
   if workdir is None:
     print("launch.py: --workdir is required (checkpoints, LoRA files and previews go there)",
           file=sys.stderr)

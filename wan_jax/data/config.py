@@ -23,6 +23,7 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.caption_ext = "txt"
   c.default_caption = ""  # for items without a caption file
   c.caption_dropout_rate = 0.05  # share of steps that see the blank caption
+  c.trigger_word = ""  # replaces [trigger] in captions and leads captions without it ("" = none)
   c.resolution = (512,)  # one or several target resolutions (area = r*r), in pixels
   c.num_frames = 1  # 1 = images; clips snap down to 4k+1 frames
   c.fps = 16.0  # target frame rate of the "window" selection
@@ -39,14 +40,30 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
   return c
 
 
-def resolutions(cfg: ml_collections.ConfigDict) -> list[int]:
+def _size(value: Any) -> int | None:
+  """A whole number of pixels from an int, an integral float or digits (a command-line
+  override such as `resolution=abc` arrives as the string 'abc'); None when it is not one."""
+  if isinstance(value, bool):
+    return None
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  if isinstance(value, str) and value.strip().isdigit():
+    return int(value)
+  return None
+
+
+def resolutions(cfg: ml_collections.ConfigDict, where: str = "dataset") -> list[int]:
   """`resolution` as a sorted list, whether one number or several were given."""
   res = cfg.resolution
   values: Sequence[Any] = res if isinstance(res, (list, tuple)) else [res]
-  out = sorted({int(r) for r in values})
-  if not out or min(out) < 16:
-    raise ValueError(f"resolution must be one or more sizes >= 16 pixels, got {res!r}")
-  return out
+  sizes = [_size(r) for r in values]
+  if not sizes or any(s is None or s < 16 for s in sizes):
+    shown = ", ".join(repr(r) for r in values) if isinstance(res, (list, tuple)) else repr(res)
+    raise ValueError(f"{where}.resolution must be one or more whole sizes >= 16 pixels "
+                     f"(e.g. 512 or [512, 768]), got {shown}")
+  return sorted(set(sizes))
 
 
 def caption_suffix(cfg: ml_collections.ConfigDict) -> str:
@@ -66,4 +83,6 @@ def validate(cfg: ml_collections.ConfigDict, where: str = "dataset") -> None:
     raise ValueError(f"{where}.repeats and {where}.num_frames must be >= 1")
   if cfg.frame_selection not in SELECTIONS:
     raise ValueError(f"{where}.frame_selection must be one of {SELECTIONS}")
-  resolutions(cfg)
+  if not isinstance(cfg.get("trigger_word", ""), str):
+    raise ValueError(f"{where}.trigger_word must be text, got {cfg.trigger_word!r}")
+  resolutions(cfg, where)

@@ -14,6 +14,7 @@ import ml_collections
 import tqdm
 
 from wan_jax.data import config as dcfg
+from wan_jax.data.captions import apply_trigger
 from wan_jax.data.frames import snap_num_frames
 from wan_jax.data.buckets import bucket_for
 from wan_jax.data.media import (IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaInfo, is_image,
@@ -190,6 +191,7 @@ def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_ste
     caption = _read_caption(path, cfg, report)
     if caption is None:
       continue
+    caption = apply_trigger(caption, cfg.get("trigger_word"))
     mask = None
     if mask_dir is not None:
       candidates = masks_by_stem.get(path.stem, [])

@@ -1,0 +1,295 @@
+"""ai-toolkit job files through launch.py: the mapping, the start-up report, the errors, and one
+tiny run from a YAML file. Job files are written here in ai-toolkit's shape (its
+config/examples/train_lora_wan22_14b_24gb.yaml and the UI's keys)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # launch.py lives at the repository's root
+
+import launch  # noqa: E402
+from wan_jax.data.captions import apply_trigger  # noqa: E402
+from wan_jax.data.config import dataset_config  # noqa: E402
+from wan_jax.data.folders import scan_dataset  # noqa: E402
+from wan_jax.jobs.ai_toolkit import JobError, load_job  # noqa: E402
+
+P = "config.process[0]"
+
+JOB = """\
+job: extension
+config:
+  name: "person_v1"
+  process:
+    - type: 'sd_trainer'
+      training_folder: "{out}"
+      device: cuda:0
+      trigger_word: "p3r5on"
+      performance_log_every: 100
+      network:
+        type: "lora"
+        linear: 16
+        linear_alpha: 8
+        conv: 16
+      save:
+        dtype: float16
+        save_every: 250
+        max_step_saves_to_keep: 4
+        push_to_hub: false
+      datasets:
+        - folder_path: "/data/clips"
+          mask_path: "/data/clip_masks"
+          mask_min_value: 0.1
+          invert_mask: true
+          caption_ext: "caption"
+          caption_dropout_rate: 0.05
+          resolution: [ 512, 768 ]
+          num_frames: 33
+          fps: 16
+          cache_latents_to_disk: true
+          shuffle_tokens: true
+        - folder_path: "/data/photos"
+          trigger_word: "sks"
+          default_caption: "a photo of [trigger]"
+          resolution: 1024
+          flip_x: true
+          num_repeats: 3
+          loss_multiplier: 0.5
+          alpha_mask: true
+      train:
+        batch_size: 1
+        steps: 2000
+        gradient_accumulation: 1
+        train_unet: true
+        train_text_encoder: false
+        gradient_checkpointing: true
+        noise_scheduler: "flowmatch"
+        timestep_type: 'shift'
+        optimizer: "adamw"
+        lr: 1e-4
+        lr_scheduler: cosine
+        optimizer_params:
+          weight_decay: 1e-4
+        max_grad_norm: 0.5
+        dtype: bf16
+        switch_boundary_every: 10
+        noise_offset: 0.0
+        min_snr_gamma: 5
+      model:
+        name_or_path: "{ckpt}"
+        arch: 'wan22_14b'
+        quantize: true
+        qtype: "qfloat8"
+        model_kwargs:
+          train_high_noise: true
+          train_low_noise: false
+      sample:
+        sampler: "flowmatch"
+        sample_every: 100
+        width: 832
+        height: 480
+        num_frames: 41
+        fps: 16
+        prompts:
+          - "[trigger] dancing in the rain"
+          - "a bear building a log cabin"
+        neg: "blurry"
+        seed: 42
+        walk_seed: true
+        guidance_scale: 3.5
+        sample_steps: 25
+meta:
+  name: "[name]"
+"""
+
+
+def write_job(tmp_path: Path, text: str = JOB, **subs: str) -> Path:
+  values = {"out": str(tmp_path / "output"), "ckpt": str(tmp_path), **subs}
+  path = tmp_path / "job.yaml"
+  path.write_text(text.format(**values))
+  return path
+
+
+def edit(old: str, new: str) -> str:
+  assert old in JOB, old
+  return JOB.replace(old, new, 1)
+
+
+def test_a_wan22_job_becomes_our_config(tmp_path):
+  job = load_job(write_job(tmp_path), launch._python_config)
+  c = job.config
+  assert c.model.arch == "wan22_t2v_a14b" and c.model.name_or_path == str(tmp_path)
+  assert (c.model.train_high_noise, c.model.train_low_noise) == (True, False)
+  assert c.model.dtype == "bfloat16" and c.save.name == "person_v1"
+  assert (c.lora.enabled, c.lora.rank, c.lora.alpha) == (True, 16, 8.0)
+  assert (c.save.dtype, c.save.every, c.checkpoint.every, c.checkpoint.keep) == (
+      "float16", 250, 250, 4)
+  t = c.train
+  assert (t.steps, t.batch_size, t.grad_accum, t.learning_rate, t.lr_schedule) == (
+      2000, 1, 1, 1e-4, "cosine")
+  assert (t.weight_decay, t.max_grad_norm, t.timestep_sampling, t.switch_boundary_every) == (
+      1e-4, 0.5, "shift", 10)
+  clips, photos = c.datasets
+  assert (clips.folder_path, clips.mask_path, clips.mask_min_value, clips.invert_mask) == (
+      "/data/clips", "/data/clip_masks", 0.1, True)
+  assert (list(clips.resolution), clips.num_frames, clips.fps, clips.caption_ext) == (
+      [512, 768], 33, 16.0, "caption")
+  assert (clips.trigger_word, photos.trigger_word) == ("p3r5on", "sks")  # process, then own
+  assert (photos.flip_prob, photos.repeats, photos.loss_multiplier, photos.alpha_mask) == (
+      0.5, 3, 0.5, True)
+  assert photos.resolution == [1024] or list(photos.resolution) == [1024]
+  assert photos.caption_dropout_rate == 0.0  # ai-toolkit's default, not ours
+  p = c.preview
+  assert p.prompts == ["p3r5on dancing in the rain", "a bear building a log cabin"]
+  assert (p.every, p.width, p.height, p.num_frames, p.negative_prompt, p.seed) == (
+      100, 832, 480, 41, "blurry", 42)
+  assert (p.guidance_low_noise, p.guidance_high_noise, p.num_steps) == (3.5, 3.5, 25)
+  assert job.workdir == str(tmp_path / "output" / "person_v1")
+  assert any("linear_alpha 8 differs from the rank 16" in n for n in job.notices)
+
+
+def test_every_key_not_used_is_listed_once_with_its_reason(tmp_path):
+  job = load_job(write_job(tmp_path), launch._python_config)
+  unused = dict(job.unused)
+  assert set(unused) == {
+      f"{P}.device", f"{P}.performance_log_every", f"{P}.network.conv",
+      f"{P}.datasets[0].shuffle_tokens", f"{P}.train.min_snr_gamma", f"{P}.model.quantize",
+      f"{P}.model.qtype", f"{P}.sample.sampler", f"{P}.sample.fps", f"{P}.sample.walk_seed",
+      "meta"}
+  assert "bf16" in unused[f"{P}.model.quantize"]
+  assert set(job.off) == {f"{P}.save.push_to_hub", f"{P}.train.noise_offset"}
+  report = job.report("job.yaml")
+  assert report.count("min_snr_gamma") == 1 and report.count("cache_latents_to_disk") == 0
+  assert f"{P}.model.{{quantize, qtype}}: not needed" in report
+
+
+def test_defaults_are_ai_toolkits_and_accumulation_counts_batches(tmp_path):
+  text = edit("        lr: 1e-4\n", "").replace("        switch_boundary_every: 10\n", "")
+  text = text.replace("gradient_accumulation: 1", "gradient_accumulation: 4")
+  text = text.replace("        timestep_type: 'shift'\n", "")
+  c = load_job(write_job(tmp_path, text), launch._python_config).config
+  assert c.train.learning_rate == 1e-6 and c.train.timestep_sampling == "logit_normal"
+  assert (c.train.steps, c.train.grad_accum, c.train.switch_boundary_every) == (8000, 4, 4)
+  assert (c.save.every, c.preview.every) == (1000, 400)
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("      train:\n", "        - num_frames: 16\n      train:\n",
+     f"{P}.datasets[2].num_frames must be 1 or 4k+1"),
+    ("        lr: 1e-4", "        lr: fast", f"{P}.train.lr must be a number, got 'fast'"),
+    ("resolution: 1024", "resolution: big", f"{P}.datasets[1].resolution must be one size"),
+    ("        flip_x: true", "        flip_x: 0.5", f"{P}.datasets[1].flip_x must be true or false"),
+    ("      network:", "      network: [16]\n      old_network:", f"{P}.network must be a mapping"),
+    ("arch: 'wan22_14b'", "arch: 'wan22_14b_i2v'", "I2V-A14B is not supported yet"),
+    ("arch: 'wan22_14b'", "arch: 'flux'", f"{P}.model.arch 'flux' is not a Wan 2.2 model"),
+    ("optimizer: \"adamw\"", "optimizer: prodigy", f"{P}.train.optimizer 'prodigy' is not"),
+    ("meta:", "    - type: sd_trainer\nmeta:", "config.process has 2 entries"),
+    ("job: extension", "job: extract", "job must be 'extension'"),
+])
+def test_wrong_values_are_one_line_naming_the_key_path(tmp_path, old, new, message):
+  with pytest.raises(JobError) as e:
+    load_job(write_job(tmp_path, edit(old, new)), launch._python_config)
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_hub_id_says_how_to_download_and_convert(tmp_path, capsys):
+  path = write_job(tmp_path, ckpt="ai-toolkit/Wan2.2-T2V-A14B-Diffusers-bf16")
+  assert launch.main(["--config", str(path)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and f"{P}.model.name_or_path" in err
+  assert "huggingface-cli download ai-toolkit/Wan2.2-T2V-A14B-Diffusers-bf16" in err
+  assert "python convert/wan22.py" in err
+
+
+def test_print_config_shows_what_a_python_or_yaml_config_became(tmp_path, capsys):
+  assert launch.main(["--config", f"{REPO}/configs/wan22_masked.py:tiny", "--print_config",
+                      "--config.train.steps=3", "--config.datasets[0].trigger_word=zx"]) == 0
+  out = capsys.readouterr()
+  cfg = json.loads(out.out)
+  assert cfg["train"]["steps"] == 3 and cfg["datasets"][0]["trigger_word"] == "zx"
+  assert out.err == ""
+
+  path = write_job(tmp_path)
+  assert launch.main(["--config", str(path), "--print_config", "--config.train.steps=7",
+                      "--config.datasets[1].num_frames=5"]) == 0
+  out = capsys.readouterr()
+  cfg = json.loads(out.out)  # JSON alone on stdout; the report on stderr
+  assert cfg["train"]["steps"] == 7 and cfg["datasets"][1]["num_frames"] == 5
+  assert cfg["datasets"][0]["resolution"] == [512, 768] and cfg["lora"]["alpha"] == 8.0
+  assert "not used:" in out.err and out.err.count(f"{P}.device") == 1
+
+
+def test_trigger_words_in_captions_as_ai_toolkit(tmp_path):
+  assert apply_trigger("[trigger] on a beach", "sks") == "sks on a beach"
+  assert apply_trigger("a man on a beach", "sks") == "sks a man on a beach"  # put in front
+  assert apply_trigger("a photo of sks", "sks") == "a photo of sks"  # present: untouched
+  assert apply_trigger("a [trigger] photo", "") == "a photo"  # no trigger: placeholder removed
+  assert apply_trigger("[trigger] dancing", "sks", add_if_missing=False) == "sks dancing"
+  assert apply_trigger("a cat", "sks", add_if_missing=False) == "a cat"  # prompts: no prefix
+  for stem, caption in (("a", "[trigger] in red"), ("b", "a dog"), ("c", None)):
+    Image.fromarray(np.full((32, 32, 3), 99, np.uint8)).save(tmp_path / f"{stem}.png")
+    if caption is not None:
+      (tmp_path / f"{stem}.txt").write_text(caption)
+  cfg = dataset_config(folder_path=str(tmp_path), resolution=[16], trigger_word="zx",
+                       default_caption="")
+  captions = {i.media.stem: i.caption for i in scan_dataset(cfg, cache_dir=None).items}
+  assert captions == {"a": "zx in red", "b": "zx a dog", "c": "zx"}
+
+
+TINY_JOB = """\
+job: extension
+config:
+  name: "yaml_demo"
+  process:
+    - type: 'sd_trainer'
+      training_folder: "{out}"
+      trigger_word: "zx"
+      network: {{type: lora, linear: 4, linear_alpha: 4}}
+      save: {{dtype: float32, save_every: 2}}
+      datasets:
+        - folder_path: "{data}"
+          mask_path: "{masks}"
+          resolution: [32]
+          mask_min_value: 0.1
+          default_caption: "a [trigger] ball"
+      train: {{steps: 2, batch_size: 2, lr: 2e-3, timestep_type: linear, dtype: fp32,
+              switch_boundary_every: 1, disable_sampling: true}}
+      model: {{arch: tiny, quantize: true}}
+"""
+
+
+def test_the_tiny_demo_trains_from_a_yaml_job(tmp_path):
+  """Two masked images of one size: one bucket, so the run compiles as little as it can."""
+  data, masks = tmp_path / "data", tmp_path / "masks"
+  data.mkdir(), masks.mkdir()
+  rng = np.random.default_rng(0)
+  for stem in ("a", "b"):
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(data / f"{stem}.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(masks / f"{stem}.png")
+  (data / "a.txt").write_text("[trigger] in red")
+  path = write_job(tmp_path, TINY_JOB, data=str(data), masks=str(masks))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", WAN_JAX_CACHE=str(tmp_path / "scan_cache"))
+  result = subprocess.run(
+      [sys.executable, str(REPO / "launch.py"), "--config", str(path), "--noprogress",
+       f"--config.cache.dir={tmp_path / 'cache'}"],
+      capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert out.count("not used:") == 1 and f"{P}.model.quantize: not needed" in out
+  assert "trained 2 steps" in out
+  run = tmp_path / "output" / "yaml_demo"  # training_folder/name, as ai-toolkit
+  rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [r["expert"] for r in rows] == ["high", "low"]  # switch_boundary_every 1
+  assert (run / "lora/yaml_demo_high_noise.safetensors").is_file()
+  assert not (run / "previews").exists()  # disable_sampling
