@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +189,65 @@ def test_bad_index_json(tmp_path, official_release):
   next((copy / "high_noise_model").glob("*.index.json")).write_text("{oops")
   with pytest.raises(CheckpointError, match="not valid JSON"):
     find_experts(copy)
+
+
+def _edit_header(path: Path, edit) -> Path:
+  """Rewrites a safetensors file's header in place (the data area stays as it was)."""
+  data = path.read_bytes()
+  n = struct.unpack("<Q", data[:8])[0]
+  header = json.loads(data[8:8 + n])
+  blob = edit(header)
+  blob = blob if isinstance(blob, bytes) else json.dumps(header).encode()
+  path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n:])
+  return path
+
+
+def _shift(header: dict, key: str, by: int) -> None:
+  header[key]["data_offsets"] = [x + by for x in header[key]["data_offsets"]]
+
+
+def _first_and_last(header: dict) -> tuple[str, str]:
+  tensors = sorted((v["data_offsets"][0], k) for k, v in header.items() if k != "__metadata__")
+  return tensors[0][1], tensors[-1][1]
+
+
+@pytest.mark.parametrize("case", ["negative_offsets", "overlapping_offsets", "list_header",
+                                  "deflate_bomb"])
+def test_cli_refuses_damaged_files_in_one_line(tmp_path, official_release, case):
+  """Damaged expert files that used to convert with rc 0 or end in a traceback, and a .pth
+  whose data.pkl inflates past the cap (4 MiB; this one 5 MiB in a ~6 KB file)."""
+  tensor = None
+  if case == "deflate_bomb":
+    torch.save({"encoder.conv1.weight": torch.ones(2)}, tmp_path / "plain.pth")
+    path = tmp_path / "vae.pth"
+    with zipfile.ZipFile(tmp_path / "plain.pth") as zin, zipfile.ZipFile(path, "w") as zout:
+      for info in zin.infolist():
+        pkl = info.filename.endswith("/data.pkl")
+        bomb = pickle.dumps({"note": "x" * (5 << 20)}, protocol=2)  # valid, but no tensors
+        zout.writestr(info.filename, bomb if pkl else zin.read(info.filename),
+                      zipfile.ZIP_DEFLATED if pkl else zipfile.ZIP_STORED)
+  else:
+    path = one_expert(tmp_path, official_release)
+    header = json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
+    first, last = _first_and_last(header)
+    tensor = {"negative_offsets": first, "overlapping_offsets": last}.get(case)
+    _edit_header(path, {"negative_offsets": lambda h: _shift(h, first, -8),
+                        "overlapping_offsets": lambda h: _shift(h, last, -4),
+                        "list_header": lambda h: b"[1,2,3]"}[case])
+  result = run_cli(path, tmp_path / "out")
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+  assert result.stderr.startswith(f"error: {path}")
+  if tensor:
+    assert repr(tensor) in result.stderr
+  if case == "deflate_bomb":
+    assert "decompression bomb" in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_file_with_no_known_tensors_is_named(tmp_path):
+  from wan_jax.weights.convert import convert_checkpoint
+  path = tmp_path / "empty.safetensors"
+  save_file({}, str(path))
+  with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: neither a Wan"):
+    convert_checkpoint(path, tmp_path / "out")

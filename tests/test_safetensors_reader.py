@@ -42,6 +42,10 @@ def test_sharded_folder_with_index(tmp_path):
       {"weight_map": {"x": "m-1.safetensors", "z": "m-2.safetensors"}}))
   with pytest.raises(CheckpointError, match="no shard holds"):
     TensorStore.open(tmp_path)
+  (tmp_path / "m.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {"x": "m-1.safetensors", "y": ["m-2.safetensors"]}}))
+  with pytest.raises(CheckpointError, match=r"index.json: weight_map\['y'\] is \['m-2"):
+    TensorStore.open(tmp_path)
 
 
 def test_duplicate_tensor_across_shards(tmp_path):

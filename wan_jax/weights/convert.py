@@ -128,7 +128,12 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
   src, out = Path(src).expanduser().resolve(), checkpoint.absolute(out)
   dtypes = {"transformers": dtype_name(dtype), "vae": dtype_name(vae_dtype),
             "text_encoder": dtype_name(text_encoder_dtype)}
-  components = find_components(src)
+  try:
+    components = find_components(src)
+  except CheckpointError as e:  # every refusal names what the user pointed at
+    if str(src) in str(e):
+      raise
+    raise CheckpointError(f"{src}: {e}") from None
   found = components.found()
   selected = list(only) if only else found
   unknown = sorted(set(selected) - set(COMPONENTS))
