@@ -31,7 +31,9 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from wan_jax.data.config import validate as validate_dataset
 from wan_jax.jobs.ai_toolkit import Job, JobError, is_job_file, load_job
+from wan_jax.jobs.overrides import OverrideError, apply_lists, split_overrides
 
 # The memory planner sizes the run against the allocator's limit; JAX's default of 75% of the
 # card would refuse plans that fit. Set before JAX starts its backend; the user's value wins.
@@ -52,12 +54,27 @@ def _config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
   return None, argv
 
 
-def _python_config(variant: str = "") -> ml_collections.ConfigDict:
-  """configs/wan22_masked.py's get_config(variant): the base a job file is mapped onto."""
-  spec = importlib.util.spec_from_file_location("wan22_masked_config", CONFIG_FILE)
+def _load_config(path: str) -> ml_collections.ConfigDict:
+  """get_config(variant) of a Python config file given as `file.py[:variant]`."""
+  file, _, variant = path.partition(":")
+  spec = importlib.util.spec_from_file_location("launch_config", file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module.get_config(*([variant] if variant else []))
+
+
+def _python_config(variant: str = "") -> ml_collections.ConfigDict:
+  """configs/wan22_masked.py's get_config(variant): the base a job file is mapped onto."""
+  return _load_config(CONFIG_FILE + (f":{variant}" if variant else ""))
+
+
+def _base_config(path: str) -> ml_collections.ConfigDict | None:
+  """The Python config before overrides, to check them against; None if it does not load (absl
+  then reports why when it loads the file itself)."""
+  try:
+    return _load_config(path)
+  except Exception:  # noqa: BLE001 - any failure is absl's to report, with its own message
+    return None
 
 
 def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
@@ -66,10 +83,12 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
   job = None
   if path is not None and is_job_file(path):  # an ai-toolkit job: mapped, then overridable
     job = load_job(path, _python_config)
-    argv = rest
+    argv, lists = split_overrides(job.config, rest)
     config_flags.DEFINE_config_dict("config", job.config, "the mapped job file", flag_values=fv,
                                     sys_argv=argv, lock_config=False)
   else:
+    base = _base_config(path or DEFAULT_CONFIG)
+    argv, lists = split_overrides(base, argv) if base is not None else (argv, {})
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "config file[:variant], or an "
                                     "ai-toolkit job (.yaml)", flag_values=fv, sys_argv=argv,
                                     lock_config=False)
@@ -89,6 +108,7 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
           "docs/training.md).")
     raise SystemExit(0)
   fv(argv)
+  apply_lists(fv.config, lists)  # list-valued keys, which absl cannot override
   return fv, job
 
 
@@ -119,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   try:
     fv, job = _flags(argv)
-  except (flags.Error, JobError) as e:
+  except (flags.Error, JobError, OverrideError) as e:
     print(f"launch.py: {e}", file=sys.stderr)
     return 2
   cfg = fv.config
@@ -128,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
   if fv.print_config:
     print(json.dumps(_plain(cfg), indent=2, default=str))
     return 0
+  try:  # values absl lets through as text (resolution=abc): one line now, not minutes in
+    for i, ds in enumerate(cfg.datasets):
+      validate_dataset(ds, f"datasets[{i}]")
+  except ValueError as e:
+    print(f"launch.py: {e}", file=sys.stderr)
+    return 2
   default = job.workdir if job is not None else "runs/demo" if cfg.model.arch == "tiny" else None
   workdir = fv.workdir or default
   if workdir is None:

@@ -293,3 +293,33 @@ def test_the_tiny_demo_trains_from_a_yaml_job(tmp_path):
   assert [r["expert"] for r in rows] == ["high", "low"]  # switch_boundary_every 1
   assert (run / "lora/yaml_demo_high_noise.safetensors").is_file()
   assert not (run / "previews").exists()  # disable_sampling
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--config.train.stepz=5", "--config.train.stepz: there is no key train.stepz; did you mean "
+                               "train.steps?"),
+    ("--config.datasets[1].folder_path=x", "datasets has 1 entry (datasets[0])"),
+    ("--config.datasets[0].resolution=abc", "datasets[0].resolution must be one or more whole "
+                                            "sizes >= 16 pixels (e.g. 512 or [512, 768]), got "
+                                            "'abc'"),
+    ("--config.train.steps=abc", "--config.train.steps=abc"),
+    ("--config.model.train_high_noise=maybe", "--config.model.train_high_noise=maybe"),
+    ("--config.train.steps.x=1", "train.steps is a value (24), not a section"),
+])
+def test_command_line_mistakes_are_one_line(tmp_path, capsys, arg, message):
+  assert launch.main([arg, "--workdir", str(tmp_path / "run")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert message in err and len(err.splitlines()) == 1, err
+  assert not (tmp_path / "run").exists()
+
+
+def test_overrides_on_a_job_are_checked_and_lists_are_taken(tmp_path, capsys):
+  path = write_job(tmp_path)
+  assert launch.main(["--config", str(path), "--config.datasets[2].num_frames=5"]) == 2
+  assert "datasets has 2 entries (datasets[0]..datasets[1])" in capsys.readouterr().err
+  assert launch.main(["--config", str(path), "--print_config",
+                      '--config.preview.prompts=["a fox", "a [trigger] owl"]',
+                      "--config.lora.targets", '["ffn.*"]']) == 0
+  cfg = json.loads(capsys.readouterr().out)
+  assert cfg["preview"]["prompts"] == ["a fox", "a [trigger] owl"]  # as typed: no job rules
+  assert cfg["lora"]["targets"] == ["ffn.*"]
