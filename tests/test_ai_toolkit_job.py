@@ -194,6 +194,8 @@ def test_defaults_are_ai_toolkits_and_accumulation_counts_batches(tmp_path):
     ("optimizer: \"adamw\"", "optimizer: prodigy", f"{P}.train.optimizer 'prodigy' is not"),
     ("meta:", "    - type: sd_trainer\nmeta:", "config.process has 2 entries"),
     ("job: extension", "job: extract", "job must be 'extension'"),
+    ("        width: 832", "        width: 830", f"{P}.sample.width must be a multiple of 16"),
+    ("  name: \"person_v1\"\n", "", "config.name is required"),
 ])
 def test_wrong_values_are_one_line_naming_the_key_path(tmp_path, old, new, message):
   with pytest.raises(JobError) as e:

@@ -431,20 +431,22 @@ class _Mapper:
     if sample.data.get("samples") is not None:
       items = sample.get("samples", list, [])
       prompts = [sample.item("samples", i).get("prompt", str, "") for i in range(len(items))]
+    prompts = [t for t in prompts if t]  # ai-toolkit skips samples without a prompt
     p.every = sample.get("sample_every", int, 100) * accum
     if train.get("disable_sampling", bool, False) or not prompts:
       p.every = 0
     p.width = sample.get("width", int, 512)
     p.height = sample.get("height", int, 512)
-    p.num_frames = sample.get("num_frames", "frames", 1)
+    p.num_frames = sample.get("num_frames", int, 1)
     p.negative_prompt = sample.get("neg", str, "") or ""
     p.seed = sample.get("seed", int, 0)
     p.guidance_low_noise = p.guidance_high_noise = sample.get("guidance_scale", float, 7.0)
     p.num_steps = sample.get("sample_steps", int, 20)
-    if p.every:
+    if p.every:  # checked only when previews run, as the trainer does
       for key in ("width", "height"):
         if p[key] < 16 or p[key] % 16:
           raise JobError(f"{sample.path}.{key} must be a multiple of 16 pixels, got {p[key]}")
+      sample.get("num_frames", "frames", 1)
     p.prompts = [apply_trigger(t, trigger, add_if_missing=False) if trigger else t
                  for t in prompts] or list(p.prompts)
     if not trigger and any(ph in t for t in prompts for ph in PLACEHOLDERS):
