@@ -87,6 +87,10 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
     config_flags.DEFINE_config_dict("config", job.config, "the mapped job file", flag_values=fv,
                                     sys_argv=argv, lock_config=False)
   else:
+    file = (path or DEFAULT_CONFIG).partition(":")[0]
+    if not Path(file).is_file():
+      raise flags.IllegalFlagValueError(f"--config {path}: {file} is not a file (a Python "
+                                        "config such as configs/wan22_masked.py, or a .yaml job)")
     base = _base_config(path or DEFAULT_CONFIG)
     argv, lists = split_overrides(base, argv) if base is not None else (argv, {})
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "config file[:variant], or an "

@@ -315,6 +315,13 @@ def test_command_line_mistakes_are_one_line(tmp_path, capsys, arg, message):
   assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_config_file_is_one_line(tmp_path, capsys):
+  for name in ("nothere.py", "nothere.yaml"):
+    assert launch.main(["--config", str(tmp_path / name), "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert name in err and len(err.splitlines()) == 1, err
+
+
 def test_overrides_on_a_job_are_checked_and_lists_are_taken(tmp_path, capsys):
   path = write_job(tmp_path)
   assert launch.main(["--config", str(path), "--config.datasets[2].num_frames=5"]) == 2
