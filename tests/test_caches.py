@@ -209,6 +209,36 @@ def test_a_corrupt_cache_file_is_named_and_its_row_replaced(tmp_path, encoders, 
   assert str(bad) in caplog.text and "tall.png" in caplog.text
   assert all(b["valid"].all() for b in got)  # tall_too.png stood in for it
   assert any(b["substituted"].any() for b in got)
+  assert not bad.exists()  # removed, so the next cache pass rebuilds it
+
+
+def test_damaged_cache_files_are_removed_named_and_rebuilt(tmp_path, encoders, caplog):
+  media, masks = make_folder(tmp_path)
+  Image.fromarray(np.full((64, 48, 3), 9, np.uint8)).save(media / "tall_too.png")  # same bucket
+  first = pipeline(dataset(media, masks), settings(tmp_path / "c"), Loads(encoders))
+  plan = first.cache_plan
+  victim = next(i for i, e in enumerate(first.entries) if e.item.media.name == "tall.png")
+  nan_file = plan.store.path("latents", plan.variants[victim][False].latent_key)
+  shape = plan.store.read("latents", plan.variants[victim][False].latent_key)["mean"].shape
+  plan.store.write("latents", plan.variants[victim][False].latent_key,
+                   {"mean": np.full(shape, np.nan, np.float32), "logvar": np.zeros(shape, np.float32)})
+  blank = plan.store.path("prompts", plan.prompt_keys[BLANK])
+  blank.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # a header cut short
+
+  loads = Loads(encoders)
+  with caplog.at_level(logging.WARNING):
+    p = pipeline(dataset(media, masks), settings(tmp_path / "c"), loads)
+  assert f"cache file unreadable: {blank}" in caplog.text  # the blank caption: rebuilt now
+  assert (loads.vae, loads.text) == (0, 1) and p.cache_report.prompts_built == 1
+  assert "(1 of them replacing damaged files)" in p.cache_report.summary()
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    got = batches(p, 8)
+  assert f"cache file holds NaN or infinite values in 'mean': {nan_file}" in caplog.text
+  assert all(np.isfinite(b["latent_mean"]).all() for b in got)  # never trained on
+  assert not nan_file.exists()
+  again = pipeline(dataset(media, masks), settings(tmp_path / "c"), Loads(encoders))
+  assert again.cache_report.latents_built == 1 and nan_file.is_file()
 
 
 def test_an_item_that_cannot_be_encoded_is_skipped_and_counted(tmp_path, encoders):

@@ -3,7 +3,8 @@
 Layout: `<root>/<kind>/<key[:2]>/<key>.safetensors` (kind: latents, weights, prompts). A file is
 written to a temporary name in the same folder and renamed into place, so a crash or Ctrl-C
 during a build never leaves a truncated file under a real key; a file that is unreadable anyway
-(a full disk, a copy gone wrong) is reported by name and rebuilt.
+(a full disk, a copy gone wrong) or holds non-finite values is reported by name, deleted and
+rebuilt by the next cache pass.
 """
 
 from __future__ import annotations
@@ -55,13 +56,32 @@ class CacheStore:
     return path
 
   def read(self, kind: str, key: str) -> dict[str, np.ndarray]:
+    """The file's tensors. A damaged file (unreadable, or holding NaN or infinite values, which
+    no encoder pass writes) is deleted so that the next cache pass rebuilds it, and CacheError
+    names it."""
     path = self.path(kind, key)
     try:
-      return safetensors.numpy.load_file(path)
+      tensors = safetensors.numpy.load_file(path)
     except FileNotFoundError:
       raise CacheError(f"cache file missing: {path} (build the caches first)") from None
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-      raise CacheError(f"cache file unreadable: {path} ({type(e).__name__}: {e})") from e
+      raise CacheError(f"cache file unreadable: {path} ({type(e).__name__}: {e}); "
+                       f"{self._discard(path)}") from e
+    bad = [name for name, t in tensors.items()
+           if np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all()]
+    if bad:
+      raise CacheError(f"cache file holds NaN or infinite values in {bad[0]!r}: {path}; "
+                       f"{self._discard(path)}")
+    return tensors
+
+  @staticmethod
+  def _discard(path: Path) -> str:
+    """Deletes a damaged file; says what happens next (a read-only cache keeps it)."""
+    try:
+      path.unlink(missing_ok=True)
+    except OSError as e:
+      return f"could not remove it ({e.strerror}); delete it to have it rebuilt"
+    return "removed: the next cache pass rebuilds it"
 
   def remove(self, kind: str, key: str) -> None:
     self.path(kind, key).unlink(missing_ok=True)

@@ -143,6 +143,19 @@ class CachePlan:
     self.failed |= {i for i, by_flip in enumerate(self.variants)
                     if any(v.latent_key in bad or v.weights_key in bad for v in by_flip.values())}
 
+  def repair_prompts(self, texts: Sequence[str]) -> list[str]:
+    """Reads the embeddings every row or preview may need (the blank caption, the preview
+    prompts); a damaged one is deleted, so it counts as missing and is rebuilt now. Returns
+    the warnings, one per damaged file."""
+    damaged = []
+    for text in texts:
+      if self.store.has("prompts", self.prompt_keys[text]):
+        try:
+          self.prompt(text)
+        except CacheError as e:
+          damaged.append(str(e))
+    return damaged
+
   def prompt(self, text: str) -> np.ndarray:
     """A cached embedding [tokens, D] (float32); the caption must be part of the plan."""
     if text not in self.prompt_keys:
@@ -188,11 +201,13 @@ class BuildReport:
   reused: int = 0
   failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
   seconds: float = 0.0
+  damaged: int = 0  # files found damaged before the pass (deleted, then built again)
 
   def summary(self) -> str:
+    repaired = f" ({self.damaged} of them replacing damaged files)" if self.damaged else ""
     return (f"caches: {self.reused} files reused, built {self.latents_built} latents, "
-            f"{self.weights_built} weight maps, {self.prompts_built} prompt embeddings in "
-            f"{self.seconds:.1f} s; {len(self.failed)} items could not be encoded")
+            f"{self.weights_built} weight maps, {self.prompts_built} prompt embeddings"
+            f"{repaired} in {self.seconds:.1f} s; {len(self.failed)} items could not be encoded")
 
 
 def build_caches(plan: CachePlan, items: Sequence[tuple[Item, int]],

@@ -277,6 +277,9 @@ def _cached_entries(entries, datasets, settings, load_vae, load_text, extra_prom
   """Plans and builds the caches; returns the plan and entries restricted to what encoded."""
   pairs = [(e.item, e.resolution) for e in entries]
   plan = plan_caches(pairs, datasets, settings, extra_prompts)
+  damaged = plan.repair_prompts([BLANK, *extra_prompts])  # needed whole: never a stand-in
+  for warning in damaged:
+    log.warning("%s", warning)
   missing = plan.missing()
   if any(missing) and (load_vae is None or load_text is None):
     lat, wts, texts = missing
@@ -285,6 +288,7 @@ def _cached_entries(entries, datasets, settings, load_vae, load_text, extra_prom
                      "were given to build them")
   built = build_caches(plan, pairs, datasets, load_vae, load_text, progress=progress,
                        missing=missing)
+  built.damaged = len(damaged)
   for path, reason in built.failed:
     report.skipped.append((path, f"could not be encoded: {reason}"))
   keep = [i for i in range(len(entries)) if i not in plan.failed]
