@@ -165,9 +165,15 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     return 2
   _distributed()
+  from wan_jax.files import WriteFailed
   from wan_jax.train.trainer import train  # after distributed start-up: jax sees every host
   try:
     train(cfg, workdir, cache_only=fv.cache_only, progress=fv.progress)
+  except WriteFailed as e:  # a full or read-only disk: what and where; the next run resumes
+    if fv.traceback:
+      raise
+    print(f"launch.py: {e}", file=sys.stderr)
+    return 1
   except (ValueError, FileNotFoundError) as e:  # config and data problems: one clear line
     if fv.traceback:
       raise

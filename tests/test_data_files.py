@@ -327,3 +327,18 @@ def test_caption_ext_with_or_without_a_dot(tmp_path):
     report = scan_dataset(dataset_config(folder_path=str(tmp_path), caption_ext=ext))
     assert report.items[0].caption == "hello"
     assert "files ignored" not in report.summary()
+
+
+def test_an_interrupted_demo_generation_is_redone_not_trained_on_half_made(tmp_path, monkeypatch):
+  from wan_jax.data import demo
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt  # the clip is written after the images: items exist, one is missing
+  with monkeypatch.context() as m:
+    m.setattr(iio, "imwrite", killed)
+    with pytest.raises(KeyboardInterrupt):
+      demo.make_demo_dataset(tmp_path / "demo_data")
+  assert list(tmp_path.iterdir()) == []  # no half-made folder under the real name
+  media, masks = demo.make_demo_dataset(tmp_path / "demo_data")
+  assert len(list(media.glob("*.png"))) == 4 and (media / "rolling.mp4").is_file()
+  assert len(list((masks / "rolling").iterdir())) == 9

@@ -67,6 +67,8 @@ def test_a_run_that_only_skips_stops_with_one_line(tmp_path):
     ("datasets.0.loss_multiplier", 0.0, "datasets[0].loss_multiplier must be finite and > 0"),
     ("datasets.0.flip_prob", 2.0, "datasets[0].flip_prob must be in [0, 1], got 2"),
     ("datasets.0.num_frames", 3, "datasets[0].num_frames must be 1 or 4k+1"),
+    ("datasets.0.resolution", "abc", "datasets[0].resolution must be one or more whole sizes >= 16 "
+                                     "pixels (e.g. 480 or [480, 720]), got 'abc'"),
 ])
 def test_settings_out_of_range_are_refused_by_name(tmp_path, key, value, message):
   cfg = get_config()
@@ -77,3 +79,29 @@ def test_settings_out_of_range_are_refused_by_name(tmp_path, key, value, message
     train(cfg, tmp_path / "run", progress=False)
   assert str(e.value).startswith(message)
   assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_next_run_resumes(tmp_path):
+  """/dev/full answers every write with ENOSPC: the metrics file on a disk that just filled up."""
+  from wan_jax.files import WriteFailed
+
+  def config():
+    cfg = quiet(get_config(), 3)
+    cfg.checkpoint.every = 1
+    cfg.train.log_every = 2  # step 1 is checkpointed before the first metrics write fails
+    cfg.cache.dir = str(tmp_path / "cache")
+    return cfg
+
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").symlink_to("/dev/full")
+  with pytest.raises(WriteFailed) as e:
+    train(config(), run, progress=False)
+  assert str(e.value) == (
+      f"no space left on device while writing the metrics ({run / 'metrics.jsonl'} and "
+      f"tensorboard/); free space or fix the folder's permissions, then run again (a run resumes "
+      f"from its last checkpoint)")
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1"]
+  (run / "metrics.jsonl").unlink()  # space freed
+  summary = train(config(), run, progress=False)
+  assert summary.resumed_from == 1 and summary.steps == 3

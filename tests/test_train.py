@@ -78,7 +78,8 @@ def test_the_tiny_model_overfits_one_masked_example(tmp_path, one_masked_image):
   assert (tmp_path / "run/weights/demo_lora_high_noise.safetensors").is_file()  # full export
 
 
-def test_resume_equals_an_uninterrupted_run_even_after_a_save_cut_short(tmp_path):
+def test_resume_equals_an_uninterrupted_run_after_a_cut_save_a_damaged_checkpoint_and_torn_files(
+    tmp_path):
   def config(steps):
     cfg = quiet(get_config(), steps)
     cfg.checkpoint.every = 3
@@ -101,7 +102,14 @@ def test_resume_equals_an_uninterrupted_run_even_after_a_save_cut_short(tmp_path
   # And the last complete one (4) was damaged since: 64 bytes of its array data flipped.
   from test_checkpoints import flip_bytes
   flip_bytes(ckpts / "4")
+  # A kill mid-write left a partial metrics line and an export's temporary file.
+  with (tmp_path / "split/metrics.jsonl").open("a") as f:
+    f.write('{"step": 7, "loss": 0.12')
+  stray = tmp_path / "split/lora/.demo_lora_high_noise.k2j4.tmp.safetensors"
+  stray.parent.mkdir(exist_ok=True)  # the final LoRA files of the earlier runs are there
+  stray.write_bytes(b"partial")
   summary = train(config(7), tmp_path / "split", progress=False)
+  assert not stray.exists()
   assert summary.resumed_from == 3  # the last complete and intact checkpoint
   assert [p.name.split("-")[0] for p in (tmp_path / "split/damaged_checkpoints").iterdir()] == ["4"]
   assert not list(ckpts.glob("*tmp*"))  # the temporary folder of the cut save was removed
@@ -274,3 +282,17 @@ def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_pa
   summary = train(cfg, tmp_path / "run", progress=False)
   assert loaded == ["low", "high"]  # the trained one, then the idle one for the preview only
   assert any(f.endswith("step_000002_0.mp4") for f in summary.files)
+
+
+def test_a_run_saved_before_a_dataset_key_existed_still_resumes(tmp_path):
+  """Checkpoints keep the settings a resume must match; a key added since (trigger_word) counts
+  as its default, so an upgrade does not strand a run, while a real change is still refused."""
+  from wan_jax.train.trainer import _check_resume, resume_settings
+  cfg = get_config()
+  saved = resume_settings(cfg)
+  for ds in saved["datasets"]:
+    del ds["trigger_word"]
+  _check_resume(saved, cfg, 0, tmp_path)
+  saved["datasets"][0]["flip_prob"] = 0.25
+  with pytest.raises(ValueError, match="other settings for datasets"):
+    _check_resume(saved, cfg, 0, tmp_path)

@@ -4,11 +4,15 @@ caption file, a mask at another resolution)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw
+
+from wan_jax.files import build_folder_once
 
 SIZE = (96, 64)  # width, height
 
@@ -30,13 +34,19 @@ def _scene(rng: np.random.Generator, shift: int = 0) -> tuple[Image.Image, Image
 
 
 def make_demo_dataset(root: str | Path) -> tuple[Path, Path]:
-  """(media folder, mask folder) under `root`, created if missing; returns existing ones as is."""
-  root = Path(root)
+  """(media folder, mask folder) under `root`, created if missing; returns existing ones as is.
+
+  Generated into a temporary folder renamed onto `root` when complete: an interrupted generation
+  is redone on the next run, never trained on with an item missing.
+  """
+  root = build_folder_once(root, _write_demo_dataset)
+  return root / "media", root / "masks"
+
+
+def _write_demo_dataset(root: Path) -> None:
   media, masks = root / "media", root / "masks"
-  if media.is_dir() and masks.is_dir() and any(media.iterdir()):
-    return media, masks
-  media.mkdir(parents=True, exist_ok=True)
-  masks.mkdir(parents=True, exist_ok=True)
+  media.mkdir()
+  masks.mkdir()
   rng = np.random.default_rng(0)
   for i in range(4):
     image, mask = _scene(rng)
@@ -53,20 +63,23 @@ def make_demo_dataset(root: str | Path) -> tuple[Path, Path]:
   for t, m in enumerate(frame_masks):
     m.save(masks / "rolling" / f"{t}.png")
   (media / "rolling.txt").write_text("a ball rolling to the right")
-  return media, masks
 
 
 def make_clip_dataset(root: str | Path, width: int, height: int, frames: int,
                       clips: int = 2) -> tuple[Path, Path]:
   """(media folder, mask folder) of `clips` generated clips at a real training size (a disc
   moving over a gradient, its mask per frame as an MP4): what `model.random_weights` trains on
-  when no folder is given. Reused as is when present."""
-  root = Path(root) / f"clips_{width}x{height}x{frames}"
+  when no folder is given. Reused as is when present (written whole or not at all, like the demo).
+  """
+  root = build_folder_once(Path(root) / f"clips_{width}x{height}x{frames}x{clips}",
+                           lambda tmp: _write_clips(tmp, width, height, frames, clips))
+  return root / "media", root / "masks"
+
+
+def _write_clips(root: Path, width: int, height: int, frames: int, clips: int) -> None:
   media, masks = root / "media", root / "masks"
-  if media.is_dir() and len(list(media.glob("*.mp4"))) == clips:
-    return media, masks
-  media.mkdir(parents=True, exist_ok=True)
-  masks.mkdir(parents=True, exist_ok=True)
+  media.mkdir()
+  masks.mkdir()
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   r = min(width, height) / 5
   for c in range(clips):
@@ -83,7 +96,6 @@ def make_clip_dataset(root: str | Path, width: int, height: int, frames: int,
     iio.imwrite(media / f"clip{c}.mp4", np.stack(video), plugin="pyav", fps=16, codec="libx264")
     iio.imwrite(masks / f"clip{c}.mp4", np.stack(mask), plugin="pyav", fps=16, codec="libx264")
     (media / f"clip{c}.txt").write_text("a coloured ball rolling to the right")
-  return media, masks
 
 
 DEMO_WORDS = ("a an the coloured ball photo rolling to right left red green blue small large on "
@@ -92,13 +104,25 @@ DEMO_WORDS = ("a an the coloured ball photo rolling to right left red green blue
 
 def make_demo_tokenizer(folder: str | Path) -> Path:
   """A word-level tokenizer saved with transformers' own classes (<pad>=0, </s>=1, <unk>=2), so
-  the demo runs the real tokenizer-loading path without downloading umT5's."""
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors
-  from transformers import PreTrainedTokenizerFast
+  the demo runs the real tokenizer-loading path without downloading umT5's.
 
+  The files are saved beside and moved in with tokenizer.json last: its presence means complete.
+  """
   folder = Path(folder)
   if (folder / "tokenizer.json").is_file():
     return folder
+  folder.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(prefix=".tokenizer.tmp-", dir=folder) as tmp:
+    _write_demo_tokenizer(Path(tmp))
+    for f in sorted(Path(tmp).iterdir(), key=lambda f: f.name == "tokenizer.json"):
+      os.replace(f, folder / f.name)
+  return folder
+
+
+def _write_demo_tokenizer(folder: Path) -> None:
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+
   vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
   for word in DEMO_WORDS:
     vocab.setdefault(word, len(vocab))
@@ -109,4 +133,3 @@ def make_demo_tokenizer(folder: str | Path) -> Path:
                                                      special_tokens=[("</s>", 1)])
   PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
                           unk_token="<unk>").save_pretrained(folder)
-  return folder

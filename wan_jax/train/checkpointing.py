@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from wan_jax.files import writing
 from wan_jax.train.checksums import checksums, mismatches
 
 STATE, META, DATA = "state", "meta", "data"
@@ -68,9 +69,11 @@ class Checkpoints:
     if not force and step % self.every:
       return False
     meta = {**meta, "checksums": checksums(state)}
-    return self.manager.save(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
-           DATA: grain.checkpoint.CheckpointSave(iterator)}), force=force)
+    # An asynchronous save's failure surfaces here, at the next one.
+    with writing(f"checkpoint step {step} (or the one before it) under {self.directory}"):
+      return self.manager.save(step, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
+             DATA: grain.checkpoint.CheckpointSave(iterator)}), force=force)
 
   def meta(self, step: int) -> dict:
     """The step's metadata alone (checked before any array is read)."""
@@ -152,7 +155,8 @@ class Checkpoints:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with writing(f"the last checkpoint under {self.directory}"):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

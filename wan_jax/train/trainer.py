@@ -28,7 +28,8 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from wan_jax.data.config import resolutions
+from wan_jax.data.config import dataset_config, resolutions
+from wan_jax.files import atomic_path, stray_temporaries, writing
 from wan_jax.data.demo import make_clip_dataset, make_demo_dataset
 from wan_jax.data.pipeline import Pipeline, build_pipeline
 from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS, DualWanTransformer
@@ -39,6 +40,7 @@ from wan_jax.train.experts import (CHECKPOINT_NAMES, HIGH, LOW, active_expert,
 from wan_jax.train.export import save_full, save_lora
 from wan_jax.train.lora import FROZEN, LORA, add_lora
 from wan_jax.train.mesh import make_mesh
+from wan_jax.train.metrics_log import MetricsLog
 from wan_jax.train.optimizer import learning_rate, make_optimizer
 from wan_jax.train.plot import save_loss_plot
 from wan_jax.train.preview import Guidance, render_previews
@@ -117,6 +119,15 @@ def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
+def _with_new_dataset_keys(saved: dict[str, Any]) -> dict[str, Any]:
+  """Settings saved before a dataset key existed (e.g. trigger_word) compare as its default."""
+  if not isinstance(saved.get("datasets"), list):
+    return saved
+  base = _plain(dataset_config())
+  return {**saved, "datasets": [{**base, **d} if isinstance(d, dict) else d
+                                for d in saved["datasets"]]}
+
+
 def _check_resume(saved: dict[str, Any] | None, cfg, start: int, workdir: Path) -> None:
   steps = int(cfg.train.steps)
   if start > steps:
@@ -125,6 +136,7 @@ def _check_resume(saved: dict[str, Any] | None, cfg, start: int, workdir: Path) 
   if saved is None:
     return
   now = resume_settings(cfg)
+  saved = _with_new_dataset_keys(saved)
   changed = sorted(k for k in RESUME_KEYS if saved.get(k) != now[k])
   if changed:
     raise ValueError(f"{workdir} was trained with other settings for {', '.join(changed)}; "
@@ -207,14 +219,19 @@ class Outputs:
   def __init__(self, cfg, workdir: Path, enc: models.Encoders, pipeline: Pipeline):
     self.cfg, self.workdir, self.enc, self.pipeline = cfg, workdir, enc, pipeline
     self.main = jax.process_index() == 0
-    self.metrics = (workdir / "metrics.jsonl").open("a") if self.main else None
+    self.metrics = MetricsLog(workdir / "metrics.jsonl") if self.main else None
     self.tb = ScalarWriter(workdir / "tensorboard") if self.main else None
+    if self.main:  # temporaries of files being written when an earlier run was killed
+      for folder in (workdir, workdir / "lora", workdir / "weights", workdir / "previews"):
+        for stray in stray_temporaries(folder):
+          stray.unlink()
+          log.warning("removed %s, left by an interrupted write", stray)
 
   def log(self, step: int, values: dict[str, float]) -> None:
     if self.main:
-      self.metrics.write(json.dumps({"step": step, **values}) + "\n")
-      self.metrics.flush()
-      self.tb.scalars(step, {k: v for k, v in values.items() if isinstance(v, (int, float))})
+      with writing(f"the metrics ({self.metrics.path} and tensorboard/)"):
+        self.metrics.append({"step": step, **values})
+        self.tb.scalars(step, {k: v for k, v in values.items() if isinstance(v, (int, float))})
 
   def weights(self, experts: dict[str, ExpertState], step: int | None) -> list[Path]:
     """LoRA files (or full weights) per trained expert; step None = the final, unnumbered ones.
@@ -237,10 +254,11 @@ class Outputs:
       meta = {"step": str(step if step is not None else st.steps), "expert": CHECKPOINT_NAMES[name],
               "wan_jax_train_config": self.cfg.to_json()}
       model = nnx.merge(st.graphdef, trainable, st.frozen)
-      if cfg.lora.enabled:
-        out.append(save_lora(model, path, metadata=meta, dtype=cfg.save.dtype))
-      else:
-        out.append(save_full(model, path, dtype=cfg.save.dtype, metadata=meta))
+      with writing(str(path)):
+        if cfg.lora.enabled:
+          out.append(save_lora(model, path, metadata=meta, dtype=cfg.save.dtype))
+        else:
+          out.append(save_full(model, path, dtype=cfg.save.dtype, metadata=meta))
     return out
 
   def previews(self, experts: dict[str, ExpertState], step: int,
@@ -288,6 +306,7 @@ class Outputs:
     with contextlib.ExitStack() as stack:
       out_dir = (self.workdir / "previews" if self.main else
                  Path(stack.enter_context(tempfile.TemporaryDirectory())))
+      stack.enter_context(writing(f"the previews under {out_dir}"))
       paths = render_previews(
           dual, vae, list(cfg.prompts), contexts, negative, out_dir, step,
           height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
@@ -298,10 +317,11 @@ class Outputs:
   def plot(self) -> Path | None:
     if not self.main:
       return None
-    rows = [json.loads(line) for line in (self.workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = self.metrics.rows()
     by_step = {r["step"]: r["loss"] for r in rows if "loss" in r}  # a resumed run rewrites steps
     steps = sorted(by_step)
-    return save_loss_plot(steps, [by_step[s] for s in steps], self.workdir / "loss.png")
+    with writing(str(self.workdir / "loss.png")):
+      return save_loss_plot(steps, [by_step[s] for s in steps], self.workdir / "loss.png")
 
   def close(self) -> None:
     if self.main:
@@ -327,23 +347,27 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
     raise ValueError("exporting a full fine-tune from a multi-host run is not supported yet: set "
                      "save.every=0 and export from the Orbax checkpoint on one host")
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
-  ckpt = None if cache_only else Checkpoints(workdir / "checkpoints", cfg.checkpoint.every,
-                                             cfg.checkpoint.keep, cfg.checkpoint.async_save)
+  with writing(f"the generated demo data under {workdir / 'demo_data'}"):
+    prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
+  with writing(f"the checkpoint folder {workdir / 'checkpoints'}"):
+    ckpt = None if cache_only else Checkpoints(workdir / "checkpoints", cfg.checkpoint.every,
+                                               cfg.checkpoint.keep, cfg.checkpoint.async_save)
   # The newest checkpoint whose metadata reads: a mismatched resume is refused before anything
   # big loads. Its arrays are verified when restored; a damaged one falls back to the previous.
   found = None if ckpt is None else ckpt.newest_meta()
   if found is not None:
     _check_resume(found[1].get("settings"), cfg, int(found[1]["step"]), workdir)
   enc = models.encoders(cfg, workdir)
-  pipeline = build_data(cfg, workdir, enc, mesh, progress)
+  with writing("the latent and prompt caches"):
+    pipeline = build_data(cfg, workdir, enc, mesh, progress)
   print(f"data:\n  {pipeline.summary()}", flush=True)
   summary = RunSummary()
   if cache_only:
     print(f"caches are complete under {pipeline.cache_plan.store.root}", flush=True)
     return summary
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    with writing(str(workdir / "config.json")), atomic_path(workdir / "config.json") as tmp:
+      tmp.write_text(cfg.to_json(indent=2))
 
   # One optimizer definition serves both experts (one compiled step); each expert has its own
   # state. Its schedule spans the batches an expert gets (they differ by at most one switch).
@@ -478,9 +502,17 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
     if plot is not None:
       summary.files.append(str(plot))
     summary.files.append(str(workdir / "checkpoints" / str(steps)))
-  finally:
+  except BaseException:  # the first error is the one to report; closing may fail the same way
     bar.close()
+    for close in (ckpt.close, outputs.close):
+      try:
+        close()
+      except Exception as e:  # e.g. the disk is still full
+        log.warning("while stopping: %s", e)
+    raise
+  bar.close()
+  with writing(f"the last checkpoint under {workdir / 'checkpoints'}"):
     ckpt.close()
-    outputs.close()
+  outputs.close()
   print(summary.text(pipeline), flush=True)
   return summary

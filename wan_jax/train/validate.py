@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from wan_jax.data.config import resolutions
+
 
 def _number(cfg: ml_collections.ConfigDict, key: str) -> float:
   value: Any = cfg
@@ -68,6 +70,11 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
   if not 0 <= margin < 1:
     raise ValueError(f"train.memory_margin must be in [0, 1), got {margin:g}")
   for i, ds in enumerate(cfg.datasets):
+    try:
+      resolutions(ds)
+    except (ValueError, TypeError):
+      raise ValueError(f"datasets[{i}].resolution must be one or more whole sizes >= 16 pixels "
+                       f"(e.g. 480 or [480, 720]), got {ds.resolution!r}") from None
     for key, (ok, want) in DATASET_RULES.items():
       value = ds[key]
       if isinstance(value, bool) or not isinstance(value, (int, float)):
