@@ -1,6 +1,6 @@
 """wan-jax: a JAX/Flax trainer for Wan 2.2 A14B video diffusion."""
 
-from wan_jax.model.config import WanConfig, t2v_a14b, tiny
+from wan_jax.model.config import WanConfig, i2v_a14b, t2v_a14b, tiny, tiny_i2v
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.prompts import clean_prompt, encode_prompts
 from wan_jax.model.transformer import WanTransformer
@@ -12,7 +12,8 @@ from wan_jax.weights.load import load_dual_transformer, load_transformer
 from wan_jax.weights.load_encoders import load_text_encoder, load_tokenizer, load_vae
 
 __all__ = [
-    "WanConfig", "WanTransformer", "DualWanTransformer", "t2v_a14b", "tiny",
+    "WanConfig", "WanTransformer", "DualWanTransformer", "t2v_a14b", "tiny", "i2v_a14b",
+    "tiny_i2v",
     "VAEConfig", "WanVAE", "UMT5Config", "UMT5Encoder",
     "convert_checkpoint", "load_transformer", "load_dual_transformer",
     "load_vae", "load_text_encoder", "load_tokenizer", "encode_prompts", "clean_prompt",

@@ -53,6 +53,9 @@ class WanConfig:
       raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
     if self.remat not in REMAT_PLANS:
       raise ValueError(f"remat must be one of {REMAT_PLANS}, got {self.remat!r}")
+    if self.in_channels < self.out_channels:
+      raise ValueError(f"in_channels {self.in_channels} < out_channels {self.out_channels}: the "
+                       f"input is the latents, then any conditioning channels")
     object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
 
   @property
@@ -64,6 +67,12 @@ class WanConfig:
     """Channels of one head given to the (t, h, w) axes: h = w = 2 * (head_dim // 6)."""
     hw = 2 * (self.head_dim // 6)
     return (self.head_dim - 2 * hw, hw, hw)
+
+  @property
+  def condition_channels(self) -> int:
+    """Channels of the conditioning input joined after the latents: 0 for text-to-video, 20
+    for image-to-video (4 mask channels, then the 16 latents of the conditioning video)."""
+    return self.in_channels - self.out_channels
 
   @property
   def patch_volume(self) -> int:
@@ -92,6 +101,12 @@ def t2v_a14b(**runtime: Any) -> WanConfig:
   return WanConfig(**runtime)
 
 
+def i2v_a14b(**runtime: Any) -> WanConfig:
+  """One expert of Wan 2.2 I2V-A14B: T2V's sizes with a patch embedding over 36 channels (16
+  noisy latents, 4 mask channels, 16 latents of the conditioning video); no image encoder."""
+  return WanConfig(**{"in_channels": 16 + I2V_CONDITION_CHANNELS, **runtime})
+
+
 def tiny(**runtime: Any) -> WanConfig:
   """A few-layer model for tests and the CPU demo; head_dim 16 splits 8/4/4 like 44/42/42."""
   arch = dict(dim=64, ffn_dim=96, freq_dim=32, num_heads=4, num_layers=2, text_dim=48,
@@ -99,4 +114,10 @@ def tiny(**runtime: Any) -> WanConfig:
   return WanConfig(**{**arch, "param_dtype": "float32", "compute_dtype": "float32", **runtime})
 
 
-PRESETS = {"t2v_a14b": t2v_a14b, "tiny": tiny}
+def tiny_i2v(**runtime: Any) -> WanConfig:
+  """The tiny model taking the image-to-video condition."""
+  return tiny(**{"in_channels": 16 + I2V_CONDITION_CHANNELS, **runtime})
+
+
+I2V_CONDITION_CHANNELS = 20  # 4 mask channels (one per frame of a latent frame), 16 latents
+PRESETS = {"t2v_a14b": t2v_a14b, "i2v_a14b": i2v_a14b, "tiny": tiny, "tiny_i2v": tiny_i2v}

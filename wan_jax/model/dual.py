@@ -49,13 +49,14 @@ class DualWanTransformer(nnx.Module):
     return timestep_B[0].astype(jnp.float32) >= jnp.float32(self.threshold)
 
   def __call__(self, latents_BxFxHxWxC: jax.Array, timestep_B: jax.Array,
-               context_BxLxT: jax.Array) -> jax.Array:
+               context_BxLxT: jax.Array, condition_BxFxHxWxK: jax.Array | None = None
+               ) -> jax.Array:
     graphdef, state = nnx.split((self.high_noise, self.low_noise))
 
     def run(index: int):
       def branch(state):
         model = nnx.merge(graphdef, state)[index]
-        return model(latents_BxFxHxWxC, timestep_B, context_BxLxT)
+        return model(latents_BxFxHxWxC, timestep_B, context_BxLxT, condition_BxFxHxWxK)
       return branch
 
     high = self.uses_high_noise(timestep_B)

@@ -143,6 +143,21 @@ class WanTransformer(nnx.Module):
     self.head_modulation = nnx.Param(
         (jax.random.normal(rngs.params(), (1, 2, cfg.dim), F32) / np.sqrt(cfg.dim)).astype(pd))
 
+  def _with_condition(self, latents: jax.Array, condition: jax.Array | None) -> jax.Array:
+    want = self.config.condition_channels
+    if not want:
+      if condition is not None:
+        raise ValueError("this is a text-to-video model (in_channels == out_channels); it takes "
+                         "no condition")
+      return latents
+    if condition is None:
+      raise ValueError(f"this image-to-video model needs a condition of {want} channels "
+                       f"(wan_jax.i2v_condition)")
+    if condition.shape != (*latents.shape[:4], want):
+      raise ValueError(f"condition {condition.shape} must be the latents' {latents.shape[:4]} "
+                       f"with {want} channels")
+    return jnp.concatenate([latents, condition.astype(latents.dtype)], axis=-1)
+
   def embed_time(self, timestep_B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(e [B, D], e0 [B, 6, D]): the raw time embedding (head) and the block modulation input."""
     t = timestep_sinusoid(timestep_B, self.config.freq_dim)
@@ -161,8 +176,13 @@ class WanTransformer(nnx.Module):
     return self.text_embedding_2(jax.nn.gelu(self.text_embedding_1(ctx), approximate=True))
 
   def __call__(self, latents_BxFxHxWxC: jax.Array, timestep_B: jax.Array,
-               context_BxLxT: jax.Array) -> jax.Array:
+               context_BxLxT: jax.Array, condition_BxFxHxWxK: jax.Array | None = None
+               ) -> jax.Array:
+    """The predicted flow [B, F, H, W, out_channels]. `condition` (image-to-video models only:
+    [B, F, H, W, 20], mask channels then the conditioning latents) is joined after the latents
+    on the channel axis, as upstream joins it."""
     cfg = self.config
+    latents_BxFxHxWxC = self._with_condition(latents_BxFxHxWxC, condition_BxFxHxWxK)
     b, f, h, w, c = latents_BxFxHxWxC.shape
     pt, ph, pw = cfg.patch_size
     if c != cfg.in_channels or f % pt or h % ph or w % pw:
