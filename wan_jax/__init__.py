@@ -2,6 +2,7 @@
 
 from wan_jax.model.config import WanConfig, i2v_a14b, t2v_a14b, tiny, tiny_i2v
 from wan_jax.model.dual import DualWanTransformer
+from wan_jax.model.i2v_condition import i2v_condition
 from wan_jax.model.prompts import clean_prompt, encode_prompts
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.model.umt5 import UMT5Config, UMT5Encoder
@@ -17,4 +18,5 @@ __all__ = [
     "VAEConfig", "WanVAE", "UMT5Config", "UMT5Encoder",
     "convert_checkpoint", "load_transformer", "load_dual_transformer",
     "load_vae", "load_text_encoder", "load_tokenizer", "encode_prompts", "clean_prompt",
+    "i2v_condition",
 ]
