@@ -61,13 +61,12 @@ def reference(ref_vae, image: np.ndarray, num_frames: int,
   return np.concatenate(out)
 
 
-@pytest.mark.parametrize("num_frames", [9, 5])
-def test_matches_diffusers_first_frame(vae, ref_vae, num_frames):
+def test_matches_diffusers_first_frame(vae, ref_vae):
+  """Through the compiled form: 9 frames = frame 0 alone, then two groups of 4."""
   image = images(2, seed=1)
-  got = wan_jax.i2v_condition(vae, jnp.asarray(image), num_frames)
-  assert got.shape == (2, (num_frames - 1) // 4 + 1, H // 8, W // 8, 20)
-  assert got.dtype == jnp.float32
-  want = reference(ref_vae, image, num_frames)
+  got = encode_condition(vae, jnp.asarray(image), 9)
+  assert got.shape == (2, 3, H // 8, W // 8, 20) and got.dtype == jnp.float32
+  want = reference(ref_vae, image, 9)
   np.testing.assert_array_equal(got[..., :4], want[..., :4])
   assert rel_error(got[..., 4:], want[..., 4:]) < 1e-4
   # the mask: every channel of latent frame 0 (pixel frame 0 repeated), nothing after it
@@ -75,24 +74,15 @@ def test_matches_diffusers_first_frame(vae, ref_vae, num_frames):
 
 
 def test_matches_diffusers_first_and_last_frame(vae, ref_vae):
+  """Eagerly, 5 frames: the last image is pixel frame 4, the last channel of latent frame 1."""
   image, last = images(2, seed=2), images(2, seed=3)
-  got = wan_jax.i2v_condition(vae, jnp.asarray(image), 9, jnp.asarray(last))
-  want = reference(ref_vae, image, 9, last)
+  got = wan_jax.i2v_condition(vae, jnp.asarray(image), 5, jnp.asarray(last))
+  assert got.shape == (2, 2, H // 8, W // 8, 20)
+  want = reference(ref_vae, image, 5, last)
   np.testing.assert_array_equal(got[..., :4], want[..., :4])
   assert rel_error(got[..., 4:], want[..., 4:]) < 1e-4
-  # pixel frame 8 is the last channel of latent frame 2; frames 1..7 are not given
-  assert (got[:, 0, ..., :4] == 1).all() and (got[:, 1, ..., :4] == 0).all()
-  np.testing.assert_array_equal(got[0, 2, 0, 0, :4], [0, 0, 0, 1])
-  first_only = wan_jax.i2v_condition(vae, jnp.asarray(image), 9)
-  assert not np.allclose(got[:, 2, ..., 4:], first_only[:, 2, ..., 4:])
-
-
-def test_compiled_matches_eager(vae):
-  image, last = jnp.asarray(images(1, seed=4)), jnp.asarray(images(1, seed=5))
-  for extra in ((), (last,)):
-    eager = wan_jax.i2v_condition(vae, image, 5, *extra)
-    np.testing.assert_allclose(encode_condition(vae, image, 5, *extra), eager,
-                               rtol=1e-5, atol=1e-5)
+  assert (got[:, 0, ..., :4] == 1).all()
+  assert (got[:, 1, ..., :4] == jnp.asarray([0.0, 0.0, 0.0, 1.0])).all()
 
 
 def test_bad_inputs_are_explained(vae):
