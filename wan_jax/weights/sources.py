@@ -5,6 +5,8 @@ Accepted, detected from the files (never asked for):
 - a diffusers release folder: `transformer/` (high-noise), `transformer_2/` (low-noise);
 - one expert folder: sharded safetensors with `*.index.json`, or a single file inside;
 - one .safetensors file (original keys, diffusers keys, or ComfyUI's `model.diffusion_model.*`).
+Each expert's task (text- or image-to-video) is read off its patch embedding and checked against
+its config.json; a release whose two experts serve different tasks is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from wan_jax.model.config import WanConfig
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import transformer_keys as tk
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore, read_json
+from wan_jax.weights.tasks import check_declared, common_task
 from wan_jax.weights.tensor_files import PthStore, open_tensors
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class ExpertSource:
   prefix: str
   key_layout: str  # "original" | "diffusers"
   config: WanConfig
+  task: str  # "t2v" | "i2v", from the patch embedding (and config.json, which must agree)
   scales: dict[str, str] = dataclasses.field(default_factory=dict)  # fp8 weight -> its scale key
 
   @property
@@ -104,12 +108,14 @@ def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _config_json_fields(folder: Path) -> dict[str, object]:
-  """num_heads, text_len and eps from an expert folder's config.json (official or diffusers)."""
-  path = folder / "config.json"
-  if not path.is_file():
-    return {}
-  raw = read_json(path)
+def _config_json(path: Path) -> dict[str, object]:
+  """An expert folder's config.json (official or diffusers), or {} for a file or no config."""
+  config = path / "config.json"
+  return read_json(config) if path.is_dir() and config.is_file() else {}
+
+
+def _config_json_fields(raw: dict[str, object]) -> dict[str, object]:
+  """num_heads, text_len and eps from an expert's config.json."""
   fields = {"num_heads": raw.get("num_heads") or raw.get("num_attention_heads"),
             "text_len": raw.get("text_len"), "eps": raw.get("eps")}
   return {k: v for k, v in fields.items() if v is not None}
@@ -122,7 +128,8 @@ def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
   prefix, layout = tk.detect_key_layout(keys)
   by_original = _original_names(keys, prefix, layout)
   scales = _fp8_scales(by_original)
-  fields = _config_json_fields(path) if path.is_dir() else {}
+  declared = _config_json(path)
+  fields = _config_json_fields(declared)
   if num_heads:
     fields["num_heads"] = num_heads
 
@@ -133,7 +140,8 @@ def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
 
   cfg = tk.infer_config(shape_of, list(by_original), **fields)
   tk.check_keys(cfg, set(by_original))
-  return ExpertSource(store, prefix, layout, cfg, scales)
+  task = check_declared(declared, cfg, store.description)
+  return ExpertSource(store, prefix, layout, cfg, task, scales)
 
 
 FP8_AUX_SUFFIXES = (".scale_weight", ".scale_input")
@@ -184,7 +192,9 @@ def find_experts(src: str | Path, num_heads: int | None = None) -> tuple[str, di
     if present:
       if layout == "diffusers" and list(present) == ["high_noise"]:
         present = {"transformer": src / "transformer"}  # Wan 2.1 style: one transformer.
-      return layout, {name: open_expert(p, num_heads) for name, p in present.items()}
+      experts = {name: open_expert(p, num_heads) for name, p in present.items()}
+      common_task(str(src), {name: e.task for name, e in experts.items()})
+      return layout, experts
   if any(src.glob("*.safetensors")):
     return "expert_folder", {"transformer": open_expert(src, num_heads)}
   raise CheckpointError(

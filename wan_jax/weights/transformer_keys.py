@@ -138,5 +138,13 @@ def check_keys(cfg: WanConfig, present: set[str]) -> None:
     if unexpected:
       lines.append(f"  unexpected ({len(unexpected)}): {unexpected[:20]}"
                    f"{' ...' if len(unexpected) > 20 else ''}")
+    if any(any(m in k for m in _IMAGE_ENCODER_MARKS) for k in unexpected):
+      lines.append("  (a CLIP image branch: a Wan 2.1 I2V/FLF2V expert; wan-jax supports Wan 2.2 "
+                   "I2V-A14B, which has none)")
     raise CheckpointError("\n".join(lines))
+
+
+# Tensor names of the CLIP image branch of Wan 2.1's I2V/FLF2V experts (original, diffusers).
+_IMAGE_ENCODER_MARKS = ("img_emb.", "k_img.", "v_img.", "image_embedder.", "add_k_proj.",
+                        "add_v_proj.")
 
