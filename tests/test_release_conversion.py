@@ -66,7 +66,7 @@ def test_components_can_be_added_one_at_a_time(tmp_path, full_release):
   second = run_cli(full_release / "Wan2.1_VAE.pth", out)
   assert second.returncode == 0, second.stderr
   manifest = json.loads((out / "manifest.json").read_text())
-  assert sorted(manifest) == ["experts", "format", "vae"]
+  assert sorted(manifest) == ["experts", "format", "task", "vae"]
   wan_jax.load_vae(out)
   wan_jax.load_transformer(out, expert="low_noise")
 
@@ -116,7 +116,7 @@ def test_a_failed_component_keeps_what_finished(tmp_path, full_release, monkeypa
   assert sorted(p.name for p in out.iterdir()) == ["high_noise", "low_noise", "manifest.json",
                                                    "vae"]
   manifest = json.loads((out / "manifest.json").read_text())
-  assert sorted(manifest) == ["experts", "format", "vae"]
+  assert sorted(manifest) == ["experts", "format", "task", "vae"]
   wan_jax.load_dual_transformer(out)
   wan_jax.load_vae(out)
   with pytest.raises(ValueError, match="holds no text_encoder"):

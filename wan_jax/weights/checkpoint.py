@@ -2,7 +2,8 @@
 
 Each component is written block by block (layer by layer for umT5) with Orbax's partial saves (one block's tensors in memory
 at a time) and finalised atomically; the manifest is written last, so a folder without one is
-never taken for a finished conversion. Leaves are per layer (`blocks/7/self_attn/q/kernel`);
+never taken for a finished conversion; it records each expert's task ("t2v" / "i2v") and, when
+they agree, the folder's (`task`). Leaves are per layer (`blocks/7/self_attn/q/kernel`);
 stacking over layers happens when a model is built.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from wan_jax.weights.safetensors_reader import read_json
+from wan_jax.weights.tasks import task_of_entry
 from wan_jax.weights.transformer_keys import LAYER_RE
 
 MANIFEST = "manifest.json"
@@ -152,8 +154,18 @@ def manifest_add(manifest: dict[str, Any], key: str, entry: dict[str, Any]) -> N
   """key: "vae", "text_encoder", "tokenizer" or "experts.<name>"."""
   if key.startswith("experts."):
     manifest.setdefault("experts", {})[key[len("experts."):]] = entry
+    _set_task(manifest)
   else:
     manifest[key] = entry
+
+
+def _set_task(manifest: dict[str, Any]) -> None:
+  """The top-level "task": the one task ("t2v" | "i2v") of the experts; absent without one."""
+  tasks = {task_of_entry(e) for e in manifest.get("experts", {}).values()}
+  if len(tasks) == 1:
+    manifest["task"] = tasks.pop()
+  else:
+    manifest.pop("task", None)
 
 
 def manifest_has(manifest: dict[str, Any], folder: str) -> bool:
@@ -164,5 +176,6 @@ def manifest_drop(manifest: dict[str, Any], folder: str) -> None:
   manifest.get("experts", {}).pop(folder, None)
   if not manifest.get("experts"):
     manifest.pop("experts", None)
+  _set_task(manifest)
   if isinstance(manifest.get(folder), dict):
     del manifest[folder]

@@ -3,7 +3,8 @@
 The folder holds a checkpoint per component (`high_noise/`, `low_noise/` or `transformer/`,
 `vae/`, `text_encoder/`), a copy of the tokenizer (`tokenizer/`) and `manifest.json`, which is
 written last and lists only what finished. Components can be added to an existing folder one at
-a time; replacing one needs `overwrite`.
+a time; replacing one needs `overwrite`. The manifest records each expert's task ("t2v" or
+"i2v") and the folder's (`task`, top level); one folder holds experts of one task.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from wan_jax.weights.assemble import check_tensors, expected_shapes
 from wan_jax.weights.components import Components, config_json, find_components
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import find_experts
+from wan_jax.weights.tasks import TASK_NAMES, common_task, task_of_entry
 from wan_jax.weights.tensor_files import open_tensors
 
 PARAM_DTYPES = ("bfloat16", "float32", "float16")
@@ -150,6 +152,8 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
              if "transformers" in selected else None)
   planned = {name: list(experts[1]) if name == "transformers" else [name] for name in selected}
   _refuse_overlap(out, planned, components)
+  if experts is not None:
+    _refuse_other_task(out, manifest, experts[1], src)
   clashes = [f for folders in planned.values() for f in folders
              if checkpoint.manifest_has(manifest, f) or (out / f).exists()]
   if clashes and not overwrite:
@@ -189,6 +193,19 @@ def _refuse_overlap(out: Path, planned: dict[str, list[str]], components: Compon
                            "folder")
 
 
+def _refuse_other_task(out: Path, manifest: dict, experts: dict, src: Path) -> None:
+  """Experts added to a folder must serve the task of the experts it keeps (a folder's experts
+  are loaded together, and the trainer picks its preset and boundary from the folder's task)."""
+  new = common_task(str(src), {name: e.task for name, e in experts.items()})
+  kept = {name: task_of_entry(entry) for name, entry in manifest.get("experts", {}).items()
+          if name not in experts}
+  other = {name: task for name, task in kept.items() if task != new}
+  if other:
+    raise CheckpointError(
+        f"{out} holds {', '.join(other)} for {TASK_NAMES[next(iter(other.values()))]} but {src} "
+        f"is {TASK_NAMES[new]}; convert it into another folder")
+
+
 def _convert_one(name: str, components: Components, dtypes: dict[str, str],
                  experts: tuple[str, dict] | None, writer: _Writer,
                  log) -> Iterator[tuple[str, dict]]:
@@ -201,15 +218,16 @@ def _convert_one(name: str, components: Components, dtypes: dict[str, str],
   dtype = dtypes[name]
   if name == "transformers":
     layout, sources = experts
-    log(f"transformers: {layout} layout, experts: {', '.join(sources)}")
+    task = common_task(str(path), {n: e.task for n, e in sources.items()})
+    log(f"transformers: {layout} layout, {TASK_NAMES[task]}, experts: {', '.join(sources)}")
     for expert_name, expert in sources.items():
       cfg = expert.config
       log(f"{expert_name}: {expert.description}: {cfg.num_layers} layers, dim {cfg.dim}, "
           f"{cfg.num_heads} heads ({dtype})")
       writer.params(expert_name, expert.converted(np.dtype(numpy_dtype(dtype))))
       yield f"experts.{expert_name}", {"path": expert_name, "source": expert.description,
-                                       "layout": layout, "dtype": dtype,
-                                       "config": cfg.arch_dict()}
+                                       "layout": layout, "task": expert.task,
+                                       "dtype": dtype, "config": cfg.arch_dict()}
     return
   source = vae_source if name == "vae" else text_encoder_source
   store, cfg, params = source(path, dtype)

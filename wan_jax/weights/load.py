@@ -1,5 +1,7 @@
 """`load_transformer` / `load_dual_transformer`: a ready model from a converted JAX checkpoint or
-straight from a PyTorch checkpoint (converted on the fly, nothing written)."""
+straight from a PyTorch checkpoint (converted on the fly, nothing written). The architecture
+(16 input channels for text-to-video, 36 for image-to-video) comes from the weights;
+`task_of` says which task a folder serves before anything loads."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from wan_jax.weights.assemble import assemble as fill_model
 from wan_jax.weights.convert import dtype_name, numpy_dtype
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import ExpertSource, find_experts
+from wan_jax.weights.tasks import BOUNDARIES, common_task, task_of_entry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,15 @@ class _Opened:
       return self.experts[name].config.arch_dict()
     return self.manifest["experts"][name]["config"]
 
+  def task(self) -> str:
+    """"t2v" | "i2v" of the experts (one task: mixed releases are refused when opened)."""
+    if self.manifest is None:
+      return common_task(str(self.path), {n: e.task for n, e in self.experts.items()})
+    if self.manifest.get("task"):
+      return self.manifest["task"]
+    entries = self.manifest.get("experts", {})
+    return common_task(str(self.path), {n: task_of_entry(entries[n]) for n in self.names()})
+
   def _check(self, name: str) -> None:
     names = self.names()
     if name not in names:
@@ -113,9 +125,23 @@ def expert_arch(path: str | Path, expert: str, *, num_heads: int | None = None) 
   return _Opened.of(path, num_heads).arch(expert)
 
 
-def load_dual_transformer(path: str | Path, dtype: str = "bfloat16", *, boundary: float = 0.875,
-                          num_heads: int | None = None, **runtime: Any) -> DualWanTransformer:
-  """Both A14B experts (official, diffusers or converted layout) behind the timestep switch."""
+def task_of(path: str | Path, *, num_heads: int | None = None) -> str:
+  """"t2v" (text-to-video) or "i2v" (image-to-video): the task of the experts at `path`, from
+  a converted folder's manifest, or from a release's config.json and tensor shapes (file headers
+  only, no tensor read). What picks a run's model preset and expert boundary (BOUNDARIES)."""
+  return _Opened.of(path, num_heads).task()
+
+
+def load_dual_transformer(path: str | Path, dtype: str = "bfloat16", *,
+                          boundary: float | None = None, num_heads: int | None = None,
+                          **runtime: Any) -> DualWanTransformer:
+  """Both A14B experts (official, diffusers or converted layout) behind the timestep switch.
+
+  boundary: t >= boundary * 1000 runs the high-noise expert; default: the release's (0.875 for
+    text-to-video, 0.9 for image-to-video).
+  """
   opened, dtype = _Opened.of(path, num_heads), dtype_name(dtype)
+  if boundary is None:
+    boundary = BOUNDARIES[opened.task()]
   return DualWanTransformer(opened.build("high_noise", dtype, runtime),
                             opened.build("low_noise", dtype, runtime), boundary=boundary)
