@@ -21,11 +21,14 @@ TINY = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, 
 TEXT_LEN = 512  # Wan pads the prompt to 512 rows; padded rows are attended to.
 
 
-def make_reference(seed: int) -> WanTransformer3DModel:
+I2V_IN_CHANNELS = 36  # Wan 2.2 I2V: 16 noisy latents, 4 mask channels, 16 condition latents
+
+
+def make_reference(seed: int, in_channels: int = 16) -> WanTransformer3DModel:
   """Random weights, perturbed (norm gains != 1, biases != 0) and rounded to bf16 values, so the
-  same numbers can be stored in fp32 and bf16 files."""
+  same numbers can be stored in fp32 and bf16 files. in_channels=36: an image-to-video expert."""
   torch.manual_seed(seed)
-  model = WanTransformer3DModel(**TINY).eval()
+  model = WanTransformer3DModel(**{**TINY, "in_channels": in_channels}).eval()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(torch.randn_like(p) * 0.1)
@@ -64,8 +67,10 @@ def _all_original_keys(model: WanTransformer3DModel) -> list[str]:
   return keys
 
 
-def save_official_expert(model: WanTransformer3DModel, folder: Path, shards: int = 3) -> None:
-  """An official-layout expert folder: config.json, sharded safetensors and their index."""
+def save_official_expert(model: WanTransformer3DModel, folder: Path, shards: int = 3,
+                         model_type: str | None = None) -> None:
+  """An official-layout expert folder: config.json, sharded safetensors and their index.
+  model_type: config.json's, by default "i2v" for 36 input channels and "t2v" otherwise."""
   folder.mkdir(parents=True)
   sd = original_state_dict(model)
   keys = sorted(sd)
@@ -82,13 +87,15 @@ def save_official_expert(model: WanTransformer3DModel, folder: Path, shards: int
       "_class_name": "WanModel", "dim": cfg.num_attention_heads * cfg.attention_head_dim,
       "num_heads": cfg.num_attention_heads, "num_layers": cfg.num_layers, "ffn_dim": cfg.ffn_dim,
       "freq_dim": cfg.freq_dim, "in_dim": cfg.in_channels, "out_dim": cfg.out_channels,
-      "text_len": TEXT_LEN, "eps": cfg.eps, "model_type": "t2v"}))
+      "text_len": TEXT_LEN, "eps": cfg.eps,
+      "model_type": model_type or ("i2v" if cfg.in_channels == I2V_IN_CHANNELS else "t2v")}))
 
 
-def save_comfyui_file(model: WanTransformer3DModel, path: Path) -> None:
-  """A ComfyUI single file: original keys behind `model.diffusion_model.`, stored in bf16."""
+def save_comfyui_file(model: WanTransformer3DModel, path: Path,
+                      dtype: torch.dtype = torch.bfloat16) -> None:
+  """A ComfyUI single file: original keys behind `model.diffusion_model.`, stored in `dtype`."""
   sd = original_state_dict(model)
-  save_file({f"model.diffusion_model.{k}": v.to(torch.bfloat16).contiguous()
+  save_file({f"model.diffusion_model.{k}": v.to(dtype).contiguous()
              for k, v in sd.items()}, str(path))
 
 
@@ -109,6 +116,18 @@ def reference_forward(model: WanTransformer3DModel, latents, timestep, context) 
     out = model(torch.from_numpy(latents).permute(0, 4, 1, 2, 3), torch.from_numpy(timestep),
                 torch.from_numpy(padded), return_dict=False)[0]
   return out.permute(0, 2, 3, 4, 1).numpy()
+
+
+def random_condition(latents: np.ndarray, seed: int) -> np.ndarray:
+  """An image-to-video condition for `latents`: [B, F, H, W, 20] (4 mask + 16 latent channels)."""
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((*latents.shape[:4], I2V_IN_CHANNELS - 16)).astype(np.float32)
+
+
+def i2v_reference_forward(model: WanTransformer3DModel, latents, timestep, context,
+                          condition) -> np.ndarray:
+  """diffusers' I2V output: the condition joined after the latents on the channel axis."""
+  return reference_forward(model, np.concatenate([latents, condition], axis=-1), timestep, context)
 
 
 def rel_error(a, b) -> float:
