@@ -118,3 +118,16 @@ def test_with_every_checkpoint_damaged_one_line_names_the_folder_to_remove(tmp_p
   assert message.endswith("remove that folder to start the run over")
   assert (tmp_path / "checkpoints/2").is_dir()  # nothing moved when nothing is usable
 
+
+
+def test_fingerprints_of_an_offloaded_expert_are_taken_in_host_memory(monkeypatch):
+  """An expert waiting in pinned host memory is summed there, with the device's arithmetic."""
+  from wan_jax.train import checksums as module
+  x = state(4)
+  host = jax.tree.map(lambda a: jax.device_put(
+      a, jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")), x)
+  assert {a.sharding.memory_kind for a in jax.tree.leaves(host)} == {"pinned_host"}
+  assert checksums(host) == checksums(x)
+  monkeypatch.setattr(module, "_CHUNK", 1000)  # sums carried across chunks
+  big = jnp.asarray(np.random.default_rng(5).integers(0, 2**31, 3000), jnp.int32)
+  assert module._host_words(big) == tuple(int(w) for w in module._all_words([big])[0])

@@ -4,7 +4,8 @@ A flipped byte in a checkpoint's array data can decode to plausible numbers (Ada
 that train on silently. Each array's bits are summed as unsigned integers, once plainly and once
 weighted by position, both modulo 2**32: integer sums are exact in any order, so the result is
 the same whatever the sharding or device count of the run that restores it, and only the two
-32-bit words per array leave the device.
+32-bit words per array leave the device. Arrays waiting in host memory (an offloaded expert) are
+summed on the host with the same arithmetic.
 """
 
 from __future__ import annotations
@@ -36,13 +37,43 @@ def _all_words(leaves: list[jax.Array]) -> list[jax.Array]:
   return [_words(x) for x in leaves]
 
 
+_MASK = 0xFFFFFFFF
+_CHUNK = 1 << 24  # host arrays are summed this many words at a time (64 MiB of temporaries)
+
+
+def _host_words(x: jax.Array) -> tuple[int, int]:
+  """`_words` for an array in host memory (an offloaded expert's): the same two sums in NumPy,
+  so nothing is copied to the device, whose memory the offloading was there to spare."""
+  a = np.asarray(x).reshape(-1)
+  if a.dtype == np.bool_:
+    bits = a.view(np.uint8)
+  else:
+    bits = a.view({1: np.uint8, 2: np.uint16}.get(a.dtype.itemsize, np.uint32))
+  plain = weighted = 0
+  for start in range(0, bits.size, _CHUNK):
+    chunk = bits[start:start + _CHUNK].astype(np.uint32)
+    position = (np.arange(start + 1, start + 1 + chunk.size, dtype=np.uint64) & _MASK
+                ).astype(np.uint32)
+    plain += int(chunk.sum(dtype=np.uint64))
+    weighted += int((chunk * position).sum(dtype=np.uint64))  # the product wraps like uint32
+  return plain & _MASK, weighted & _MASK
+
+
+def _in_host_memory(x: jax.Array) -> bool:
+  kind = getattr(getattr(x, "sharding", None), "memory_kind", None)
+  return kind is not None and kind != "device" and x.is_fully_addressable
+
+
 def checksums(tree: Any) -> dict[str, str]:
   """{key path: 16 hex digits} for every array of `tree` (blocks until computed)."""
-  paths, leaves = zip(*jax.tree_util.tree_leaves_with_path(tree)) if jax.tree.leaves(tree) \
-      else ((), ())
-  words = jax.device_get(_all_words(list(leaves)))
-  return {jax.tree_util.keystr(p): f"{int(w[0]):08x}{int(w[1]):08x}"
-          for p, w in zip(paths, np.asarray(words).reshape(-1, 2))}
+  flat = jax.tree_util.tree_leaves_with_path(tree)
+  on_device = [(p, x) for p, x in flat if not _in_host_memory(x)]
+  words = dict(zip((p for p, _ in on_device),
+                   np.asarray(jax.device_get(_all_words([x for _, x in on_device]))
+                              ).reshape(-1, 2) if on_device else []))
+  words.update({p: _host_words(x) for p, x in flat if _in_host_memory(x)})
+  return {jax.tree_util.keystr(p): f"{int(words[p][0]):08x}{int(words[p][1]):08x}"
+          for p, _ in flat}
 
 
 def mismatches(tree: Any, expected: dict[str, str]) -> list[str]:
