@@ -188,7 +188,7 @@ def tiny_run(tmp_path_factory):
   from wan_jax.train import models
   from wan_jax.train.mesh import make_mesh
   from wan_jax.train.optimizer import make_optimizer
-  from wan_jax.train.trainer import build_data, prepare_datasets
+  from wan_jax.train.run_data import build_data, prepare_datasets
 
   cfg = get_config()
   root = tmp_path_factory.mktemp("planned")
@@ -247,7 +247,7 @@ def test_the_chosen_compile_trains_the_largest_bucket(tiny):
   trains without another compile; the image bucket compiles once on first use."""
   from wan_jax.train.planned_step import abstract_expert
   from wan_jax.train.random_weights import random_state
-  from wan_jax.train.trainer import _global_batch
+  from wan_jax.train.run_data import global_batch
 
   cfg, tx, _, mesh, pipeline, _ = tiny
   planned = plan_with(tiny, 1.0)
@@ -262,7 +262,7 @@ def test_the_chosen_compile_trains_the_largest_bucket(tiny):
   shapes = set()
   for i, batch in zip(range(6), pipeline.dataset):
     shapes.add(batch["latent_mean"].shape)
-    trainable, opt_state, m = step(trainable, opt_state, frozen, _global_batch(batch, mesh),
+    trainable, opt_state, m = step(trainable, opt_state, frozen, global_batch(batch, mesh),
                                    step_keys(0, i), jnp.float32(0.0), jnp.float32(1000.0))
     assert bool(m["finite"])
   assert shapes == {(2, 2, 6, 8, 16), (2, 1, 6, 8, 16)}  # the clip and the image buckets

@@ -211,14 +211,14 @@ def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path,
 
   from wan_jax.data.demo import make_demo_dataset
   make_demo_dataset(tmp_path / "data")
-  from wan_jax.train import trainer
+  from wan_jax.train import expert_states
   train(config(False), tmp_path / "resident", progress=False)
-  kinds, place = [], trainer._place
+  kinds, place = [], expert_states.place
   def recording_place(*args):
     out = place(*args)
     kinds.extend({x.sharding.memory_kind for x in jax.tree.leaves(out)})
     return out
-  monkeypatch.setattr(trainer, "_place", recording_place)
+  monkeypatch.setattr(expert_states, "place", recording_place)
   summary = train(config(True), tmp_path / "offload", progress=False)
   assert kinds.count("pinned_host") >= 4 * 3  # each switch parks weights, frozen and moments
   # Previews sampled one expert at a time (high-noise steps, swap, low-noise steps) look the same
@@ -287,12 +287,12 @@ def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_pa
 def test_a_run_saved_before_a_dataset_key_existed_still_resumes(tmp_path):
   """Checkpoints keep the settings a resume must match; a key added since (trigger_word) counts
   as its default, so an upgrade does not strand a run, while a real change is still refused."""
-  from wan_jax.train.trainer import _check_resume, resume_settings
+  from wan_jax.train.resume import check_resume, resume_settings
   cfg = get_config()
   saved = resume_settings(cfg)
   for ds in saved["datasets"]:
     del ds["trigger_word"]
-  _check_resume(saved, cfg, 0, tmp_path)
+  check_resume(saved, cfg, 0, tmp_path)
   saved["datasets"][0]["flip_prob"] = 0.25
   with pytest.raises(ValueError, match="other settings for datasets"):
-    _check_resume(saved, cfg, 0, tmp_path)
+    check_resume(saved, cfg, 0, tmp_path)

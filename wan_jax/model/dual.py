@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wan_jax.model.flow_matching import threshold
 from wan_jax.model.transformer import WanTransformer
 
-NUM_TRAIN_TIMESTEPS = 1000
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +43,7 @@ class DualWanTransformer(nnx.Module):
   @property
   def threshold(self) -> float:
     """The first timestep that belongs to the high-noise expert."""
-    return self.boundary * NUM_TRAIN_TIMESTEPS
+    return threshold(self.boundary)
 
   def uses_high_noise(self, timestep_B: jax.Array) -> jax.Array:
     return timestep_B[0].astype(jnp.float32) >= jnp.float32(self.threshold)
@@ -56,6 +56,8 @@ class DualWanTransformer(nnx.Module):
     def run(index: int):
       def branch(state):
         model = nnx.merge(graphdef, state)[index]
+        if condition_BxFxHxWxK is None:  # text-to-video experts take three inputs
+          return model(latents_BxFxHxWxC, timestep_B, context_BxLxT)
         return model(latents_BxFxHxWxC, timestep_B, context_BxLxT, condition_BxFxHxWxK)
       return branch
 

@@ -13,9 +13,8 @@ from numbers import Integral
 import jax
 import jax.numpy as jnp
 
-HIGH = "high"
-LOW = "low"
-EXPERTS = (HIGH, LOW)  # position = expert index
+from wan_jax.model.flow_matching import EXPERTS, HIGH, LOW  # noqa: F401  (position = index)
+
 CHECKPOINT_NAMES = {HIGH: "high_noise", LOW: "low_noise"}  # in checkpoints and output file names
 
 

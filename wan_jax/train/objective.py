@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS
+from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
 
 
 def noisy_latents(x0_BxFxHxWxC: jax.Array, noise_BxFxHxWxC: jax.Array,

@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS, DualWanTransformer
+from wan_jax.model import flow_matching
+from wan_jax.model.dual import DualWanTransformer
+from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
 from wan_jax.model.vae import WanVAE, decode_latents
 from wan_jax.train import media_out
 
@@ -58,8 +60,7 @@ def flow_sigmas(num_steps: int, shift: float) -> np.ndarray:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
   if not shift > 0:
     raise ValueError(f"shift must be > 0, got {shift}")
-  s = np.linspace(1.0, 0.0, num_steps + 1)
-  return shift * s / (1.0 + (shift - 1.0) * s)
+  return flow_matching.shift(np.linspace(1.0, 0.0, num_steps + 1), shift)
 
 
 def _as_guidance(guidance: Guidance | tuple[float, float] | float) -> Guidance:

@@ -23,20 +23,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
-from wan_jax.model.dual import NUM_TRAIN_TIMESTEPS
-from wan_jax.train.experts import EXPERTS, HIGH
+from wan_jax.model import flow_matching
+from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
 
 METHODS = ("uniform", "logit_normal", "shift")
-
-
-def expert_range(expert: str, boundary: float) -> tuple[float, float]:
-  """(low, high) timestep bounds of an expert: high [low, high], low [low, high) (see above)."""
-  if expert not in EXPERTS:
-    raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
-  if not 0.0 < boundary < 1.0:
-    raise ValueError(f"boundary must be in (0, 1), got {boundary}")
-  threshold = boundary * NUM_TRAIN_TIMESTEPS
-  return (threshold, float(NUM_TRAIN_TIMESTEPS)) if expert == HIGH else (0.0, threshold)
 
 
 def _check(low: object, high: object, method: str, shift: object, logit_std: object) -> None:
@@ -90,12 +80,9 @@ def sample_timesteps(key: jax.Array, batch: int, low: float | jax.Array, high: f
     s = _truncated_uniform(key, batch, s_lo, s_hi)
   elif method == "shift":
     k = jnp.asarray(shift, jnp.float32)
-
-    def unshift(y: jax.Array) -> jax.Array:  # u = g^-1(s), the CDF of the shifted s
-      return y / (k - (k - 1) * y)
-
-    u = _truncated_uniform(key, batch, unshift(s_lo), unshift(s_hi))
-    s = k * u / (1 + (k - 1) * u)
+    u = _truncated_uniform(key, batch, flow_matching.unshift(s_lo, k),  # the shifted s's CDF
+                           flow_matching.unshift(s_hi, k))
+    s = flow_matching.shift(u, k)
   else:
     mean = jnp.asarray(logit_mean, jnp.float32)
     std = jnp.asarray(logit_std, jnp.float32)

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from wan_jax.model.config import I2V_CONDITION_CHANNELS, WanConfig
+from wan_jax.model.flow_matching import I2V_BOUNDARY, T2V_BOUNDARY
 from wan_jax.weights.safetensors_reader import CheckpointError
 
 TASK_NAMES = {"t2v": "text-to-video", "i2v": "image-to-video"}
 # The expert switch of each A14B release (Wan2.2 wan/configs/wan_{t2v,i2v}_A14B.py `boundary`;
 # diffusers' Wan 2.2 pipelines `boundary_ratio`): t >= boundary * 1000 -> the high-noise expert.
-BOUNDARIES = {"t2v": 0.875, "i2v": 0.9}
+BOUNDARIES = {"t2v": T2V_BOUNDARY, "i2v": I2V_BOUNDARY}
 # Other Wan 2.2 model types (official config.json `model_type`) and why they are not converted.
 UNSUPPORTED_MODEL_TYPES = {"ti2v": "Wan 2.2 TI2V-5B (48-channel Wan 2.2 VAE)",
                            "s2v": "Wan 2.2 S2V-14B (speech-to-video)"}

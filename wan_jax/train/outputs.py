@@ -1,0 +1,148 @@
+"""What a run hands over besides checkpoints: metrics (metrics.jsonl and TensorBoard), LoRA or
+full weight files, previews and the loss plot. Written by process 0 only; temporaries left by a
+killed earlier run are removed when a run starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from wan_jax.data.pipeline import Pipeline
+from wan_jax.files import stray_temporaries, writing
+from wan_jax.model.dual import DualWanTransformer
+from wan_jax.model.flow_matching import threshold
+from wan_jax.train import models
+from wan_jax.train.expert_states import Experts
+from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.train.export import save_full, save_lora
+from wan_jax.train.metrics_log import MetricsLog
+from wan_jax.train.plot import save_loss_plot
+from wan_jax.train.preview import Guidance, render_previews
+from wan_jax.train.tensorboard import ScalarWriter
+
+log = logging.getLogger(__name__)
+
+
+class Outputs:
+  """Files users take away, written by process 0 only."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
+               pipeline: Pipeline):
+    self.cfg, self.workdir, self.enc, self.pipeline = cfg, workdir, enc, pipeline
+    self.main = jax.process_index() == 0
+    self.metrics = MetricsLog(workdir / "metrics.jsonl") if self.main else None
+    self.tb = ScalarWriter(workdir / "tensorboard") if self.main else None
+    if self.main:  # temporaries of files being written when an earlier run was killed
+      for folder in (workdir, workdir / "lora", workdir / "weights", workdir / "previews"):
+        for stray in stray_temporaries(folder):
+          stray.unlink()
+          log.warning("removed %s, left by an interrupted write", stray)
+
+  def log(self, step: int, values: dict[str, float | str | bool]) -> None:
+    if self.main:
+      with writing(f"the metrics ({self.metrics.path} and tensorboard/)"):
+        self.metrics.append({"step": step, **values})
+        self.tb.scalars(step, {k: v for k, v in values.items() if isinstance(v, (int, float))})
+
+  def weights(self, experts: Experts, step: int | None) -> list[Path]:
+    """LoRA files (or full weights) per trained expert; step None = the final, unnumbered ones.
+
+    Every process calls this (gathering sharded LoRA weights is collective); process 0 writes.
+    """
+    cfg, out = self.cfg, []
+    if jax.process_count() > 1 and not cfg.lora.enabled:
+      raise NotImplementedError("exporting a full fine-tune from a multi-host run is not "
+                                "supported yet; export from the Orbax checkpoint on one host")
+    folder = self.workdir / ("lora" if cfg.lora.enabled else "weights")
+    for name, st in experts.items():
+      trainable = st.trainable
+      if jax.process_count() > 1:
+        trainable = multihost_utils.process_allgather(trainable, tiled=True)
+      if not self.main:
+        continue
+      stem = f"{cfg.save.name}_{step:06d}" if step is not None else cfg.save.name
+      path = folder / f"{stem}_{CHECKPOINT_NAMES[name]}.safetensors"
+      meta = {"step": str(step if step is not None else st.steps), "expert": CHECKPOINT_NAMES[name],
+              "wan_jax_train_config": self.cfg.to_json()}
+      model = nnx.merge(st.graphdef, trainable, st.frozen)
+      with writing(str(path)):
+        if cfg.lora.enabled:
+          out.append(save_lora(model, path, metadata=meta, dtype=cfg.save.dtype))
+        else:
+          out.append(save_full(model, path, dtype=cfg.save.dtype, metadata=meta))
+    return out
+
+  def previews(self, experts: Experts, step: int) -> list[Path]:
+    """Samples the preview prompts. Every process samples (the weights are sharded over all of
+    them); only process 0 keeps the files.
+
+    With offloading, the sampler runs the high-noise steps with one expert, then swaps it for
+    the other (`experts.bring`) for the low-noise steps, so only one expert is ever on the device.
+    """
+    cfg = self.cfg.preview
+    if not cfg.prompts:
+      return []
+    dual = self._sampler(experts)
+    vae = self.enc.load_vae()  # only for the preview: the VAE never stays in training memory
+    plan = self.pipeline.cache_plan
+    contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
+    negative = jnp.asarray(plan.prompt(cfg.negative_prompt))[None]
+    with contextlib.ExitStack() as stack:
+      out_dir = (self.workdir / "previews" if self.main else
+                 Path(stack.enter_context(tempfile.TemporaryDirectory())))
+      stack.enter_context(writing(f"the previews under {out_dir}"))
+      paths = render_previews(
+          dual, vae, list(cfg.prompts), contexts, negative, out_dir, step,
+          height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
+          shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
+          seed=cfg.seed)
+    return paths if self.main else []
+
+  def _sampler(self, experts: Experts):
+    """The dual model previews sample with (a function of t with offloading)."""
+    boundary = self.cfg.model.boundary
+    if experts.offload:
+      current: dict[str, DualWanTransformer] = {}
+
+      def dual(t: float) -> DualWanTransformer:
+        name = HIGH if t >= threshold(boundary) else LOW
+        if name not in current:
+          current.clear()  # drop the other expert's view before it leaves the device
+          experts.bring(name)
+          expert = experts[name].model()
+          current[name] = DualWanTransformer(expert, expert, boundary)
+        return current[name]
+      return dual
+    models_by_name = {name: st.model() for name, st in experts.items()}
+    if len(models_by_name) == 1:  # the untrained expert, as released, for this preview only
+      (trained, model), = models_by_name.items()
+      idle = LOW if trained == HIGH else HIGH
+      try:
+        models_by_name[idle] = models.load_expert(self.cfg, idle)
+      except (ValueError, OSError) as e:  # e.g. a checkpoint converted with one expert only
+        log.warning("previews use the trained %s-noise expert for every step: the %s-noise "
+                    "expert could not be loaded (%s)", trained, idle, e)
+        models_by_name[idle] = model
+    return DualWanTransformer(models_by_name[HIGH], models_by_name[LOW], boundary)
+
+  def plot(self) -> Path | None:
+    if not self.main:
+      return None
+    rows = self.metrics.rows()
+    by_step = {r["step"]: r["loss"] for r in rows if "loss" in r}  # a resumed run rewrites steps
+    steps = sorted(by_step)
+    with writing(str(self.workdir / "loss.png")):
+      return save_loss_plot(steps, [by_step[s] for s in steps], self.workdir / "loss.png")
+
+  def close(self) -> None:
+    if self.main:
+      self.metrics.close()
+      self.tb.close()

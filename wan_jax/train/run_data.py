@@ -1,0 +1,54 @@
+"""The run's data: generated demo folders where the config names none, the cached pipeline, and
+each batch as global arrays on the mesh."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from wan_jax.data.config import resolutions
+from wan_jax.data.demo import make_clip_dataset, make_demo_dataset
+from wan_jax.data.pipeline import Pipeline, build_pipeline
+from wan_jax.train import models
+from wan_jax.train.sharding import global_batch_from_local
+from wan_jax.train.step import BATCH_NDIMS
+
+
+def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+  """The tiny demo trains on a generated data set unless a folder was given; random real-size
+  models on generated clips at the data set's largest resolution and frame count."""
+  if cfg.model.arch != "tiny" and not models.random_weights(cfg):
+    return
+  for ds in cfg.datasets:
+    if ds.folder_path:
+      continue
+    if not models.random_weights(cfg):
+      media, masks = make_demo_dataset(workdir / "demo_data")
+    else:
+      side = max(resolutions(ds))  # buckets are area-based: 16:9 clips of area side^2
+      width, height = 16 * math.ceil(side * 4 / 3 / 16), 16 * math.ceil(side * 3 / 4 / 16)
+      media, masks = make_clip_dataset(workdir / "demo_data", width, height, int(ds.num_frames))
+    ds.folder_path, ds.mask_path = str(media), str(masks)
+
+
+def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
+               mesh: jax.sharding.Mesh, progress: bool) -> Pipeline:
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.train.batch_size % shards:
+    raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the mesh's "
+                     f"data x fsdp = {shards}")
+  extra = [*cfg.preview.prompts, cfg.preview.negative_prompt] if cfg.preview.every else []
+  return build_pipeline(list(cfg.datasets), cfg.train.batch_size, cfg.seed,
+                        num_workers=cfg.data.num_workers,
+                        caches=models.cache_settings(cfg, enc), load_vae=enc.load_vae,
+                        load_text=enc.load_text, extra_prompts=extra, progress=progress)
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """This process's rows of a batch as global arrays over the mesh (the step's inputs only)."""
+  return global_batch_from_local({k: np.asarray(batch[k], np.float32) for k in BATCH_NDIMS},
+                                 mesh)
