@@ -53,7 +53,7 @@ from wan_jax.train.optimizer import make_optimizer
 from wan_jax.train import memory_plan
 from wan_jax.train.random_weights import random_state
 from wan_jax.train.sharding import global_batch_from_local, tree_shardings
-from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
+from wan_jax.train.step import StepSettings, make_train_step, step_keys
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the sibling scripts: forward (commit, memory), torch_reference
@@ -229,7 +229,7 @@ class Steps:
       graphdef = nnx.split(nnx.eval_shape(build), LORA, FROZEN)[0]
       trainable, opt_state, frozen = self.args_for_lowering[:3]
       step_fn = make_train_step(graphdef, self.tx, step_settings(), self.mesh, trainable,
-                                opt_state, frozen, BATCH_NDIMS)
+                                opt_state, frozen)
       start = time.perf_counter()
       self.compiled[remat] = step_fn.lower(*self.args_for_lowering).compile()
       self.compile_s[remat] = time.perf_counter() - start

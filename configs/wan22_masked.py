@@ -100,6 +100,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.preview = ml_collections.ConfigDict()
   c.preview.every = 250  # 0 = no previews
   c.preview.prompts = ["a person walking through a park, natural light"]
+  c.preview.images = []  # image-to-video only: one start image per prompt (configs/wan22_i2v_masked.py)
   c.preview.negative_prompt = ""
   c.preview.height = 480
   c.preview.width = 832

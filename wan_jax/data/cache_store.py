@@ -1,6 +1,7 @@
 """Cache files on disk: one safetensors file per key, written atomically.
 
-Layout: `<root>/<kind>/<key[:2]>/<key>.safetensors` (kind: latents, weights, prompts). A file is
+Layout: `<root>/<kind>/<key[:2]>/<key>.safetensors` (kind: latents, weights, prompts, and what a
+task derives from pixels, e.g. image-to-video's condition). A file is
 written to a temporary name in the same folder and renamed into place, so a crash or Ctrl-C
 during a build never leaves a truncated file under a real key; a file that is unreadable anyway
 (a full disk, a copy gone wrong) or holds non-finite values is reported by name, deleted and
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import safetensors.numpy
 
 from wan_jax.files import atomic_path
 
-KINDS = ("latents", "weights", "prompts")
+KIND = re.compile(r"[a-z][a-z0-9_]*")  # a folder name: latents, weights, prompts, condition, ...
 DTYPES = ("float32", "float16")  # what safetensors' numpy API can store
 
 
@@ -40,8 +42,8 @@ class CacheStore:
     self.root = Path(root).expanduser()
 
   def path(self, kind: str, key: str) -> Path:
-    if kind not in KINDS:
-      raise ValueError(f"cache kind must be one of {KINDS}, got {kind!r}")
+    if not KIND.fullmatch(kind):
+      raise ValueError(f"a cache kind is a lowercase name such as 'latents', got {kind!r}")
     return self.root / kind / key[:2] / f"{key}.safetensors"
 
   def has(self, kind: str, key: str) -> bool:

@@ -5,6 +5,8 @@ rebuilds only what it touches:
   latents  the VAE posterior's mean and log-variance (un-normalised, as `WanVAE.moments`) of one
            item in one geometry. Key: the media file (path, size, mtime), the bucket, the source
            frames, the resize/crop/flip, the VAE's weights (file identities) and the dtype.
+  <task>   what the task derives from the same pixels (image-to-video: `condition`, the encoded
+           first frame with its mask channels). Key: as the latents'.
   weights  the latent-grid weight map of a masked item. Key: the mask file, the same geometry,
            invert_mask and mask_min_value (changing mask_min_value re-reads masks, not videos).
   prompts  one caption's umT5 embedding, trimmed to its tokens. Key: the text, the encoder's and
@@ -37,6 +39,7 @@ from wan_jax.data.examples import (Geometry, SkipItem, is_masked, plan_geometry,
                                    read_weights)
 from wan_jax.data.folders import DataError, Item
 from wan_jax.data.media import MediaError
+from wan_jax.tasks import TEXT_TO_VIDEO, Task
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when what a cache file holds changes
@@ -105,6 +108,7 @@ class Variant:
   geometry: Geometry
   latent_key: str
   weights_key: str | None  # None: unmasked (weights are ones)
+  pixel_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # task's kind -> key
 
 
 @dataclasses.dataclass
@@ -116,32 +120,39 @@ class CachePlan:
   variants: list[dict[bool, Variant]]  # per entry: flip -> variant
   prompt_keys: dict[str, str]  # caption -> key (includes BLANK and extra prompts)
   failed: set[int] = dataclasses.field(default_factory=set)  # entries that could not be encoded
+  task: Task = TEXT_TO_VIDEO
+
+  @property
+  def pixel_kinds(self) -> tuple[str, ...]:
+    """Kinds encoded from an entry's pixels: the latents, then what the task derives."""
+    return ("latents", *self.task.pixel_arrays)
 
   def keys(self, kind: str) -> dict[str, tuple[int, bool]]:
-    """Each distinct latents/weights key -> the first (entry, flip) that needs it (an item with
+    """Each distinct key of a kind -> the first (entry, flip) that needs it (an item with
     `repeats` is several entries, one file)."""
     out: dict[str, tuple[int, bool]] = {}
     for i, by_flip in enumerate(self.variants):
       for flip, v in by_flip.items():
-        key = v.latent_key if kind == "latents" else v.weights_key
+        key = _key(v, kind)
         if key is not None:
           out.setdefault(key, (i, flip))
     return out
 
   def missing(self) -> tuple[list[tuple[int, bool]], list[tuple[int, bool]], list[str]]:
-    """(entry/flip pairs whose latents are missing, ... whose weights are, captions), one pair
-    per missing file."""
-    lat, wts = ([ef for key, ef in self.keys(kind).items() if not self.store.has(kind, key)]
-                for kind in ("latents", "weights"))
+    """(entry/flip pairs with a pixel-derived file missing: latents or the task's, ... whose
+    weights are, captions), one pair per file to encode."""
+    lat = sorted({ef for kind in self.pixel_kinds for key, ef in self.keys(kind).items()
+                  if not self.store.has(kind, key)})
+    wts = [ef for key, ef in self.keys("weights").items() if not self.store.has("weights", key)]
     texts = [t for t, k in self.prompt_keys.items() if not self.store.has("prompts", k)]
     return lat, wts, texts
 
   def fail_shared(self) -> None:
     """Marks every entry that shares a file with a failed one (the repeats of a broken item)."""
-    bad = {k for i in self.failed for v in self.variants[i].values()
-           for k in (v.latent_key, v.weights_key) if k is not None}
+    files = lambda v: {_key(v, kind) for kind in (*self.pixel_kinds, "weights")} - {None}
+    bad = {k for i in self.failed for v in self.variants[i].values() for k in files(v)}
     self.failed |= {i for i, by_flip in enumerate(self.variants)
-                    if any(v.latent_key in bad or v.weights_key in bad for v in by_flip.values())}
+                    if any(files(v) & bad for v in by_flip.values())}
 
   def repair_prompts(self, texts: Sequence[str]) -> list[str]:
     """Reads the embeddings every row or preview may need (the blank caption, the preview
@@ -163,8 +174,17 @@ class CachePlan:
     return self.store.read("prompts", self.prompt_keys[text])["embedding"].astype(np.float32)
 
 
+def _key(v: Variant, kind: str) -> str | None:
+  if kind == "latents":
+    return v.latent_key
+  if kind == "weights":
+    return v.weights_key
+  return v.pixel_keys[kind]
+
+
 def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collections.ConfigDict],
-                settings: CacheSettings, extra_prompts: Sequence[str] = ()) -> CachePlan:
+                settings: CacheSettings, extra_prompts: Sequence[str] = (),
+                task: Task = TEXT_TO_VIDEO) -> CachePlan:
   """Keys for every (item, resolution) entry and every caption; reads no media."""
   for i, cfg in enumerate(datasets):
     check_cacheable(cfg, f"datasets[{i}]")
@@ -184,18 +204,21 @@ def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collect
       wkey = None if mask is None else digest(
           [VERSION, "weights", mask, g, bool(cfg.invert_mask), float(cfg.mask_min_value),
            item.mask is None])
-      by_flip[flip] = Variant(geo, lkey, wkey)
+      pkeys = {kind: digest([VERSION, kind, media, g, settings.vae_id, settings.dtype])
+               for kind in task.pixel_arrays}
+      by_flip[flip] = Variant(geo, lkey, wkey, pkeys)
     variants.append(by_flip)
     planned[item, resolution] = by_flip
   texts = {BLANK, *extra_prompts, *(item.caption for item, _ in items)}
   prompt_keys = {t: digest([VERSION, "prompts", t, settings.text_id, settings.text_len,
                             settings.dtype]) for t in sorted(texts)}
-  return CachePlan(CacheStore(settings.root), settings, variants, prompt_keys)
+  return CachePlan(CacheStore(settings.root), settings, variants, prompt_keys, task=task)
 
 
 @dataclasses.dataclass
 class BuildReport:
   latents_built: int = 0
+  pixel_built: dict[str, int] = dataclasses.field(default_factory=dict)  # the task's kinds
   weights_built: int = 0
   prompts_built: int = 0
   reused: int = 0
@@ -205,7 +228,8 @@ class BuildReport:
 
   def summary(self) -> str:
     repaired = f" ({self.damaged} of them replacing damaged files)" if self.damaged else ""
-    return (f"caches: {self.reused} files reused, built {self.latents_built} latents, "
+    task = "".join(f"{n} {kind}s, " for kind, n in sorted(self.pixel_built.items()))
+    return (f"caches: {self.reused} files reused, built {self.latents_built} latents, {task}"
             f"{self.weights_built} weight maps, {self.prompts_built} prompt embeddings"
             f"{repaired} in {self.seconds:.1f} s; {len(self.failed)} items could not be encoded")
 
@@ -221,8 +245,10 @@ def build_caches(plan: CachePlan, items: Sequence[tuple[Item, int]],
   caller already has it."""
   start = time.time()
   lat, wts, texts = missing or plan.missing()
-  total = len(plan.keys("latents")) + len(plan.keys("weights")) + len(plan.prompt_keys)
-  report = BuildReport(reused=total - len(lat) - len(wts) - len(texts))
+  absent = sum(not plan.store.has(kind, key) for kind in (*plan.pixel_kinds, "weights")
+               for key in plan.keys(kind))
+  total = sum(len(plan.keys(k)) for k in (*plan.pixel_kinds, "weights")) + len(plan.prompt_keys)
+  report = BuildReport(reused=total - absent - len(texts))
   bar = lambda it, n, desc: tqdm.tqdm(it, total=n, desc=desc, unit="item",
                                       disable=not progress or n == 0)
   if lat:
@@ -255,32 +281,45 @@ def _fail(plan: CachePlan, report: BuildReport, i: int, item: Item, e: Exception
 
 
 def _build_latents(plan, items, datasets, todo, load_vae, report, bar) -> None:
+  """Encodes each (entry, flip) in `todo` once: its latents and the task's arrays, whichever
+  are missing, from one read of its pixels."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
   vae = load_vae()
   moments = nnx.jit(lambda vae, video: vae.moments(video))
+  task_arrays = nnx.jit(lambda vae, video: plan.task.encode_pixels(vae, video))
   dtype = np.dtype(plan.settings.dtype)
   # One bucket after another, so each shape compiles once and stays hot.
   todo = sorted(todo, key=lambda ef: (plan.variants[ef[0]][ef[1]].geometry.bucket, ef))
   for i, flip in bar(todo, len(todo), "caching latents"):
     item, _ = items[i]
     v = plan.variants[i][flip]
+    want = [k for k in plan.pixel_kinds if not plan.store.has(k, _key(v, k))]
     try:
       pixels = read_pixels(item, v.geometry)
     except (MediaError, ValueError, OSError) as e:
       _fail(plan, report, i, item, e)
       continue
     video = jnp.asarray(pixels[None], jnp.float32) / 127.5 - 1.0
-    mean, logvar = jax.device_get(moments(vae, video))
-    if not (np.isfinite(mean).all() and np.isfinite(logvar).all()):
+    files = {}
+    if "latents" in want:
+      mean, logvar = jax.device_get(moments(vae, video))
+      files["latents"] = {"mean": mean[0], "logvar": logvar[0]}
+    if len(want) > ("latents" in want):
+      files.update({k: {k: a[0]} for k, a in jax.device_get(task_arrays(vae, video)).items()
+                    if k in want})
+    if not all(np.isfinite(a).all() for arrays in files.values() for a in arrays.values()):
       _fail(plan, report, i, item, ValueError("the VAE returned non-finite latents"))
       continue
-    plan.store.write("latents", v.latent_key,
-                     {"mean": mean[0].astype(dtype), "logvar": logvar[0].astype(dtype)},
-                     {"media": str(item.media), "bucket": str(v.geometry.bucket)})
-    report.latents_built += 1
+    for kind, arrays in files.items():
+      plan.store.write(kind, _key(v, kind), {k: a.astype(dtype) for k, a in arrays.items()},
+                       {"media": str(item.media), "bucket": str(v.geometry.bucket)})
+      if kind == "latents":
+        report.latents_built += 1
+      else:
+        report.pixel_built[kind] = report.pixel_built.get(kind, 0) + 1
   del vae
 
 
@@ -305,7 +344,8 @@ def _build_prompts(plan, texts, load_text, report, bar) -> None:
 
 
 def read_variant(plan: CachePlan, entry: int, flip: bool) -> dict[str, np.ndarray]:
-  """(mean, logvar, weights) of one cached entry as float32; CacheError names a bad file."""
+  """(mean, logvar, weights and the task's arrays) of one cached entry as float32; CacheError
+  names a bad file."""
   v = plan.variants[entry].get(flip) or next(iter(plan.variants[entry].values()))
   lat = plan.store.read("latents", v.latent_key)
   out = {"latent_mean": lat["mean"].astype(np.float32),
@@ -314,6 +354,8 @@ def read_variant(plan: CachePlan, entry: int, flip: bool) -> dict[str, np.ndarra
     out["weights"] = np.ones(out["latent_mean"].shape[:3], np.float32)
   else:
     out["weights"] = plan.store.read("weights", v.weights_key)["weights"]
+  for kind, key in v.pixel_keys.items():
+    out[kind] = plan.store.read(kind, key)[kind].astype(np.float32)
   return out
 
 

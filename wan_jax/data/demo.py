@@ -12,7 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw
 
-from wan_jax.files import build_folder_once
+from wan_jax.files import atomic_path, build_folder_once
 
 SIZE = (96, 64)  # width, height
 
@@ -96,6 +96,24 @@ def _write_clips(root: Path, width: int, height: int, frames: int, clips: int) -
     iio.imwrite(media / f"clip{c}.mp4", np.stack(video), plugin="pyav", fps=16, codec="libx264")
     iio.imwrite(masks / f"clip{c}.mp4", np.stack(mask), plugin="pyav", fps=16, codec="libx264")
     (media / f"clip{c}.txt").write_text("a coloured ball rolling to the right")
+
+
+DEMO_CLIP_SIZE = (96, 64)  # width, height of the image-to-video demo's clips
+
+
+def make_preview_image(root: str | Path, width: int, height: int) -> Path:
+  """A still to animate in the image-to-video demo's previews: a disc at the left of a gradient,
+  like the first frame of the demo clips. Written once (atomically) and reused."""
+  path = Path(root) / f"preview_start_{width}x{height}.png"
+  if not path.is_file():
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = (0.5 * xx / width + 0.5 * yy / height)[..., None] * 255 * np.float32([0.9, 0.8, 0.5])
+    disc = ((xx - width * 0.25) ** 2 + (yy - height / 2) ** 2 < (min(width, height) / 5) ** 2)
+    image = np.where(disc[..., None], np.float32([220, 40, 40]), background).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+      Image.fromarray(image).save(tmp, format="PNG")
+  return path
 
 
 DEMO_WORDS = ("a an the coloured ball photo rolling to right left red green blue small large on "

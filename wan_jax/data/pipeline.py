@@ -32,6 +32,7 @@ from wan_jax.data.examples import SkipItem, bucket_of, load_example
 from wan_jax.data.folders import DataError, Item, ScanReport, scan_dataset
 from wan_jax.data.weight_maps import latent_frames
 from wan_jax.data import config as dcfg
+from wan_jax.tasks import TEXT_TO_VIDEO, Task
 
 log = logging.getLogger(__name__)
 MAX_SUBSTITUTES = 8
@@ -169,7 +170,7 @@ class RowReader:
     lat = np.zeros((*weights.shape, Z_DIM), np.float32)
     return {"latent_mean": lat, "latent_logvar": lat, "weights": weights, "caption": BLANK,
             "context": np.zeros((self.plan.settings.text_len, self._blank.shape[1]), np.float32),
-            "loss_multiplier": 0.0}
+            "loss_multiplier": 0.0, **self.plan.task.empty_arrays(weights.shape)}
 
 
 def _decode_rows(index: int, batch: tuple[int, ...], *, reader: RowReader, bucket_members: dict,
@@ -220,13 +221,16 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
                    prefetch_batches: int = 2, caches: CacheSettings | None = None,
                    load_vae: Callable[[], Any] | None = None,
                    load_text: Callable[[], tuple[Any, Any]] | None = None,
-                   extra_prompts: Sequence[str] = (), progress: bool = True) -> Pipeline:
+                   extra_prompts: Sequence[str] = (), progress: bool = True,
+                   task: Task = TEXT_TO_VIDEO) -> Pipeline:
   """Scans every dataset (errors surface here, before training) and builds the iterator.
 
   Without `caches`, batches hold uint8 `pixels` and `weights`. With them, missing cache files
   are built first (`load_vae` / `load_text` are called only then) and batches hold
   `latent_mean`, `latent_logvar` (un-normalised VAE moments), `weights` and `context` (prompt
-  embeddings padded to text_len); items that cannot be encoded are dropped and counted.
+  embeddings padded to text_len), plus the arrays `task` derives from pixels (image-to-video's
+  `condition`); items that cannot be encoded are dropped and counted, and items the task cannot
+  learn from (one-frame items for image-to-video) are skipped by name.
   read_threads / prefetch_batches bound how far ahead each process (or worker) decodes: a batch
   of 81-frame clips is hundreds of MB, so Grain's default of 500 elements ahead would not fit.
   """
@@ -236,6 +240,12 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
   report = ScanReport()
   for i, ds in enumerate(datasets):
     scan_dataset(ds, i, report)
+  refused = {id(item): task.skip_reason(item) for item in report.items}
+  for item in {id(i): i for i in report.items if refused[id(i)]}.values():  # repeats once
+    report.skip(item.media, f"{task.title}: {refused[id(item)]}")
+  report.items = [item for item in report.items if not refused[id(item)]]
+  if not report.items:
+    raise DataError(f"no item of the data sets can train {task.title}; see the warnings above")
   entries = []
   for item in report.items:
     # A small item can land in the same bucket at several resolutions: once is enough.
@@ -245,7 +255,7 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
   plan, cache_report = None, None
   if caches is not None:
     plan, cache_report, entries = _cached_entries(entries, datasets, caches, load_vae, load_text,
-                                                  extra_prompts, progress, report)
+                                                  extra_prompts, progress, report, task)
   keys = [e.bucket for e in entries]
   by_key: dict[Any, list[int]] = {}
   for i, k in enumerate(keys):
@@ -273,10 +283,10 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
 
 
 def _cached_entries(entries, datasets, settings, load_vae, load_text, extra_prompts, progress,
-                    report: ScanReport) -> tuple[CachePlan, BuildReport, list[Entry]]:
+                    report: ScanReport, task: Task) -> tuple[CachePlan, BuildReport, list[Entry]]:
   """Plans and builds the caches; returns the plan and entries restricted to what encoded."""
   pairs = [(e.item, e.resolution) for e in entries]
-  plan = plan_caches(pairs, datasets, settings, extra_prompts)
+  plan = plan_caches(pairs, datasets, settings, extra_prompts, task)
   damaged = plan.repair_prompts([BLANK, *extra_prompts])  # needed whole: never a stand-in
   for warning in damaged:
     log.warning("%s", warning)

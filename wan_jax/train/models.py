@@ -19,18 +19,21 @@ from flax import nnx
 from wan_jax.data.caches import CacheSettings, files_id
 from wan_jax.data.demo import make_demo_tokenizer
 from wan_jax.data.probe_cache import default_cache_dir
-from wan_jax.model.config import WanConfig, t2v_a14b, tiny
+from wan_jax.model.config import WanConfig, i2v_a14b, t2v_a14b, tiny, tiny_i2v
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny, umt5_xxl
 from wan_jax.model.vae import WanVAE
 from wan_jax.model.vae_config import VAEConfig, tiny_vae, wan21_vae
+from wan_jax.tasks import TASKS, Task
 from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
 from wan_jax.train.random_weights import random_module
-from wan_jax.weights.load import expert_arch, load_transformer
+from wan_jax.weights.load import expert_arch, load_transformer, task_of
 from wan_jax.weights.load_encoders import (component_location, load_text_encoder, load_tokenizer,
                                            load_vae)
 
-ARCHS = ("wan22_t2v_a14b", "tiny")
+# model.arch -> (task, the expert's sizes for random or tiny weights). "tiny*" are the CPU demos.
+ARCHS = {"wan22_t2v_a14b": ("t2v", t2v_a14b), "wan22_i2v_a14b": ("i2v", i2v_a14b),
+         "tiny": ("t2v", tiny), "tiny_i2v": ("i2v", tiny_i2v)}
 TINY_SEEDS = {HIGH: 0, LOW: 1, "vae": 2, "text": 3}
 
 
@@ -52,15 +55,43 @@ def random_weights(cfg: ml_collections.ConfigDict) -> bool:
   return bool(cfg.model.random_weights)
 
 
+def is_tiny(cfg: ml_collections.ConfigDict) -> bool:
+  return str(cfg.model.arch).startswith("tiny")
+
+
+def task(cfg: ml_collections.ConfigDict) -> Task:
+  """The task model.arch trains (text-to-video or image-to-video)."""
+  check_arch(cfg)
+  return TASKS[ARCHS[cfg.model.arch][0]]
+
+
 def check_arch(cfg: ml_collections.ConfigDict) -> None:
   if cfg.model.arch not in ARCHS:
-    raise ValueError(f"model.arch must be one of {ARCHS}, got {cfg.model.arch!r}")
+    raise ValueError(f"model.arch must be one of {tuple(ARCHS)}, got {cfg.model.arch!r}")
   if random_weights(cfg) and cfg.model.name_or_path:
     raise ValueError("model.random_weights=True builds random experts; it cannot be combined "
                      f"with model.name_or_path={cfg.model.name_or_path!r}")
-  if cfg.model.arch != "tiny" and not random_weights(cfg) and not cfg.model.name_or_path:
+  if not is_tiny(cfg) and not random_weights(cfg) and not cfg.model.name_or_path:
     raise ValueError("model.name_or_path is required: a folder made by convert/wan22.py (or a "
                      "Wan 2.2 release folder); e.g. --config.model.name_or_path=/ckpt/wan22-jax")
+
+
+def check_checkpoint_task(cfg: ml_collections.ConfigDict) -> None:
+  """A checkpoint of the other task is refused before anything loads (its patch embedding
+  would not fit the batches)."""
+  if is_tiny(cfg) or random_weights(cfg):
+    return
+  want = ARCHS[cfg.model.arch][0]
+  try:
+    have = task_of(cfg.model.name_or_path)
+  except (OSError, ValueError):  # unreadable: the loader names the problem when it loads
+    return
+  if have is not None and have != want:
+    other = next(a for a, (t, _) in ARCHS.items() if t == have and not a.startswith("tiny"))
+    raise ValueError(f"model.arch={cfg.model.arch!r} trains {TASKS[want].title}, but "
+                     f"{cfg.model.name_or_path} holds {TASKS[have].title} experts; set "
+                     f"model.arch={other!r} (or use configs/wan22_"
+                     f"{'i2v_' if have == 'i2v' else ''}masked.py)")
 
 
 def trained_experts(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -78,10 +109,8 @@ def expert_config(cfg: ml_collections.ConfigDict, expert: str, remat: str) -> Wa
   dtype = cfg.model.dtype
   runtime = {"param_dtype": dtype, "compute_dtype": dtype, "attention": cfg.model.attention,
              "remat": remat}
-  if cfg.model.arch == "tiny":
-    return tiny(**runtime)
-  if random_weights(cfg):
-    return t2v_a14b(**runtime)
+  if is_tiny(cfg) or random_weights(cfg):
+    return ARCHS[cfg.model.arch][1](**runtime)
   return WanConfig.from_arch_dict(expert_arch(cfg.model.name_or_path, CHECKPOINT_NAMES[expert]),
                                   **runtime)
 
@@ -92,7 +121,7 @@ def load_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str = "full"
   if random_weights(cfg):
     return random_module(lambda: WanTransformer(model_cfg, rngs=nnx.Rngs(0)),
                          int(cfg.seed) * 10 + TINY_SEEDS[expert])
-  if cfg.model.arch == "tiny":
+  if is_tiny(cfg):
     return WanTransformer(model_cfg, rngs=nnx.Rngs(TINY_SEEDS[expert]))
   return load_transformer(cfg.model.name_or_path, cfg.model.dtype,
                           expert=CHECKPOINT_NAMES[expert], attention=cfg.model.attention,
@@ -104,7 +133,7 @@ def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
   m = cfg.model
   if random_weights(cfg):
     return _random_encoders(cfg, workdir)
-  if m.arch == "tiny":
+  if is_tiny(cfg):
     text_len = tiny().text_len
     tokenizer_dir = workdir / "tokenizer"
     tag = f"tiny-seed{TINY_SEEDS['vae']}-{m.vae_dtype}"
@@ -131,7 +160,7 @@ def _random_encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
   with random weights, and the demo's word tokenizer (its ids index any umT5 vocabulary)."""
   m, seed = cfg.model, int(cfg.seed)
   vae_seed, text_seed = seed * 10 + TINY_SEEDS["vae"], seed * 10 + TINY_SEEDS["text"]
-  small = m.arch == "tiny"
+  small = is_tiny(cfg)
   vae_sizes, text_sizes = (tiny_vae, umt5_tiny) if small else (wan21_vae, umt5_xxl)
   vae_cfg = vae_sizes(param_dtype=m.vae_dtype, compute_dtype=m.vae_dtype)
   text_cfg = text_sizes(param_dtype=m.text_encoder_dtype, compute_dtype=m.text_encoder_dtype)

@@ -95,6 +95,10 @@ class Outputs:
     plan = self.pipeline.cache_plan
     contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
     negative = jnp.asarray(plan.prompt(cfg.negative_prompt))[None]
+    task = models.task(self.cfg)  # image-to-video: each prompt's image, encoded
+    images = list(cfg.get("images", [])) if task.needs_preview_images else []
+    conditions = [task.preview_condition(vae, Path(image), cfg.height, cfg.width, cfg.num_frames)
+                  for image in images] or None
     with contextlib.ExitStack() as stack:
       out_dir = (self.workdir / "previews" if self.main else
                  Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -103,7 +107,7 @@ class Outputs:
           dual, vae, list(cfg.prompts), contexts, negative, out_dir, step,
           height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
           shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
-          seed=cfg.seed)
+          seed=cfg.seed, conditions=conditions, images=images)
     return paths if self.main else []
 
   def _sampler(self, experts: Experts):

@@ -25,7 +25,8 @@ from wan_jax.model.transformer import WanTransformer
 from wan_jax.train import memory_plan, models
 from wan_jax.train.lora import FROZEN, LORA, add_lora
 from wan_jax.train.sharding import batch_sharding, replicated, tree_shardings
-from wan_jax.train.step import BATCH_NDIMS, StepSettings, make_train_step, step_keys
+from wan_jax.tasks import TEXT_TO_VIDEO, Task
+from wan_jax.train.step import StepSettings, make_train_step, step_keys
 
 log = logging.getLogger(__name__)
 LATENT_CHANNELS = 16
@@ -53,15 +54,17 @@ def largest_bucket(pipeline: Pipeline) -> tuple[int, int, int]:
 
 
 def abstract_batch(bucket: tuple[int, int, int], batch_size: int, text_len: int, text_dim: int,
-                   mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+                   mesh: jax.sharding.Mesh, task: Task = TEXT_TO_VIDEO
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
   """The shapes a cached batch of this bucket has on the device (every array float32)."""
   f, h, w = bucket
   grid = (batch_size, latent_frames(f), h // 8, w // 8)
   shapes = {"latent_mean": (*grid, LATENT_CHANNELS), "latent_logvar": (*grid, LATENT_CHANNELS),
             "weights": grid, "context": (batch_size, text_len, text_dim),
-            "loss_multiplier": (batch_size,)}
+            "loss_multiplier": (batch_size,),
+            **{k: (*grid, c) for k, c in task.pixel_arrays.items()}}
   return {k: jax.ShapeDtypeStruct(shapes[k], jnp.float32, sharding=batch_sharding(mesh, n))
-          for k, n in BATCH_NDIMS.items()}
+          for k, n in task.batch_ndims.items()}
 
 
 @dataclasses.dataclass
@@ -164,14 +167,15 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
     if plan_remat not in steps:
       e = experts[plan_remat] = abstract_expert(cfg, names[0], plan_remat, tx, mesh)
       jitted = make_train_step(e.graphdef, tx, settings, mesh, e.trainable, e.opt_state,
-                               e.frozen, BATCH_NDIMS, min_size=min_size)
+                               e.frozen, min_size=min_size)
       steps[plan_remat] = CompiledStep(jitted, plan_remat)
     return steps[plan_remat]
 
   def compiled_memory(plan_remat: str) -> memory_plan.StepMemory:
     step = step_for(plan_remat)
     e = experts[plan_remat]
-    batch = abstract_batch(bucket, int(cfg.train.batch_size), text_len, e.text_dim, mesh)
+    batch = abstract_batch(bucket, int(cfg.train.batch_size), text_len, e.text_dim, mesh,
+                           settings.task)
     key = jax.eval_shape(lambda: step_keys(0, 0))
     if progress:
       print(f"planning memory: compiling the step with {plan_remat} for {f}x{h}x{w}", flush=True)

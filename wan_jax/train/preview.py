@@ -88,20 +88,23 @@ def _pad_rows(context_BxLxT: jax.Array, length: int) -> jax.Array:
 @functools.partial(nnx.jit, static_argnames=("cfg",))
 def _euler_step(model: DualWanTransformer, x_BxFxHxWxC: jax.Array, t: jax.Array, dt: jax.Array,
                 context_BxLxT: jax.Array, negative_BxLxT: jax.Array, scales: jax.Array,
-                cfg: str) -> jax.Array:
-  """x + dt v at timestep t, v guided with the scale of the expert that t selects."""
+                condition_BxFxHxWxK: jax.Array | None, cfg: str) -> jax.Array:
+  """x + dt v at timestep t, v guided with the scale of the expert that t selects. The
+  condition (image-to-video) is the same for the guided and unguided passes, as upstream."""
   b = x_BxFxHxWxC.shape[0]
   t_B = jnp.full((b,), t, F32)
+  cond = condition_BxFxHxWxK
   if cfg == "off":
-    v = model(x_BxFxHxWxC, t_B, context_BxLxT).astype(F32)
+    v = model(x_BxFxHxWxC, t_B, context_BxLxT, cond).astype(F32)
   else:
     if cfg == "batched":  # both halves in one call: one weight read per step instead of two
+      both = None if cond is None else jnp.concatenate([cond, cond])
       v_2B = model(jnp.concatenate([x_BxFxHxWxC, x_BxFxHxWxC]), jnp.concatenate([t_B, t_B]),
-                   jnp.concatenate([context_BxLxT, negative_BxLxT])).astype(F32)
+                   jnp.concatenate([context_BxLxT, negative_BxLxT]), both).astype(F32)
       v_pos, v_neg = v_2B[:b], v_2B[b:]
     else:  # "separate": half the activation memory
-      v_pos = model(x_BxFxHxWxC, t_B, context_BxLxT).astype(F32)
-      v_neg = model(x_BxFxHxWxC, t_B, negative_BxLxT).astype(F32)
+      v_pos = model(x_BxFxHxWxC, t_B, context_BxLxT, cond).astype(F32)
+      v_neg = model(x_BxFxHxWxC, t_B, negative_BxLxT, cond).astype(F32)
     g = jnp.where(model.uses_high_noise(t_B), scales[1], scales[0])
     v = v_neg + g * (v_pos - v_neg)
   return x_BxFxHxWxC + dt * v
@@ -114,9 +117,11 @@ def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
                    negative_context: jax.Array | None, shape: Sequence[int], key: jax.Array, *,
                    num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
                    guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
-                   batch_cfg: bool = True) -> jax.Array:
+                   batch_cfg: bool = True, condition: jax.Array | None = None) -> jax.Array:
   """Euler-integrates the flow from noise (`jax.random.normal(key, shape)`) to latents [B,F,H,W,C].
 
+  condition [B, F, H, W, K]: what an image-to-video model reads beside the latents
+  (`wan_jax.i2v_condition`); None for text-to-video.
   context [B, L, T] (or [L, T]); negative_context [B or 1, L', T] or None for no guidance.
   guidance is (low_noise, high_noise) as upstream writes it, or one number for both; scales of
   exactly 1 skip the unconditional pass. batch_cfg=False runs the two passes one after the other
@@ -147,7 +152,8 @@ def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
   for s, s_next in itertools.pairwise(sigmas):
     t = np.float32(s * NUM_TRAIN_TIMESTEPS)
     step_model = model if isinstance(model, DualWanTransformer) else model(float(t))
-    x = _euler_step(step_model, x, t, np.float32(s_next - s), context, negative, scales, cfg=cfg)
+    x = _euler_step(step_model, x, t, np.float32(s_next - s), context, negative, scales,
+                    condition, cfg=cfg)
   return x
 
 
@@ -174,15 +180,22 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
                     step: int, *, height: int = 480, width: int = 832, num_frames: int = 81,
                     num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
                     guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
-                    seed: int = 0, batch_cfg: bool = True) -> list[Path]:
+                    seed: int = 0, batch_cfg: bool = True,
+                    conditions: Sequence[jax.Array | None] | None = None,
+                    images: Sequence[str] | None = None) -> list[Path]:
   """Samples and decodes each prompt; writes out_dir/step_<step:06d>_<i>.mp4 (.png for 1 frame).
 
+  conditions: one per prompt for an image-to-video model ([1, F', H/8, W/8, K], from
+  `Task.preview_condition`), made from `images` (named in the .txt beside the previews).
   Prompt i always starts from the noise of (seed, i), so previews of different steps differ only
   by what training changed. out_dir/step_<step:06d>.txt names each file's prompt and the settings.
   Every file is written atomically. Returns the media paths in prompt order.
   """
   if len(prompts) != len(contexts):
     raise ValueError(f"{len(prompts)} prompts but {len(contexts)} contexts")
+  conditions = list(conditions) if conditions is not None else [None] * len(prompts)
+  if len(conditions) != len(prompts):
+    raise ValueError(f"{len(prompts)} prompts but {len(conditions)} conditions")
   if step < 0:
     raise ValueError(f"step must be >= 0, got {step}")
   _check_size(height, width, num_frames, vae)
@@ -205,7 +218,7 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
       raise ValueError(f"context {i} must hold one prompt, got {context.shape}")
     latents = sample_latents(model, _pad_rows(context, length), negative_context, latent_shape,
                              jax.random.fold_in(base, i), num_steps=num_steps, shift=shift,
-                             guidance=g, batch_cfg=batch_cfg)
+                             guidance=g, batch_cfg=batch_cfg, condition=conditions[i])
     frames = media_out.to_uint8(np.asarray(decode_latents(vae, latents))[0])
     path = out_dir / f"step_{step:06d}_{i}{suffix}"
     if num_frames == 1:
@@ -216,6 +229,8 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
     log.info("preview %s: %s", path, prompts[i])
   settings = (f"{width}x{height}, {num_frames} frames, {num_steps} Euler steps, shift {shift}, "
               f"guidance low/high {g.low_noise}/{g.high_noise}, seed {seed}")
-  media_out.write_text(_describe(step, prompts, paths, settings),
+  described = ([f"{p}\t(from {img})" for p, img in zip(prompts, images)] if images
+               else prompts)
+  media_out.write_text(_describe(step, described, paths, settings),
                        out_dir / f"step_{step:06d}.txt")
   return paths

@@ -5,29 +5,39 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable
 
 import jax
 import ml_collections
 import numpy as np
 
 from wan_jax.data.config import resolutions
-from wan_jax.data.demo import make_clip_dataset, make_demo_dataset
+from wan_jax.data.demo import (DEMO_CLIP_SIZE, make_clip_dataset, make_demo_dataset,
+                               make_preview_image)
 from wan_jax.data.pipeline import Pipeline, build_pipeline
 from wan_jax.train import models
 from wan_jax.train.sharding import global_batch_from_local
-from wan_jax.train.step import BATCH_NDIMS
 
 
 def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
-  """The tiny demo trains on a generated data set unless a folder was given; random real-size
-  models on generated clips at the data set's largest resolution and frame count."""
-  if cfg.model.arch != "tiny" and not models.random_weights(cfg):
+  """The tiny demo trains on a generated data set unless a folder was given (images and a clip;
+  clips only for image-to-video), and previews an image-to-video model from a generated image;
+  random real-size models on generated clips at the data set's largest resolution and frame
+  count."""
+  if not models.is_tiny(cfg) and not models.random_weights(cfg):
     return
+  task = models.task(cfg)
+  if task.needs_preview_images and cfg.preview.every and not list(cfg.preview.images):
+    cfg.preview.images = [str(make_preview_image(workdir / "demo_data", cfg.preview.width,
+                                                 cfg.preview.height))] * len(cfg.preview.prompts)
   for ds in cfg.datasets:
     if ds.folder_path:
       continue
-    if not models.random_weights(cfg):
+    if not models.random_weights(cfg) and not task.pixel_arrays:
       media, masks = make_demo_dataset(workdir / "demo_data")
+    elif not models.random_weights(cfg):  # clips whose first frame conditions the rest
+      media, masks = make_clip_dataset(workdir / "demo_data", *DEMO_CLIP_SIZE,
+                                       max(int(ds.num_frames), 5), clips=3)
     else:
       side = max(resolutions(ds))  # buckets are area-based: 16:9 clips of area side^2
       width, height = 16 * math.ceil(side * 4 / 3 / 16), 16 * math.ceil(side * 3 / 4 / 16)
@@ -43,12 +53,13 @@ def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encode
                      f"data x fsdp = {shards}")
   extra = [*cfg.preview.prompts, cfg.preview.negative_prompt] if cfg.preview.every else []
   return build_pipeline(list(cfg.datasets), cfg.train.batch_size, cfg.seed,
-                        num_workers=cfg.data.num_workers,
+                        num_workers=cfg.data.num_workers, task=models.task(cfg),
                         caches=models.cache_settings(cfg, enc), load_vae=enc.load_vae,
                         load_text=enc.load_text, extra_prompts=extra, progress=progress)
 
 
-def global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """This process's rows of a batch as global arrays over the mesh (the step's inputs only)."""
-  return global_batch_from_local({k: np.asarray(batch[k], np.float32) for k in BATCH_NDIMS},
-                                 mesh)
+def global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+                 keys: Iterable[str]) -> dict[str, jax.Array]:
+  """This process's rows of a batch as global arrays over the mesh (the step's inputs, `keys`,
+  only: the task's `batch_ndims`)."""
+  return global_batch_from_local({k: np.asarray(batch[k], np.float32) for k in keys}, mesh)

@@ -19,15 +19,11 @@ import optax
 from flax import nnx
 
 from wan_jax.model.vae import normalize_latents, sample_posterior
+from wan_jax.tasks import TEXT_TO_VIDEO, Task
 from wan_jax.train.objective import masked_mse, noisy_latents
 from wan_jax.train.sharding import (MIN_SHARD_SIZE, batch_sharding, replicated,
                                     tree_shardings)
 from wan_jax.train.timesteps import sample_timesteps
-
-# What the step reads from a cached batch, and each array's rank (for the batch shardings).
-BATCH_NDIMS = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
-               "loss_multiplier": 1}
-
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
@@ -38,6 +34,7 @@ class StepSettings:
   sample_posterior: bool
   latents_mean: tuple[float, ...]  # the VAE's latent normalisation (from its config)
   latents_std: tuple[float, ...]
+  task: Task = TEXT_TO_VIDEO  # what the model reads besides the latents (its batch keys)
 
 
 def step_keys(seed: int, step: int) -> jax.Array:
@@ -57,10 +54,11 @@ def loss_and_grads(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.Sta
                        logit_mean=s.logit_mean, logit_std=s.logit_std)
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
   x_t, target = noisy_latents(x0, noise, t)
+  condition = s.task.model_condition(batch)  # image-to-video: the encoded first frame
 
   def loss_fn(trainable):
     model = nnx.merge(graphdef, trainable, frozen)
-    pred = model(x_t, t, batch["context"])
+    pred = model(x_t, t, batch["context"], condition)
     loss, per_item = masked_mse(pred, target, batch["weights"], batch["loss_multiplier"])
     return loss, {"per_item": per_item, "t": t}
 
@@ -77,9 +75,10 @@ def all_finite(tree: Any) -> jax.Array:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     settings: StepSettings, mesh: jax.sharding.Mesh, trainable: nnx.State,
-                    opt_state: Any, frozen: nnx.State, batch_ndims: dict[str, int] = BATCH_NDIMS,
-                    min_size: int = MIN_SHARD_SIZE) -> Callable:
-  """The compiled step for this mesh; state arguments are donated (updated in place)."""
+                    opt_state: Any, frozen: nnx.State, min_size: int = MIN_SHARD_SIZE
+                    ) -> Callable:
+  """The compiled step for this mesh; state arguments are donated (updated in place). The batch
+  holds `settings.task.batch_ndims`' arrays."""
 
   def step(trainable, opt_state, frozen, batch, key, t_low, t_high):
     loss, aux, grads = loss_and_grads(graphdef, trainable, frozen, batch, key, t_low, t_high,
@@ -100,6 +99,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   rep = replicated(mesh)
   state_sh = tuple(tree_shardings(t, mesh, min_size=min_size)
                    for t in (trainable, opt_state, frozen))
-  batch_sh = {k: batch_sharding(mesh, n) for k, n in batch_ndims.items()}
+  batch_sh = {k: batch_sharding(mesh, n) for k, n in settings.task.batch_ndims.items()}
   return jax.jit(step, in_shardings=(*state_sh, batch_sh, rep, rep, rep),
                  out_shardings=(state_sh[0], state_sh[1], rep), donate_argnums=(0, 1))

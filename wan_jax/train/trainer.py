@@ -37,7 +37,7 @@ from wan_jax.train.resume import check_resume, restore, resume_settings
 from wan_jax.train.run_data import build_data, global_batch, prepare_datasets
 from wan_jax.train.run_summary import RunSummary
 from wan_jax.train.step import StepSettings, step_keys
-from wan_jax.train.validate import check_run_config
+from wan_jax.train.validate import check_preview_images, check_run_config
 from wan_jax.train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
 def _train(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
            progress: bool) -> RunSummary:
   models.check_arch(cfg)
+  models.check_checkpoint_task(cfg)
+  task = models.task(cfg)
   names = models.trained_experts(cfg)
   if jax.process_count() > 1 and not cfg.lora.enabled and cfg.save.every:
     raise ValueError("exporting a full fine-tune from a multi-host run is not supported yet: set "
@@ -67,6 +69,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   with writing(f"the generated demo data under {workdir / 'demo_data'}"):
     prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
+  check_preview_images(cfg, task)
   with writing(f"the checkpoint folder {workdir / 'checkpoints'}"):
     ckpt = None if cache_only else Checkpoints(workdir / "checkpoints", cfg.checkpoint.every,
                                                cfg.checkpoint.keep, cfg.checkpoint.async_save)
@@ -96,7 +99,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
   settings = StepSettings(cfg.train.timestep_sampling, float(cfg.train.shift),
                           float(cfg.train.logit_mean), float(cfg.train.logit_std),
                           bool(cfg.train.sample_posterior), tuple(vae.latents_mean),
-                          tuple(vae.latents_std))
+                          tuple(vae.latents_std), task)
   # Before any big weights load: how the run fits the device, and its compiled step.
   planned = plan_train_step(cfg, names, tx, settings, mesh, pipeline, enc.text_len, progress)
   print(planned.plan.line(), flush=True)
@@ -129,8 +132,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
       summary.count_rows(batch)
       t_low, t_high = expert_range(name, float(cfg.model.boundary))
       tic = time.perf_counter()
+      inputs = global_batch(batch, mesh, task.batch_ndims)
       e.trainable, e.opt_state, m = planned.step(
-          e.trainable, e.opt_state, e.frozen, global_batch(batch, mesh), step_keys(cfg.seed, step),
+          e.trainable, e.opt_state, e.frozen, inputs, step_keys(cfg.seed, step),
           jnp.float32(t_low), jnp.float32(t_high))
       loss, finite = float(m["loss"]), bool(m["finite"])  # waits for the step
       seconds = time.perf_counter() - tic

@@ -7,11 +7,14 @@ loss, steps=0 writes an untrained "final" LoRA) or fail minutes in (a preview of
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import ml_collections
 
 from wan_jax.data.config import resolutions
+from wan_jax.data.media import IMAGE_EXTS, MediaError, is_image, probe
+from wan_jax.tasks import Task
 
 
 def _number(cfg: ml_collections.ConfigDict, key: str) -> float:
@@ -81,3 +84,27 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"datasets[{i}].{key} must be a number, got {value!r}")
       if not ok(float(value)):
         raise ValueError(f"datasets[{i}].{key} must be {want}, got {float(value):g}")
+
+
+def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
+  """preview.images: one readable image per prompt for image-to-video, none for text-to-video;
+  checked before any weights load, so a typo never costs the first preview's wait."""
+  images = list(cfg.preview.get("images", []) or [])
+  if not task.needs_preview_images:
+    if images:
+      raise ValueError(f"preview.images is for image-to-video models; model.arch="
+                       f"{cfg.model.arch!r} is {task.title} (leave preview.images empty)")
+    return
+  if not int(cfg.preview.every) or not cfg.preview.prompts:
+    return
+  if len(images) != len(cfg.preview.prompts):
+    raise ValueError(f"preview.images needs one image per prompt for {task.title}: "
+                     f"{len(cfg.preview.prompts)} prompts, {len(images)} images")
+  for image in images:
+    path = Path(image).expanduser()
+    if not is_image(path):
+      raise ValueError(f"preview.images: {path} is not an image ({' '.join(IMAGE_EXTS)})")
+    try:
+      probe(path)
+    except (MediaError, OSError) as e:
+      raise ValueError(f"preview.images: {path} cannot be read ({e})") from None

@@ -1,0 +1,53 @@
+"""Wan 2.2 I2V-A14B (image-to-video) with masked loss: LoRA on both experts, caches, previews
+animated from your own images.
+
+  python convert/wan22.py --source /ckpt/Wan2.2-I2V-A14B --out /ckpt/wan22-i2v-jax
+  python launch.py --config configs/wan22_i2v_masked.py \
+      --config.model.name_or_path=/ckpt/wan22-i2v-jax \
+      --config.datasets[0].folder_path=/data/clips --config.datasets[0].mask_path=/data/masks \
+      --config.preview.images='["/data/start.png"]' --workdir runs/clips
+  python launch.py --config configs/wan22_i2v_masked.py:tiny   # the built-in demo, CPU, minutes
+
+Everything is configs/wan22_masked.py's, except what image-to-video changes (upstream Wan2.2
+`wan/configs/wan_i2v_A14B.py`): the experts switch at t = 0.900 x 1000, previews sample with shift
+5.0 and guidance 3.5 for both experts, and each preview prompt starts from an image
+(`preview.images`, one per prompt). Each clip's first frame conditions the rest (cached beside its
+latents); the loss covers every frame. Data sets train on clips: one-frame items are skipped by
+name (docs/training.md, "Image-to-video").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+from wan_jax.tasks import IMAGE_TO_VIDEO
+
+
+def _t2v_config(variant: str | None) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location("wan22_masked", Path(__file__).with_name("wan22_masked.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  if variant not in (None, "", "default", "tiny"):
+    raise ValueError(f"unknown variant {variant!r}; use configs/wan22_i2v_masked.py or ...:tiny")
+  c = _t2v_config(variant)
+  task = IMAGE_TO_VIDEO
+  c.model.arch = "tiny_i2v" if variant == "tiny" else "wan22_i2v_a14b"
+  c.model.boundary = task.boundary  # 0.900: t >= 900 -> the high-noise expert
+  c.save.name = "demo_i2v_lora" if variant == "tiny" else "wan22_i2v_lora"
+  c.preview.shift = task.preview_shift
+  c.preview.guidance_low_noise, c.preview.guidance_high_noise = task.preview_guidance
+  c.preview.prompts = (["a red ball rolling to the right"] if variant == "tiny" else
+                       ["the person turns and smiles, natural light"])
+  # One start image per prompt; the tiny demo generates one when this is empty.
+  c.preview.images = []
+  if variant == "tiny":
+    c.datasets[0].num_frames = 5  # clips: the first frame conditions the other four
+    c.datasets[0].default_caption = "a coloured ball rolling to the right"
+  return c

@@ -1,0 +1,78 @@
+"""What a training task is: the one place that knows what the model reads besides the noisy
+latents, what the caches hold for it, which items it can learn from and what a preview needs.
+
+Text-to-video is the base: the model reads the latents, the timestep and the prompt. A task that
+conditions on pixels of the clip (image-to-video's first frame) names the arrays it derives from
+an item's pixels; they are cached beside the item's latents, with the same crop, flip and frames,
+read into every batch under the same names, and handed to the model as its `condition`.
+A new task (first-last frame, the 5B TI2V) is one new file in this package and one line in
+`wan_jax/tasks/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from wan_jax.model import flow_matching
+
+# What every task's step reads from a cached batch, with each array's rank.
+BASE_BATCH_NDIMS = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
+                    "loss_multiplier": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """Text-to-video; subclasses override what differs. Frozen and hashable: the compiled step
+  takes it as a static setting."""
+
+  name: str = "t2v"
+  title: str = "text-to-video"
+  boundary: float = flow_matching.T2V_BOUNDARY  # the released experts' switch
+  preview_shift: float = 12.0  # upstream's sampling shift
+  preview_guidance: tuple[float, float] = (3.0, 4.0)  # (low noise, high noise), upstream's order
+
+  @property
+  def condition_channels(self) -> int:
+    """Input channels the model reads after the 16 noisy latents (0: none)."""
+    return sum(self.pixel_arrays.values())
+
+  @property
+  def pixel_arrays(self) -> Mapping[str, int]:
+    """name -> channels of each [frames, h, w, C] latent-grid array derived from an item's pixels
+    (cached as its own kind, batched under that name)."""
+    return {}
+
+  @property
+  def batch_ndims(self) -> dict[str, int]:
+    """Every array the step reads from a batch, with its rank (batch axis included)."""
+    return {**BASE_BATCH_NDIMS, **{k: 5 for k in self.pixel_arrays}}
+
+  def skip_reason(self, item: Any) -> str | None:
+    """Why this task cannot learn from a scanned item (None: it can). The item is skipped and
+    named in the data summary."""
+    return None
+
+  def encode_pixels(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
+    """The `pixel_arrays` of a batch of clips in [-1, 1] (traced: runs inside one jit)."""
+    return {}
+
+  def model_condition(self, batch: Mapping[str, jax.Array]) -> jax.Array | None:
+    """The model's `condition` input assembled from a batch (None: the model takes none)."""
+    return None
+
+  # Previews.
+  needs_preview_images: bool = False
+
+  def preview_condition(self, vae: Any, image: Path | None, height: int, width: int,
+                        num_frames: int) -> jax.Array | None:
+    """The condition one preview samples with, [1, F', H/8, W/8, C] (None for text-to-video)."""
+    return None
+
+  def empty_arrays(self, latent_grid: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Zero `pixel_arrays` for a zero-weight stand-in row of a latent grid (frames, h, w)."""
+    return {k: np.zeros((*latent_grid, c), np.float32) for k, c in self.pixel_arrays.items()}

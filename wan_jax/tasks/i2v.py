@@ -1,0 +1,76 @@
+"""Image-to-video (Wan 2.2 I2V-A14B): the model also reads a 20-channel condition, the VAE
+latents of a video made of the clip's first frame followed by zeros, after 4 mask channels
+(`wan_jax.model.i2v_condition`).
+
+Training: the condition of a clip is built from its own first frame, cropped, flipped and
+frame-selected exactly as its latents, and cached beside them (kind `condition`). The loss covers
+every latent frame, the first included: the I2V-A14B sampler denoises frame 0 like the others (it
+is steered by the condition, not replaced, unlike the 5B TI2V), so the model must learn to
+reproduce it. An item with one frame (an image, or a clip read as 1 frame) is skipped and named:
+conditioned on itself it would only teach copying, with nothing to animate.
+
+Previews start from `preview.images` (one image per prompt), resized and centre-cropped to the
+preview size as training crops are. Defaults from upstream `wan/configs/wan_i2v_A14B.py`:
+boundary 0.900, sample shift 5.0, guidance (3.5, 3.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wan_jax.model import flow_matching
+from wan_jax.model.config import I2V_CONDITION_CHANNELS
+from wan_jax.model.i2v_condition import encode_condition, i2v_condition
+from wan_jax.tasks.base import Task
+
+CONDITION = "condition"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageToVideo(Task):
+  name: str = "i2v"
+  title: str = "image-to-video"
+  boundary: float = flow_matching.I2V_BOUNDARY
+  preview_shift: float = 5.0
+  preview_guidance: tuple[float, float] = (3.5, 3.5)
+  needs_preview_images: bool = True
+
+  @property
+  def pixel_arrays(self) -> Mapping[str, int]:
+    return {CONDITION: I2V_CONDITION_CHANNELS}
+
+  def skip_reason(self, item: Any) -> str | None:
+    if item.num_frames < 2:
+      return ("one frame: image-to-video learns motion from a clip's first frame, so it trains "
+              "on clips only (set datasets[i].num_frames to 4k+1 >= 5)")
+    return None
+
+  def encode_pixels(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
+    return {CONDITION: i2v_condition(vae, video_BxFxHxWx3[:, 0], video_BxFxHxWx3.shape[1])}
+
+  def model_condition(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return batch[CONDITION]
+
+  def preview_condition(self, vae: Any, image: Path | None, height: int, width: int,
+                        num_frames: int) -> jax.Array:
+    from wan_jax.data.buckets import apply_crop, plan_crop
+    from wan_jax.data.media import read_image
+
+    if image is None:
+      raise ValueError("an image-to-video preview needs an image: set preview.images, one path "
+                       "per prompt")
+    pixels, _ = read_image(Path(image))
+    crop = plan_crop(pixels.shape[1], pixels.shape[2], (height, width),
+                     np.random.default_rng(0), False, 0.0)
+    frame = apply_crop(pixels, crop, (height, width))
+    start = jnp.asarray(frame, jnp.float32) / 127.5 - 1.0
+    return encode_condition(vae, start, num_frames)
+
+
+IMAGE_TO_VIDEO = ImageToVideo()
