@@ -111,6 +111,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.preview.guidance_high_noise = 4.0
   c.preview.seed = 0
 
+  # Always written: metrics.jsonl, TensorBoard events under tensorboard/, loss.png.
+  c.logging = ml_collections.ConfigDict()
+  c.logging.wandb_project = ""  # Weights & Biases project ("" = off); pip install 'wan-jax[wandb]'
+  c.logging.wandb_entity = ""  # W&B team or user ("" = the login's default)
+  c.logging.wandb_required = True  # W&B unusable (package, login): True stops, False warns
+
   if variant == "tiny":
     _tiny(c)
   elif variant not in (None, "", "default"):
