@@ -9,8 +9,9 @@
   python launch.py --config job.yaml --print_config               # what it became, as JSON
 
 A .yaml/.yml --config is an ai-toolkit job file (docs/from_ai_toolkit.md): it is mapped onto
-configs/wan22_masked.py, what is not used is listed at start-up, and --config.<key>=<value>
-overrides still apply on top; its training_folder/name is the default --workdir.
+configs/wan22_masked.py (configs/wan22_i2v_masked.py for arch wan22_14b_i2v), what is not used
+is listed at start-up, and --config.<key>=<value> overrides still apply on top; its
+training_folder/name is the default --workdir.
 
 Running again with the same --workdir resumes from its latest checkpoint. On several hosts,
 start the same command on every host with JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES
@@ -40,6 +41,7 @@ from wan_jax.jobs.overrides import OverrideError, apply_lists, split_overrides
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
 CONFIG_FILE = str(Path(__file__).parent / "configs" / "wan22_masked.py")
+I2V_CONFIG_FILE = str(Path(__file__).parent / "configs" / "wan22_i2v_masked.py")
 DEFAULT_CONFIG = CONFIG_FILE + ":tiny"
 MULTI_HOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
@@ -63,9 +65,11 @@ def _load_config(path: str) -> ml_collections.ConfigDict:
   return module.get_config(*([variant] if variant else []))
 
 
-def _python_config(variant: str = "") -> ml_collections.ConfigDict:
-  """configs/wan22_masked.py's get_config(variant): the base a job file is mapped onto."""
-  return _load_config(CONFIG_FILE + (f":{variant}" if variant else ""))
+def _python_config(variant: str = "", task: str = "t2v") -> ml_collections.ConfigDict:
+  """get_config(variant) of configs/wan22_masked.py, or of configs/wan22_i2v_masked.py for task
+  "i2v": the base a job file is mapped onto."""
+  file = I2V_CONFIG_FILE if task == "i2v" else CONFIG_FILE
+  return _load_config(file + (f":{variant}" if variant else ""))
 
 
 def _base_config(path: str) -> ml_collections.ConfigDict | None:

@@ -189,7 +189,7 @@ def test_defaults_are_ai_toolkits_and_accumulation_counts_batches(tmp_path):
     ("resolution: 1024", "resolution: big", f"{P}.datasets[1].resolution must be one size"),
     ("        flip_x: true", "        flip_x: 0.5", f"{P}.datasets[1].flip_x must be true or false"),
     ("      network:", "      network: [16]\n      old_network:", f"{P}.network must be a mapping"),
-    ("arch: 'wan22_14b'", "arch: 'wan22_14b_i2v'", "I2V-A14B is not supported yet"),
+    ("arch: 'wan22_14b'", "arch: 'wan21_i2v:14b'", f"{P}.model.arch 'wan21_i2v:14b' is another"),
     ("arch: 'wan22_14b'", "arch: 'flux'", f"{P}.model.arch 'flux' is not a Wan 2.2 model"),
     ("optimizer: \"adamw\"", "optimizer: prodigy", f"{P}.train.optimizer 'prodigy' is not"),
     ("meta:", "    - type: sd_trainer\nmeta:", "config.process has 2 entries"),
@@ -203,6 +203,64 @@ def test_wrong_values_are_one_line_naming_the_key_path(tmp_path, old, new, messa
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
+PROMPTS = """\
+        prompts:
+          - "[trigger] dancing in the rain"
+          - "a bear building a log cabin"
+"""
+SAMPLES = """\
+        samples:
+          - prompt: "[trigger] dancing in the rain --seed 7"
+            ctrl_img: "/data/start/rain.png"
+          - prompt: "a bear building a log cabin --ctrl_img /data/start/bear.png"
+"""
+
+
+def i2v_job(samples: str = SAMPLES, arch: str = "wan22_14b_i2v") -> str:
+  return edit(PROMPTS, samples).replace("arch: 'wan22_14b'", f"arch: '{arch}'")
+
+
+def test_an_i2v_job_maps_onto_the_i2v_config_with_its_start_images(tmp_path):
+  job = load_job(write_job(tmp_path, i2v_job()), launch._python_config)
+  c, p = job.config, job.config.preview
+  assert (c.model.arch, c.model.boundary, p.shift) == ("wan22_i2v_a14b", 0.9, 5.0)
+  assert p.images == ["/data/start/rain.png", "/data/start/bear.png"]  # the flag counts too
+  assert p.prompts == ["p3r5on dancing in the rain", "a bear building a log cabin"]
+  assert (p.guidance_low_noise, p.num_frames, c.train.steps) == (3.5, 41, 2000)  # the file's
+  notices = "\n".join(job.notices)
+  assert "0.875" in notices and "--seed in the prompts is removed" in notices
+  assert f"{P}.datasets[1]: num_frames 1 (images) is skipped" in notices
+  assert not any("ctrl_img" in path for path, _ in job.unused)
+  t2v = load_job(write_job(tmp_path, i2v_job(arch="wan22_14b")), launch._python_config)
+  assert dict(t2v.unused)[f"{P}.sample.samples[0].ctrl_img"].startswith("a start image")
+  assert "preview.images" not in t2v.config.preview or not list(t2v.config.preview.images)
+  images_only = i2v_job().replace("num_frames: 33\n          fps", "num_frames: 1\n          fps")
+  with pytest.raises(JobError, match=r"datasets\[0\]\.num_frames is 1 \(images\): image-to-video"):
+    load_job(write_job(tmp_path, images_only), launch._python_config)
+
+
+def test_a_tiny_i2v_job_maps_and_generates_its_start_image(tmp_path):
+  text = ("job: extension\nconfig:\n  name: demo\n  process:\n    - model: {{arch: tiny_i2v}}\n"
+          "      sample: {{prompts: [a ball rolls]}}\n")
+  c = load_job(write_job(tmp_path, text), launch._python_config).config
+  assert (c.model.arch, c.model.boundary, c.datasets[0].num_frames) == ("tiny_i2v", 0.9, 5)
+  assert c.preview.prompts == ["a ball rolls"] and list(c.preview.images) == []
+
+
+@pytest.mark.parametrize("samples,message", [
+    (SAMPLES.replace('            ctrl_img: "/data/start/rain.png"\n', ""),
+     f"{P}.sample.samples[0].ctrl_img is missing: an image-to-video preview starts from an image"),
+    (PROMPTS, f"{P}.sample.prompts[0] --ctrl_img is missing"),
+])
+def test_an_i2v_sample_without_a_start_image_is_one_line(tmp_path, samples, message):
+  with pytest.raises(JobError) as e:
+    load_job(write_job(tmp_path, i2v_job(samples)), launch._python_config)
+  assert message in str(e.value) and "\n" not in str(e.value)
+  text = i2v_job(samples).replace("sample_every: 100", "sample_every: 0")  # no previews: runs
+  c = load_job(write_job(tmp_path, text), launch._python_config).config
+  assert c.preview.every == 0 and list(c.preview.images) == []
+
+
 def test_a_hub_id_says_how_to_download_and_convert(tmp_path, capsys):
   path = write_job(tmp_path, ckpt="ai-toolkit/Wan2.2-T2V-A14B-Diffusers-bf16")
   assert launch.main(["--config", str(path)]) == 2
@@ -210,6 +268,12 @@ def test_a_hub_id_says_how_to_download_and_convert(tmp_path, capsys):
   assert len(err.splitlines()) == 1 and f"{P}.model.name_or_path" in err
   assert "huggingface-cli download ai-toolkit/Wan2.2-T2V-A14B-Diffusers-bf16" in err
   assert "python convert/wan22.py" in err
+  with pytest.raises(JobError, match="I2V-A14B release; wan-jax reads local files only"):
+    load_job(write_job(tmp_path, i2v_job(), ckpt="ai-toolkit/Wan2.2-I2V-A14B-Diffusers-bf16"),
+             launch._python_config)
+  with pytest.raises(JobError, match="is a Wan 2.2 T2V release but the job trains I2V-A14B"):
+    load_job(write_job(tmp_path, i2v_job(), ckpt="Wan-AI/Wan2.2-T2V-A14B-Diffusers"),
+             launch._python_config)
 
 
 def test_print_config_shows_what_a_python_or_yaml_config_became(tmp_path, capsys):

@@ -65,7 +65,10 @@ REASONS: dict[tuple[str, str], str] = {
     ("datasets", "cache_latents_num_workers"): "wan-jax's scan uses its own threads",
     ("datasets", "load_image_when_caching_latents"): _ALWAYS_CACHED,
     ("datasets", "cache_tensors_to_disk"): _ALWAYS_CACHED,
-    ("datasets", "cache_clip_vision_to_disk"): "T2V has no image encoder",
+    ("datasets", "cache_clip_vision_to_disk"): "Wan 2.2 A14B has no image encoder (I2V reads "
+                                               "the VAE latents of each clip's first frame)",
+    ("datasets", "do_i2v"): "with arch wan22_14b_i2v every clip is conditioned on its first "
+                            "frame (ai-toolkit reads do_i2v for other models only)",
     ("datasets", "auto_frame_count"): "wan-jax trains num_frames from every clip",
     ("datasets", "trim_auto_frame_count_tail"): "wan-jax trains num_frames from every clip",
     ("datasets", "use_short_captions"): "captions come from caption files (caption_ext)",
@@ -78,7 +81,7 @@ REASONS: dict[tuple[str, str], str] = {
     ("datasets", "random_triggers"): "random trigger words are " + _NOT_IMPLEMENTED,
     ("datasets", "random_triggers_max"): "random trigger words are " + _NOT_IMPLEMENTED,
     ("datasets", "replacements"): "caption replacements are " + _NOT_IMPLEMENTED,
-    ("datasets", "controls"): "control images are for other models (T2V has none)",
+    ("datasets", "controls"): "control images are for other models (Wan 2.2 A14B has none)",
     ("datasets", "prior_reg"): "regularisation data is " + _NOT_IMPLEMENTED,
     ("train", "noise_offset"): _NOT_IMPLEMENTED,
     ("train", "min_snr_gamma"): "loss weighting by SNR is " + _NOT_IMPLEMENTED,
@@ -140,6 +143,8 @@ REASONS: dict[tuple[str, str], str] = {
     ("sample", "network_multiplier"): "previews use the LoRA at strength 1",
     ("sample", "guidance_rescale"): _NOT_IMPLEMENTED,
     ("sample", "refiner_start_at"): "the experts switch at model.boundary",
+    ("samples", "ctrl_img"): "a start image, for image-to-video (arch wan22_14b_i2v); "
+                             "text-to-video previews have none",
     ("samples", "*"): "wan-jax renders every preview prompt with the sample block's settings",
 }
 
