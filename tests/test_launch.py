@@ -47,20 +47,32 @@ def test_the_demo_trains_and_hands_over_every_file(tmp_path):
       "demo_lora_high_noise.safetensors", "demo_lora_low_noise.safetensors"]
   with safe_open(run / "lora/demo_lora_low_noise.safetensors", "np") as f:
     keys = set(f.keys())
-    assert f.metadata()["step"] == "12"  # the low-noise expert trained on 12 of the 24 steps
+    final = f.metadata()
+  # Every file records the global step; the expert's own count (12 of the 24 steps) apart.
+  assert (final["step"], final["expert_step"]) == ("24", "12")
+  assert final["modelspec.architecture"] == "wan-2.2-t2v-tiny-low-noise/lora"
+  assert final["modelspec.title"] == "demo_lora (low-noise expert)"
+  assert final["lora_rank"] == "4" and final["num_items"] == "5"
+  with safe_open(run / "lora/demo_lora_000012_high_noise.safetensors", "np") as f:
+    numbered = f.metadata()
+  assert (numbered["step"], numbered["expert_step"]) == ("12", "8")  # steps 1-4 and 9-12
+  assert numbered.keys() == final.keys()
   assert "diffusion_model.blocks.1.cross_attn.o.lora_B.weight" in keys
   assert "diffusion_model.blocks.0.ffn.2.lora_A.weight" in keys
   assert len([k for k in keys if k.endswith("lora_A.weight")]) == 2 * 10  # 2 blocks x 10 linears
   videos = sorted((run / "previews").glob("*.mp4"))
   assert [v.name for v in videos] == ["step_000012_0.mp4", "step_000024_0.mp4"]
   assert iio.imread(videos[-1], plugin="pyav").shape == (5, 64, 64, 3)
-  assert (run / "loss.png").stat().st_size > 1000
+  assert (run / "loss.png").stat().st_size > 1000  # one panel per expert: test_plot.py
   assert (run / "checkpoints/24").is_dir() and (run / "checkpoints/12").is_dir()
 
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   events = EventAccumulator(str(run / "tensorboard"))
   events.Reload()
-  assert [e.step for e in events.Scalars("loss")] == list(range(1, 25))
+  high = [s for s in range(1, 25) if (s - 1) // 4 % 2 == 0]  # switch_boundary_every=4
+  assert [e.step for e in events.Scalars("loss/high_noise")] == high
+  assert [e.step for e in events.Scalars("loss_avg/low_noise")] == sorted({*range(1, 25)} - {*high})
+  assert [e.step for e in events.Images("preview/0")] == [12, 24]  # the clips, as GIFs
 
   again = launch("--workdir", str(run), cache)  # finished: nothing to redo
   assert again.returncode == 0 and "resumed from step 24" in again.stdout

@@ -1,4 +1,4 @@
-"""Preview sampling (schedule, expert switch, guidance), media writing and the loss plot."""
+"""Preview sampling (schedule, expert switch, guidance) and media writing (the loss plot: test_plot.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from PIL import Image
 import wan_jax
 from wan_jax.model.vae_config import tiny_vae
 from wan_jax.train import media_out
-from wan_jax.train.plot import prepare, save_loss_plot
 from wan_jax.train.preview import Guidance, flow_sigmas, render_previews, sample_latents
 
 TEXT_DIM = wan_jax.tiny().text_dim
@@ -236,42 +235,3 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     tmp.write_bytes(b"partial")
     raise RuntimeError("crash")
   assert list(tmp_path.iterdir()) == []
-
-
-# --- the loss plot ---
-
-@pytest.mark.parametrize("n", [0, 1, 2, 3000])
-@pytest.mark.parametrize("log_y", [False, True])
-def test_loss_plot_writes_a_png_of_the_requested_size(tmp_path, n, log_y):
-  rng = np.random.default_rng(n)
-  losses = 0.1 + np.exp(-np.arange(n) / 500) * rng.random(n)
-  path = save_loss_plot(np.arange(n) * 10, losses, tmp_path / "loss.png", log_y=log_y,
-                        size=(480, 270))
-  with Image.open(path) as im:
-    assert im.format == "PNG" and im.size == (480, 270)
-    pixels = np.asarray(im.convert("RGB"))
-  assert (pixels < 128).any()  # axes and labels were drawn
-  assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]
-
-
-def test_loss_plot_skips_and_counts_non_finite_values(tmp_path):
-  steps, losses = [0, 1, 2, 3, 4], [0.5, float("nan"), 0.4, float("inf"), -0.1]
-  assert "2 non-finite skipped" in prepare(np.array(steps, float), np.array(losses), False,
-                                           0.9).notes
-  log = prepare(np.array(steps, float), np.array(losses), True, 0.9)
-  assert "1 non-positive skipped" in log.notes and len(log.y_N) == 2
-  save_loss_plot(steps, losses, tmp_path / "a.png", log_y=True)
-  all_bad = save_loss_plot([0, 1], [float("nan")] * 2, tmp_path / "b.png")
-  with Image.open(all_bad) as im:
-    assert im.size == (800, 450)
-
-
-def test_loss_plot_smooths_without_bias_and_sorts_steps():
-  series = prepare(np.array([3.0, 1.0, 2.0]), np.array([2.0, 2.0, 2.0]), False, 0.99)
-  np.testing.assert_array_equal(series.x_N, [1.0, 2.0, 3.0])
-  np.testing.assert_allclose(series.smooth_N, [2.0, 2.0, 2.0])
-
-
-def test_loss_plot_rejects_mismatched_lengths(tmp_path):
-  with pytest.raises(ValueError, match="steps"):
-    save_loss_plot([1, 2], [0.1], tmp_path / "x.png")

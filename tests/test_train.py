@@ -254,20 +254,32 @@ def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule
   assert same(snapshots[2], snapshots[3]) and not same(snapshots[3], snapshots[4])
 
 
-def test_resume_refuses_a_different_run_or_a_finished_one(tmp_path):
+def test_resume_refuses_a_different_run_or_a_finished_one_and_continues_its_wandb_run(
+    tmp_path, monkeypatch):
+  for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}.items():
+    monkeypatch.setenv(name, value)
+  for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # not the user's home
+    monkeypatch.setenv(name, str(tmp_path / "wandb_home"))
+
   def config(steps, rank=4):
     cfg = quiet(get_config(), steps)
     cfg.lora.rank = rank
     cfg.cache.dir = str(tmp_path / "cache")
+    cfg.logging.wandb_project = "wan-jax-test"  # offline: its files stay in the workdir
     return cfg
 
   train(config(2), tmp_path / "run", progress=False)
+  run_id = (tmp_path / "run/wandb_run_id").read_text().strip()
   with pytest.raises(ValueError, match="other settings for lora"):
     train(config(3, rank=8), tmp_path / "run", progress=False)
   with pytest.raises(ValueError, match="past train.steps=1"):
     train(config(1), tmp_path / "run", progress=False)
   summary = train(config(3), tmp_path / "run", progress=False)  # more steps: fine
   assert summary.resumed_from == 2 and summary.steps == 3
+  assert (tmp_path / "run/wandb_run_id").read_text().strip() == run_id  # the same W&B run
+  runs = sorted((tmp_path / "run/wandb").glob("offline-run-*"))
+  assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
+  assert all((r / f"run-{run_id}.wandb").stat().st_size > 0 for r in runs)
 
 
 def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_path, monkeypatch):

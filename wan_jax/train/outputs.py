@@ -1,11 +1,13 @@
-"""What a run hands over besides checkpoints: metrics (metrics.jsonl and TensorBoard), LoRA or
-full weight files, previews and the loss plot. Written by process 0 only; temporaries left by a
-killed earlier run are removed when a run starts."""
+"""What a run hands over besides checkpoints: metrics (metrics.jsonl, TensorBoard and, when
+configured, W&B: trackers.py), LoRA or full weight files (their metadata: lora_metadata.py),
+previews and the loss plot. Written by process 0 only; temporaries left by a killed earlier run
+are removed when a run starts."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,10 +25,11 @@ from wan_jax.train import models
 from wan_jax.train.expert_states import Experts
 from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
 from wan_jax.train.export import save_full, save_lora
+from wan_jax.train.lora_metadata import weights_metadata
 from wan_jax.train.metrics_log import MetricsLog
 from wan_jax.train.plot import save_loss_plot
 from wan_jax.train.preview import Guidance, render_previews
-from wan_jax.train.tensorboard import ScalarWriter
+from wan_jax.train.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ class Outputs:
     self.cfg, self.workdir, self.enc, self.pipeline = cfg, workdir, enc, pipeline
     self.main = jax.process_index() == 0
     self.metrics = MetricsLog(workdir / "metrics.jsonl") if self.main else None
-    self.tb = ScalarWriter(workdir / "tensorboard") if self.main else None
+    # TensorBoard, and W&B when logging.wandb_project is set (a failure to open it is one line)
+    self.trackers = Trackers(cfg, workdir, self.metrics.rows) if self.main else None
     if self.main:  # temporaries of files being written when an earlier run was killed
       for folder in (workdir, workdir / "lora", workdir / "weights", workdir / "previews"):
         for stray in stray_temporaries(folder):
@@ -48,12 +52,14 @@ class Outputs:
 
   def log(self, step: int, values: dict[str, float | str | bool]) -> None:
     if self.main:
+      row = {"step": step, **values}
       with writing(f"the metrics ({self.metrics.path} and tensorboard/)"):
-        self.metrics.append({"step": step, **values})
-        self.tb.scalars(step, {k: v for k, v in values.items() if isinstance(v, (int, float))})
+        self.metrics.append(row)
+        self.trackers.log(step, row)
 
   def weights(self, experts: Experts, step: int | None) -> list[Path]:
-    """LoRA files (or full weights) per trained expert; step None = the final, unnumbered ones.
+    """LoRA files (or full weights) per trained expert; step None = the final, unnumbered ones
+    (at the global step train.steps). A numbered save also redraws loss.png.
 
     Every process calls this (gathering sharded LoRA weights is collective); process 0 writes.
     """
@@ -70,14 +76,18 @@ class Outputs:
         continue
       stem = f"{cfg.save.name}_{step:06d}" if step is not None else cfg.save.name
       path = folder / f"{stem}_{CHECKPOINT_NAMES[name]}.safetensors"
-      meta = {"step": str(step if step is not None else st.steps), "expert": CHECKPOINT_NAMES[name],
-              "wan_jax_train_config": self.cfg.to_json()}
+      meta = weights_metadata(
+          cfg, name, step=step if step is not None else int(cfg.train.steps),
+          expert_step=st.steps, buckets=[e.bucket for e in self.pipeline.entries],
+          num_items=len({str(item.media) for item in self.pipeline.report.items}))
       model = nnx.merge(st.graphdef, trainable, st.frozen)
       with writing(str(path)):
         if cfg.lora.enabled:
           out.append(save_lora(model, path, metadata=meta, dtype=cfg.save.dtype))
         else:
           out.append(save_full(model, path, dtype=cfg.save.dtype, metadata=meta))
+    if self.main and step is not None:
+      self.plot()
     return out
 
   def previews(self, experts: Experts, step: int) -> list[Path]:
@@ -108,6 +118,9 @@ class Outputs:
           height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
           shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
           seed=cfg.seed, conditions=conditions, images=images)
+    if self.main:
+      with writing(f"the previews in tensorboard/ under {self.workdir}"):
+        self.trackers.previews(step, paths, list(cfg.prompts))
     return paths if self.main else []
 
   def _sampler(self, experts: Experts):
@@ -138,15 +151,17 @@ class Outputs:
     return DualWanTransformer(models_by_name[HIGH], models_by_name[LOW], boundary)
 
   def plot(self) -> Path | None:
+    """loss.png from metrics.jsonl: one panel per trained expert (plot.py)."""
     if not self.main:
       return None
-    rows = self.metrics.rows()
-    by_step = {r["step"]: r["loss"] for r in rows if "loss" in r}  # a resumed run rewrites steps
-    steps = sorted(by_step)
     with writing(str(self.workdir / "loss.png")):
-      return save_loss_plot(steps, [by_step[s] for s in steps], self.workdir / "loss.png")
+      return save_loss_plot(self.metrics.rows(), self.workdir / "loss.png")
 
   def close(self) -> None:
+    """Closes the metrics and trackers; called while an exception is handled, the W&B run is
+    marked failed."""
     if self.main:
-      self.metrics.close()
-      self.tb.close()
+      try:
+        self.metrics.close()
+      finally:
+        self.trackers.close(failed=sys.exc_info()[0] is not None)

@@ -15,6 +15,7 @@ import ml_collections
 from wan_jax.data.config import resolutions
 from wan_jax.data.media import IMAGE_EXTS, MediaError, is_image, probe
 from wan_jax.tasks import Task
+from wan_jax.train.wandb_log import check_available
 
 
 def _number(cfg: ml_collections.ConfigDict, key: str) -> float:
@@ -63,7 +64,8 @@ DATASET_RULES = {"loss_multiplier": POSITIVE, "flip_prob": PROBABILITY,
 
 
 def check_run_config(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first key out of range."""
+  """Raises ValueError naming the first key out of range (or W&B asked for, required and not
+  installed)."""
   rules = dict(RULES)
   if _number(cfg, "preview.every") > 0:
     rules.update(PREVIEW_RULES)
@@ -84,6 +86,7 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"datasets[{i}].{key} must be a number, got {value!r}")
       if not ok(float(value)):
         raise ValueError(f"datasets[{i}].{key} must be {want}, got {float(value):g}")
+  check_available(cfg)  # W&B asked for and required, but not installed
 
 
 def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
