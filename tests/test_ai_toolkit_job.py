@@ -182,6 +182,15 @@ def test_defaults_are_ai_toolkits_and_accumulation_counts_batches(tmp_path):
   assert (c.save.every, c.preview.every) == (1000, 400)
 
 
+def test_use_wandb_turns_on_wandb_with_the_jobs_project(tmp_path):
+  assert load_job(write_job(tmp_path), launch._python_config).config.logging.wandb_project == ""
+  logs = "      logging:\n        use_wandb: true\n        project_name: people\n        run_name: x\n"
+  job = load_job(write_job(tmp_path, edit("      network:\n", logs + "      network:\n")),
+                 launch._python_config)
+  assert job.config.logging.wandb_project == "people" and job.config.save.name == "person_v1"
+  assert "named after config.name" in dict(job.unused)[f"{P}.logging.run_name"]
+
+
 @pytest.mark.parametrize("old,new,message", [
     ("      train:\n", "        - num_frames: 16\n      train:\n",
      f"{P}.datasets[2].num_frames must be 1 or 4k+1"),

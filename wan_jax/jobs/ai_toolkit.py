@@ -204,7 +204,10 @@ class _Mapper:
     trigger = proc.get("trigger_word", str, None)
     self._datasets(proc, c, trigger)
     self._sample(proc.section("sample"), train, c, accum, trigger)
-    c.train.log_every = proc.section("logging").get("log_every", int, c.train.log_every)
+    logs = proc.section("logging")
+    c.train.log_every = logs.get("log_every", int, c.train.log_every)
+    if logs.get("use_wandb", bool, False):  # ai-toolkit's project when none is named
+      c.logging.wandb_project = logs.get("project_name", str, None) or "ai-toolkit"
     c.train.switch_boundary_every *= accum
     workdir = str(Path(proc.get("training_folder", str, "output")) / name)
     unused, off = self.root.unused(ai_toolkit_keys.reason, ai_toolkit_keys.is_off)
