@@ -71,9 +71,9 @@ def weights_metadata(cfg: ml_collections.ConfigDict, expert: str, *, step: int, 
       "modelspec.implementation": IMPLEMENTATION,
       "modelspec.title": f"{cfg.save.name} ({noise} expert)",
       "modelspec.description": (
-          f"{kind} for the {noise} expert of {base} (timesteps {low:g}-{high:g}); use it with "
-          f"the pair's other file on the other expert. Trained with wan-jax, global step "
-          f"{step} of {int(cfg.train.steps)}, {expert_step} updates of this expert."),
+          f"{kind} for the {noise} expert of {base} (timesteps {low:g}-{high:g}): load it on "
+          f"that expert's model. Trained with wan-jax: global step {step} of "
+          f"{int(cfg.train.steps)}, {expert_step} updates of this expert."),
       "modelspec.date": when.isoformat(),
       "modelspec.resolution": resolution,
       "modelspec.timestep_range": f"{low:g},{high:g}",

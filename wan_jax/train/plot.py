@@ -46,7 +46,8 @@ def _panel(ax: Axes, name: str, rows: list[dict[str, Any]], window: int) -> None
     if f"lr/{name}" in values:
       lr_steps.append(row["step"])
       lrs.append(values[f"lr/{name}"])
-  ax.scatter(steps, losses, s=9, color=RAW, alpha=0.6, linewidths=0, label="loss")
+  ax.scatter(steps, losses, s=16 if len(steps) < 300 else 7, color=RAW, alpha=0.6,
+             linewidths=0, label="loss")
   ax.plot(steps, averages, color=AVERAGE, linewidth=2.2,
           label=f"mean of last {window}")
   if skipped:
