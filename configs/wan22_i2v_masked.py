@@ -1,7 +1,7 @@
 """Wan 2.2 I2V-A14B (image-to-video) with masked loss: LoRA on both experts, caches, previews
 animated from your own images.
 
-  python convert/wan22.py --source /ckpt/Wan2.2-I2V-A14B --out /ckpt/wan22-i2v-jax
+  python convert/wan22.py /ckpt/Wan2.2-I2V-A14B /ckpt/wan22-i2v-jax   # once
   python launch.py --config configs/wan22_i2v_masked.py \
       --config.model.name_or_path=/ckpt/wan22-i2v-jax \
       --config.datasets[0].folder_path=/data/clips --config.datasets[0].mask_path=/data/masks \
