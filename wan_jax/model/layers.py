@@ -10,12 +10,27 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
 def matmul_precision(compute_dtype: jnp.dtype) -> jax.lax.Precision:
   """Full precision for fp32 compute (no TF32 on GPUs); the fast default otherwise."""
   return jax.lax.Precision.HIGHEST if compute_dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+def normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype) -> jax.Array:
+  """N(0, std^2) values for an initialiser, from the module's next params key.
+
+  Drawn on the host when the key is concrete: a module has dozens of distinct shapes, and one XLA
+  compile of `jax.random.normal` per shape made a tiny VAE take about a minute to build on CPU.
+  Traced keys (`nnx.eval_shape`, a vmapped layer stack) draw with JAX.
+  """
+  key = rngs.params()
+  if isinstance(key, jax.core.Tracer):
+    return (jax.random.normal(key, shape, jnp.float32) * std).astype(dtype)
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  return jnp.asarray(rng.standard_normal(shape, dtype=np.float32) * np.float32(std), dtype)
 
 
 class LoRAParam(nnx.Param):
@@ -33,10 +48,8 @@ class Linear(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, param_dtype: jnp.dtype,
                compute_dtype: jnp.dtype, rngs: nnx.Rngs, init_scale: float = 1.0,
                use_bias: bool = True):
-    std = init_scale / jnp.sqrt(in_features)
-    self.kernel = nnx.Param(
-        (jax.random.normal(rngs.params(), (in_features, out_features), jnp.float32) * std
-         ).astype(param_dtype))
+    self.kernel = nnx.Param(normal(rngs, (in_features, out_features),
+                                   init_scale / math.sqrt(max(in_features, 1)), param_dtype))
     self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias
                  else nnx.data(None))
     self.compute_dtype = compute_dtype

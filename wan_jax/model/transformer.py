@@ -19,7 +19,7 @@ from flax import nnx
 
 from wan_jax.model.attention import attention, resolve_impl
 from wan_jax.model.config import WanConfig
-from wan_jax.model.layers import LayerNorm, Linear, RMSNorm, layer_norm
+from wan_jax.model.layers import LayerNorm, Linear, RMSNorm, layer_norm, normal
 from wan_jax.model.remat import name_block_input, name_self_attention, remat_block
 from wan_jax.model.rope import apply_rope, rope_tables
 
@@ -62,7 +62,7 @@ class WanBlock(nnx.Module):
   def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
     pd, cd = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
     self.modulation = nnx.Param(
-        (jax.random.normal(rngs.params(), (1, 6, cfg.dim), F32) / np.sqrt(cfg.dim)).astype(pd))
+        normal(rngs, (1, 6, cfg.dim), 1 / np.sqrt(cfg.dim), pd))
     self.self_attn = Attention(cfg, rngs=rngs)
     self.cross_attn = Attention(cfg, rngs=rngs)
     self.norm3 = LayerNorm(cfg.dim, cfg.eps, param_dtype=pd)
@@ -141,7 +141,7 @@ class WanTransformer(nnx.Module):
     self.blocks = stacked_blocks(rngs)
     self.head = lin32(cfg.dim, cfg.out_channels * cfg.patch_volume, init_scale=0.1)
     self.head_modulation = nnx.Param(
-        (jax.random.normal(rngs.params(), (1, 2, cfg.dim), F32) / np.sqrt(cfg.dim)).astype(pd))
+        normal(rngs, (1, 2, cfg.dim), 1 / np.sqrt(cfg.dim), pd))
 
   def _with_condition(self, latents: jax.Array, condition: jax.Array | None) -> jax.Array:
     want = self.config.condition_channels

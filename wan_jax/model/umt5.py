@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from wan_jax.model.layers import Linear, RMSNorm, matmul_precision
+from wan_jax.model.layers import Linear, RMSNorm, matmul_precision, normal
 
 F32 = jnp.float32
 
@@ -92,8 +92,7 @@ class Embedding(nnx.Module):
   """A plain lookup table [num, dim] in param_dtype."""
 
   def __init__(self, num: int, dim: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-    self.embedding = nnx.Param(
-        jax.random.normal(rngs.params(), (num, dim), F32).astype(param_dtype))
+    self.embedding = nnx.Param(normal(rngs, (num, dim), 1.0, param_dtype))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     return jnp.take(self.embedding[...], ids, axis=0)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan_jax.model.attention import attention
-from wan_jax.model.layers import matmul_precision
+from wan_jax.model.layers import matmul_precision, normal
 from wan_jax.model.vae_config import VAEConfig
 
 F32 = jnp.float32
@@ -34,7 +34,7 @@ CACHE_FRAMES = 2  # a causal 3-tap time convolution needs the two frames before 
 
 
 def _init(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int, dtype) -> nnx.Param:
-  return nnx.Param((jax.random.normal(rngs.params(), shape, F32) / math.sqrt(fan_in)).astype(dtype))
+  return nnx.Param(normal(rngs, shape, 1.0 / math.sqrt(max(fan_in, 1)), dtype))  # 0: empty
 
 
 class CausalConv3d(nnx.Module):

@@ -136,13 +136,13 @@ def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
   if is_tiny(cfg):
     text_len = tiny().text_len
     tokenizer_dir = workdir / "tokenizer"
-    tag = f"tiny-seed{TINY_SEEDS['vae']}-{m.vae_dtype}"
+    tag = f"tiny-v2-seed{TINY_SEEDS['vae']}-{m.vae_dtype}"  # v2: weights drawn on the host
     return Encoders(
         tiny_vae(), lambda: WanVAE(tiny_vae(param_dtype=m.vae_dtype, compute_dtype=m.vae_dtype),
                                    rngs=nnx.Rngs(TINY_SEEDS["vae"])),
         lambda: (load_tokenizer(make_demo_tokenizer(tokenizer_dir)),
                  UMT5Encoder(umt5_tiny(), rngs=nnx.Rngs(TINY_SEEDS["text"]))),
-        vae_id=tag, text_id=f"tiny-umt5-seed{TINY_SEEDS['text']}", text_len=text_len)
+        vae_id=tag, text_id=f"tiny-umt5-v2-seed{TINY_SEEDS['text']}", text_len=text_len)
   vae_path = m.vae_path or m.name_or_path
   text_path = m.text_encoder_path or m.name_or_path
   tok_path = m.tokenizer_path or m.name_or_path
