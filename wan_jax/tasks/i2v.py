@@ -47,8 +47,8 @@ class ImageToVideo(Task):
 
   def skip_reason(self, item: Any) -> str | None:
     if item.num_frames < 2:
-      return ("one frame: image-to-video learns motion from a clip's first frame, so it trains "
-              "on clips only (set datasets[i].num_frames to 4k+1 >= 5)")
+      return ("one frame: it learns motion from a clip's first frame, so it trains on clips only "
+              "(datasets[i].num_frames 4k+1 >= 5)")
     return None
 
   def encode_pixels(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
