@@ -181,8 +181,11 @@ def test_eight_devices_train_like_one(tmp_path):
     wa = load_file(tmp_path / f"one/lora/demo_lora_{expert}.safetensors")
     wb = load_file(tmp_path / f"eight/lora/demo_lora_{expert}.safetensors")
     assert wa.keys() == wb.keys()
+    # Sharded sums round differently; Adam divides by sqrt(v), so where a gradient is near zero a
+    # rounding difference moves an update by up to ~1e-6 of the 2e-3 step: atol is 0.5% of one
+    # step (a real divergence, e.g. a row missing on one device, moves whole steps).
     for k in wa:
-      np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=1e-6, err_msg=k)
+      np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 def test_config_errors_are_one_clear_line(tmp_path):

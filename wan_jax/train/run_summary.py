@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any
 
 import numpy as np
 
 from wan_jax.data.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+RECENT = 20  # steps the final loss averages
+
+
+class TrainingStalled(ValueError):
+  """Every step of a window was skipped: training would spin without learning."""
 
 
 @dataclasses.dataclass
@@ -20,6 +28,26 @@ class RunSummary:
   skipped_rows: int = 0  # nothing in the bucket could be read: the row trained with zero weight
   files: list[str] = dataclasses.field(default_factory=list)
   final_loss: float = math.nan
+  recent: list[float] = dataclasses.field(default_factory=list)  # the last applied steps' losses
+  skipped_in_a_row: int = 0
+
+  def record(self, done: int, loss: float, finite: bool, stall_limit: int) -> None:
+    """Counts step `done` (1-based); a run whose last `stall_limit` steps were all skipped stops
+    with TrainingStalled (0: never)."""
+    if finite:
+      self.skipped_in_a_row = 0
+      self.recent = (self.recent + [loss])[-RECENT:]
+      self.final_loss = float(np.mean(self.recent))
+      return
+    self.skipped_steps += 1
+    self.skipped_in_a_row += 1
+    log.warning("step %d: non-finite loss, gradients or updated weights; update skipped", done)
+    if stall_limit and self.skipped_in_a_row >= stall_limit:
+      raise TrainingStalled(
+          f"steps {done - stall_limit + 1}-{done} were all skipped (non-finite loss, gradients "
+          f"or updated weights): stopping. The weights are those of the last applied step (the "
+          f"latest checkpoint holds them); lower train.learning_rate, check the data, or raise "
+          f"train.max_skipped_in_a_row")
 
   def count_rows(self, batch: dict[str, np.ndarray]) -> None:
     self.substituted_rows += int(np.sum(batch["substituted"] & batch["valid"]))

@@ -1,0 +1,114 @@
+"""Everything a run prepares before its first step, in the order that fails cheapest first:
+checks, demo data, the resume check, caches, the outputs (metrics, TensorBoard, W&B), the memory
+plan and compiled step, then the experts' weights and a restored checkpoint. What the loop in
+trainer.py then reads."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+
+from wan_jax.data.pipeline import Pipeline
+from wan_jax.files import atomic_path, writing
+from wan_jax.tasks import Task
+from wan_jax.train import models
+from wan_jax.train.checkpointing import Checkpoints
+from wan_jax.train.expert_states import Experts
+from wan_jax.train.experts import HIGH, LOW, batches_per_expert
+from wan_jax.train.mesh import make_mesh
+from wan_jax.train.optimizer import make_optimizer
+from wan_jax.train.outputs import Outputs
+from wan_jax.train.planned_step import PlannedStep, plan_train_step
+from wan_jax.train.resume import check_resume, restore
+from wan_jax.train.run_data import build_data, prepare_datasets
+from wan_jax.train.run_summary import RunSummary
+from wan_jax.train.step import StepSettings
+from wan_jax.train.validate import check_preview_images
+
+
+@dataclasses.dataclass
+class Run:
+  cfg: ml_collections.ConfigDict
+  workdir: Path
+  task: Task
+  names: tuple[str, ...]  # the trained experts
+  mesh: jax.sharding.Mesh
+  enc: models.Encoders
+  pipeline: Pipeline
+  summary: RunSummary
+  ckpt: Checkpoints | None = None  # None: --cache_only stops after the caches
+  horizon: int = 0  # optimizer steps an expert's schedule spans
+  planned: PlannedStep | None = None
+  experts: Experts | None = None
+  iterator: Iterator[dict[str, Any]] | None = None
+  start: int = 0  # the first step to run (a resumed run's checkpoint step)
+  outputs: Outputs | None = None  # opened before the weights load: a W&B refusal costs nothing
+
+
+def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
+           progress: bool) -> Run:
+  models.check_arch(cfg)
+  models.check_checkpoint_task(cfg)
+  task = models.task(cfg)
+  names = models.trained_experts(cfg)
+  if jax.process_count() > 1 and not cfg.lora.enabled and cfg.save.every:
+    raise ValueError("exporting a full fine-tune from a multi-host run is not supported yet: set "
+                     "save.every=0 and export from the Orbax checkpoint on one host")
+  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  with writing(f"the generated demo data under {workdir / 'demo_data'}"):
+    prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
+  check_preview_images(cfg, task)
+  with writing(f"the checkpoint folder {workdir / 'checkpoints'}"):
+    ckpt = None if cache_only else Checkpoints(workdir / "checkpoints", cfg.checkpoint.every,
+                                               cfg.checkpoint.keep, cfg.checkpoint.async_save)
+  # The newest checkpoint whose metadata reads: a mismatched resume is refused before anything
+  # big loads. Its arrays are verified when restored; a damaged one falls back to the previous.
+  found = None if ckpt is None else ckpt.newest_meta()
+  if found is not None:
+    check_resume(found[1].get("settings"), cfg, int(found[1]["step"]), workdir)
+  enc = models.encoders(cfg, workdir)
+  with writing("the latent and prompt caches"):
+    pipeline = build_data(cfg, workdir, enc, mesh, progress)
+  print(f"data:\n  {pipeline.summary()}", flush=True)
+  run = Run(cfg, workdir, task, names, mesh, enc, pipeline, RunSummary(), ckpt)
+  if cache_only:
+    return run
+  if jax.process_index() == 0:
+    with writing(str(workdir / "config.json")), atomic_path(workdir / "config.json") as tmp:
+      tmp.write_text(cfg.to_json(indent=2))
+  run.outputs = Outputs(cfg, workdir, enc, pipeline)
+  try:
+    _prepare_training(run, found, progress)
+  except BaseException:
+    run.outputs.close()
+    raise
+  return run
+
+
+def _prepare_training(run: Run, found: tuple[int, dict] | None, progress: bool) -> None:
+  """The plan and compiled step, then the experts' weights and a restored checkpoint."""
+  cfg, names, mesh, workdir = run.cfg, run.names, run.mesh, run.workdir
+  # One optimizer definition serves both experts (one compiled step); each expert has its own
+  # state. Its schedule spans the batches an expert gets (they differ by at most one switch).
+  run.horizon = max(batches_per_expert(int(cfg.train.steps), HIGH in names, LOW in names,
+                                       int(cfg.train.switch_boundary_every)).values())
+  tx = make_optimizer(cfg.train, run.horizon)
+  vae = run.enc.vae_config
+  settings = StepSettings(cfg.train.timestep_sampling, float(cfg.train.shift),
+                          float(cfg.train.logit_mean), float(cfg.train.logit_std),
+                          bool(cfg.train.sample_posterior), tuple(vae.latents_mean),
+                          tuple(vae.latents_std), run.task)
+  # Before any big weights load: how the run fits the device, and its compiled step.
+  run.planned = plan_train_step(cfg, names, tx, settings, mesh, run.pipeline, run.enc.text_len,
+                                progress)
+  print(run.planned.plan.line(), flush=True)
+  run.experts = Experts(cfg, names, tx, mesh, run.planned.plan.chosen.remat,
+                        run.planned.plan.chosen.offload_expert)
+  run.iterator = iter(run.pipeline.dataset)
+  if found is not None:
+    run.start = run.summary.resume(restore(run.ckpt, run.experts, run.iterator, cfg, workdir))
+    print(f"resuming from {workdir / 'checkpoints'} at step {run.start}", flush=True)
