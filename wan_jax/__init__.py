@@ -9,7 +9,7 @@ from wan_jax.model.umt5 import UMT5Config, UMT5Encoder
 from wan_jax.model.vae import WanVAE
 from wan_jax.model.vae_config import VAEConfig
 from wan_jax.weights.convert import convert_checkpoint
-from wan_jax.weights.load import load_dual_transformer, load_transformer
+from wan_jax.weights.load import load_dual_transformer, load_transformer, task_of
 from wan_jax.weights.load_encoders import load_text_encoder, load_tokenizer, load_vae
 
 __all__ = [
@@ -18,5 +18,5 @@ __all__ = [
     "VAEConfig", "WanVAE", "UMT5Config", "UMT5Encoder",
     "convert_checkpoint", "load_transformer", "load_dual_transformer",
     "load_vae", "load_text_encoder", "load_tokenizer", "encode_prompts", "clean_prompt",
-    "i2v_condition",
+    "i2v_condition", "task_of",
 ]
