@@ -249,7 +249,7 @@ def test_the_chosen_compile_trains_the_largest_bucket(tiny):
   from wan_jax.train.random_weights import random_state
   from wan_jax.train.run_data import global_batch
 
-  cfg, tx, _, mesh, pipeline, _ = tiny
+  cfg, tx, settings, mesh, pipeline, _ = tiny
   planned = plan_with(tiny, 1.0)
   step = planned.step
   assert len(step.compiled) == 1  # the planner's compile, for the clip bucket
@@ -262,8 +262,9 @@ def test_the_chosen_compile_trains_the_largest_bucket(tiny):
   shapes = set()
   for i, batch in zip(range(6), pipeline.dataset):
     shapes.add(batch["latent_mean"].shape)
-    trainable, opt_state, m = step(trainable, opt_state, frozen, global_batch(batch, mesh),
-                                   step_keys(0, i), jnp.float32(0.0), jnp.float32(1000.0))
+    inputs = global_batch(batch, mesh, settings.task.batch_ndims)
+    trainable, opt_state, m = step(trainable, opt_state, frozen, inputs, step_keys(0, i),
+                                   jnp.float32(0.0), jnp.float32(1000.0))
     assert bool(m["finite"])
   assert shapes == {(2, 2, 6, 8, 16), (2, 1, 6, 8, 16)}  # the clip and the image buckets
   assert len(step.compiled) == 2  # one more compile, for the image bucket only
