@@ -30,16 +30,13 @@ from wan_jax.model.vae_config import tiny_vae
 from wan_jax.tasks import IMAGE_TO_VIDEO
 from wan_jax.train import export, lora, models
 from wan_jax.train.trainer import train
+from test_train import get_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def i2v_config(variant: str = "tiny") -> ml_collections.ConfigDict:
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("i2v_cfg", REPO / "configs/wan22_i2v_masked.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return get_config(variant, file="wan22_i2v_masked.py")
 
 
 def make_folder(root: Path) -> tuple[Path, Path]:

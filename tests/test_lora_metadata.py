@@ -5,20 +5,11 @@ a real run agree on the global step: test_launch.py.)"""
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
-from pathlib import Path
 
 from wan_jax.train.lora_metadata import architecture, base_architecture, weights_metadata
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def get_config(variant: str = "tiny"):
-  spec = importlib.util.spec_from_file_location("wan22_masked", REPO / "configs/wan22_masked.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from test_train import get_config
 
 
 def test_the_architecture_names_the_task_size_and_expert():

@@ -4,7 +4,6 @@ The offline W&B run of a real training run, resumed, is in test_train.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,14 +16,7 @@ from wan_jax.train.trackers import ExpertScalars, Trackers, preview_tag
 from wan_jax.train.validate import check_run_config
 from wan_jax.train.wandb_log import WandbUnavailable, open_wandb
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def get_config(variant: str = "tiny"):
-  spec = importlib.util.spec_from_file_location("wan22_masked", REPO / "configs/wan22_masked.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from test_train import get_config
 
 
 def row(step: int, expert: str, loss: float, skipped: bool = False) -> dict:

@@ -28,8 +28,9 @@ from wan_jax.train.trainer import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-def get_config(variant: str = "tiny"):
-  spec = importlib.util.spec_from_file_location("wan22_masked", REPO / "configs/wan22_masked.py")
+def get_config(variant: str = "tiny", file: str = "wan22_masked.py"):
+  """A config file's get_config(variant), loaded as launch.py loads it (the tests' one loader)."""
+  spec = importlib.util.spec_from_file_location(file.removesuffix(".py"), REPO / "configs" / file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
