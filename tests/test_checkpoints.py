@@ -16,6 +16,8 @@ import pytest
 from wan_jax.train.checkpointing import DAMAGED_DIR, Checkpoints, NoUsableCheckpoint
 from wan_jax.train.checksums import checksums
 
+from helpers import flip_bytes, largest_array_file
+
 
 def state(seed: int) -> dict:
   rng = np.random.default_rng(seed)
@@ -37,20 +39,6 @@ def saved_run(root: Path) -> Checkpoints:
   ckpt.save(2, state(2), {"step": 2}, it)
   ckpt.close()
   return Checkpoints(root / "checkpoints", every=1, keep=5, async_save=False)
-
-
-def largest_array_file(step_dir: Path) -> Path:
-  return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-             key=lambda p: p.stat().st_size)
-
-
-def flip_bytes(step_dir: Path) -> None:
-  path = largest_array_file(step_dir)
-  data = bytearray(path.read_bytes())
-  middle = len(data) // 2
-  for i in range(middle, middle + 64):
-    data[i] ^= 0xFF
-  path.write_bytes(bytes(data))
 
 
 def truncate(step_dir: Path) -> None:

@@ -21,6 +21,8 @@ import wan_jax
 from wan_jax.weights.safetensors_reader import CheckpointError, SafetensorsFile
 from wan_jax.weights.sources import find_experts
 
+from helpers import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -81,11 +83,6 @@ def test_missing_shard_in_index(tmp_path, official_release):
   next((copy / "low_noise_model").glob("*-00002-of-*.safetensors")).unlink()
   with pytest.raises(CheckpointError, match="shard files that are missing"):
     find_experts(copy)
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, str(REPO / "convert" / "wan22.py"), *map(str, args)],
-                        capture_output=True, text=True, timeout=600)
 
 
 def test_failed_conversion_leaves_no_checkpoint(tmp_path, official_release):

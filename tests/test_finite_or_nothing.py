@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from test_train import get_config, quiet, tiny_lora_step
+from helpers import get_config, quiet, tiny_lora_step
 
 import wan_jax
 from wan_jax.train import export

@@ -22,7 +22,7 @@ from reference import (
   save_comfyui_file,
   save_official_expert,
 )
-from test_transformer_parity import run_cli
+from helpers import run_cli
 
 import wan_jax
 from wan_jax.weights import convert

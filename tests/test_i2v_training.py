@@ -30,7 +30,7 @@ from wan_jax.model.vae_config import tiny_vae
 from wan_jax.tasks import IMAGE_TO_VIDEO
 from wan_jax.train import export, lora, models
 from wan_jax.train.trainer import train
-from test_train import get_config
+from helpers import get_config
 
 REPO = Path(__file__).resolve().parents[1]
 

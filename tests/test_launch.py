@@ -4,22 +4,15 @@ caches, both experts trained, checkpoints, LoRA files, previews, metrics and the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 from safetensors import safe_open
 
+from helpers import launch
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def launch(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], capture_output=True,
-                        text=True, timeout=900, cwd=REPO, env=env)
 
 
 def test_the_demo_trains_and_hands_over_every_file(tmp_path):

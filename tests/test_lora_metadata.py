@@ -9,7 +9,7 @@ import json
 
 from wan_jax.train.lora_metadata import architecture, base_architecture, weights_metadata
 
-from test_train import get_config
+from helpers import get_config
 
 
 def test_the_architecture_names_the_task_size_and_expert():

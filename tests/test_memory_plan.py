@@ -183,7 +183,7 @@ def test_explicit_settings_fix_their_part_of_the_plan():
 # --- The planner inside the trainer, on the tiny run (real compiles, real caches) -------------
 
 def tiny_run(tmp_path_factory):
-  from test_train import get_config
+  from helpers import get_config
 
   from wan_jax.train import models
   from wan_jax.train.mesh import make_mesh
@@ -273,7 +273,7 @@ def test_the_chosen_compile_trains_the_largest_bucket(tiny):
 def test_launch_prints_the_plan_and_trains_at_random_weights(tmp_path):
   """`model.random_weights` through launch.py at the tiny sizes: generated clips, random
   encoders drawn on the device, a checked plan, both experts trained, files written."""
-  from test_launch import launch
+  from helpers import launch
 
   run = tmp_path / "run"
   args = ["--workdir", str(run), "--noprogress", "--config.model.random_weights=True",

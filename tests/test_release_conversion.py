@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference_codecs import make_umt5, make_vae, save_tokenizer, save_umt5_wan_pth, save_vae_pth
-from test_conversion_errors import run_cli
+from helpers import run_cli
 
 import wan_jax
 from wan_jax.weights.components import find_components

@@ -91,7 +91,7 @@ def test_long_prompts_are_truncated_with_the_end_token(release):
 
 
 def test_text_encoder_from_a_diffusers_folder_through_the_cli(tmp_path, encoder_ref, release):
-  from test_conversion_errors import run_cli
+  from helpers import run_cli
 
   root = tmp_path / "diffusers"
   encoder_ref.save_pretrained(root / "text_encoder")

@@ -16,7 +16,7 @@ from wan_jax.train.trackers import ExpertScalars, Trackers, preview_tag
 from wan_jax.train.validate import check_run_config
 from wan_jax.train.wandb_log import WandbUnavailable, open_wandb
 
-from test_train import get_config
+from helpers import get_config
 
 
 def row(step: int, expert: str, loss: float, skipped: bool = False) -> dict:

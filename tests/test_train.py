@@ -3,12 +3,8 @@ cut short and a damaged checkpoint, bad steps are skipped, and 8 devices train l
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -16,36 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 from PIL import Image
 
 from wan_jax.data.config import dataset_config
-from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.mesh import make_mesh
-from wan_jax.train.step import StepSettings, make_train_step
 from wan_jax.train.trainer import train
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def get_config(variant: str = "tiny", file: str = "wan22_masked.py"):
-  """A config file's get_config(variant), loaded as launch.py loads it (the tests' one loader)."""
-  spec = importlib.util.spec_from_file_location(file.removesuffix(".py"), REPO / "configs" / file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
-def losses(workdir: Path) -> dict[int, float]:
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["loss"] for r in rows}
-
-
-def quiet(cfg, steps: int):
-  cfg.train.steps = steps
-  cfg.preview.every = 0
-  cfg.save.every = 0
-  return cfg
+from helpers import REPO, flip_bytes, get_config, launch, losses, quiet, tiny_lora_step
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +73,6 @@ def test_resume_equals_an_uninterrupted_run_after_a_cut_save_a_damaged_checkpoin
   ckpts = tmp_path / "split/checkpoints"
   shutil.move(ckpts / "6", ckpts / "6.orbax-checkpoint-tmp-1234")
   # And the last complete one (4) was damaged since: 64 bytes of its array data flipped.
-  from test_checkpoints import flip_bytes
   flip_bytes(ckpts / "4")
   # A kill mid-write left a partial metrics line and an export's temporary file.
   with (tmp_path / "split/metrics.jsonl").open("a") as f:
@@ -121,22 +92,6 @@ def test_resume_equals_an_uninterrupted_run_after_a_cut_save_a_damaged_checkpoin
   assert [r["expert"] for r in rows[:4]] == ["high", "high", "low", "low"]
 
 
-def tiny_lora_step(tx: optax.GradientTransformation, b_offset: float = 0.0):
-  """(step, trainable, opt_state, frozen, batch) for the tiny model with rank-2 LoRA."""
-  import wan_jax
-  model = wan_jax.WanTransformer(wan_jax.tiny(), rngs=nnx.Rngs(0))
-  add_lora(model, 2, 2.0, seed=0)
-  graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
-  trainable = jax.tree.map(lambda x: x + b_offset, trainable)
-  opt_state = tx.init(trainable)
-  settings = StepSettings("uniform", 1.0, 0.0, 1.0, False, (0.0,) * 16, (1.0,) * 16)
-  step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen)
-  batch = {"latent_mean": jnp.ones((1, 2, 4, 6, 16)), "latent_logvar": jnp.zeros((1, 2, 4, 6, 16)),
-           "weights": jnp.ones((1, 2, 4, 6)), "context": jnp.ones((1, 24, 48)),
-           "loss_multiplier": jnp.ones((1,))}
-  return step, trainable, opt_state, frozen, batch
-
-
 def test_a_non_finite_step_is_skipped_and_changes_nothing():
   step, trainable, opt_state, frozen, batch = tiny_lora_step(optax.adam(1e-2))
   before = jax.tree.map(np.asarray, trainable)
@@ -152,15 +107,6 @@ def test_a_non_finite_step_is_skipped_and_changes_nothing():
   assert any(jax.tree.leaves(changed))
 
 
-def _launch(workdir: Path | None, *flags: str, devices: int = 1) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  where = ["--workdir", str(workdir)] if workdir else []
-  return subprocess.run([sys.executable, str(REPO / "launch.py"), *where, "--noprogress", *flags],
-                        capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
-
-
 def test_eight_devices_train_like_one(tmp_path):
   from wan_jax.data.demo import make_demo_dataset
   media, masks = make_demo_dataset(tmp_path / "data")
@@ -169,10 +115,10 @@ def test_eight_devices_train_like_one(tmp_path):
             "--config.mesh.min_shard_size=0", "--config.save.dtype=float32",
             f"--config.cache.dir={tmp_path / 'cache'}",
             f"--config.datasets[0].folder_path={media}", f"--config.datasets[0].mask_path={masks}"]
-  one = _launch(tmp_path / "one", *common)
+  one = launch("--workdir", tmp_path / "one", "--noprogress", *common, devices=1)
   assert one.returncode == 0, one.stderr[-3000:]
-  eight = _launch(tmp_path / "eight", *common, "--config.mesh.data=2", "--config.mesh.fsdp=2",
-                  "--config.mesh.tensor=2", devices=8)
+  eight = launch("--workdir", tmp_path / "eight", "--noprogress", *common, "--config.mesh.data=2",
+                 "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=8)
   assert eight.returncode == 0, eight.stderr[-3000:]
   a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
@@ -190,13 +136,14 @@ def test_eight_devices_train_like_one(tmp_path):
 
 
 def test_config_errors_are_one_clear_line(tmp_path):
-  helped = _launch(None, "--help")
+  helped = launch("--noprogress", "--help", devices=1)
   assert helped.returncode == 0 and "--cache_only" in helped.stdout and "--config.<key>" in helped.stdout
-  bad = _launch(tmp_path / "a", "--config.model.arch=nope")
+  bad = launch("--workdir", tmp_path / "a", "--noprogress", "--config.model.arch=nope", devices=1)
   assert bad.returncode == 2 and "model.arch must be one of" in bad.stderr
-  real = _launch(None, "--config", str(REPO / "configs/wan22_masked.py"))
+  real = launch("--noprogress", "--config", REPO / "configs/wan22_masked.py", devices=1)
   assert real.returncode == 2 and "--workdir is required" in real.stderr
-  real = _launch(tmp_path / "c", "--config", str(REPO / "configs/wan22_masked.py"))
+  real = launch("--workdir", tmp_path / "c", "--noprogress", "--config",
+                REPO / "configs/wan22_masked.py", devices=1)
   assert real.returncode == 2 and "model.name_or_path is required" in real.stderr
 
 

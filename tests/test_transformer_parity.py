@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -15,13 +13,10 @@ from diffusers import WanTransformer3DModel
 import wan_jax
 from reference import TINY, random_inputs, reference_forward, rel_error
 
+from helpers import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 FP32 = dict(dtype="float32")  # float32 parameters compute in float32 unless told otherwise
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, str(REPO / "convert" / "wan22.py"), *map(str, args)],
-                        capture_output=True, text=True, timeout=600)
 
 
 def forward(model, latents, timestep, context) -> np.ndarray:

@@ -153,7 +153,7 @@ def test_bad_shapes_are_explained(tiny_vae_files):
 
 
 def test_incomplete_or_unsupported_vae_files_are_explained(tmp_path, tiny_vae):
-  from test_conversion_errors import run_cli
+  from helpers import run_cli
   sd = vae_original_state_dict(tiny_vae)
   del sd["decoder.upsamples.12.residual.2.weight"]
   torch.save(sd, tmp_path / "Wan2.1_VAE.pth")

@@ -9,7 +9,7 @@ import pytest
 
 
 def test_one_run_per_workdir_and_a_dead_runs_lock_is_taken_over(tmp_path):
-  from test_train import get_config
+  from helpers import get_config
 
   from wan_jax.train.trainer import train
   from wan_jax.train.workdir_lock import WorkdirBusy, workdir_lock
