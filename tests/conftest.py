@@ -1,11 +1,31 @@
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+# One persistent XLA compilation cache per test session, set before JAX is imported so this
+# process and every launch.py/converter subprocess (they inherit the environment) share it: the
+# tiny graphs that many tests train again (each train() call jits anew) compile once.
+# WAN_JAX_TEST_XLA_CACHE=<folder> keeps one across sessions for a quick edit-test loop.
+_KEPT_XLA_CACHE = os.environ.get("WAN_JAX_TEST_XLA_CACHE")
+XLA_CACHE = Path(_KEPT_XLA_CACHE or tempfile.mkdtemp(prefix="wan_jax_test_xla_"))
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+if "jax" in sys.modules:  # a plugin imported JAX first: its config has read the environment
+  sys.modules["jax"].config.update("jax_compilation_cache_dir", str(XLA_CACHE))
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from reference import make_reference, save_comfyui_file, save_official_expert  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if not _KEPT_XLA_CACHE:
+    shutil.rmtree(XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

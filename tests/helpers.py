@@ -36,12 +36,18 @@ def losses(workdir: Path) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in rows}
 
 
+def with_devices(xla_flags: str, devices: int) -> str:
+  """XLA_FLAGS with N host devices instead of any count already there (other flags kept)."""
+  kept = [f for f in xla_flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def launch(*args: str, devices: int | None = None, cwd: Path = REPO,
            env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
   """`python launch.py ARGS` on the CPU, as a user types it (optionally with N host devices)."""
   full_env = dict(os.environ, JAX_PLATFORMS="cpu") | (env or {})
   if devices is not None:
-    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    full_env["XLA_FLAGS"] = with_devices(full_env.get("XLA_FLAGS", ""), devices)
   return subprocess.run([sys.executable, str(REPO / "launch.py"), *map(str, args)],
                         capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full_env)
 

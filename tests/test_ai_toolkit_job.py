@@ -342,6 +342,7 @@ config:
 """
 
 
+@pytest.mark.slow
 def test_the_tiny_demo_trains_from_a_yaml_job(tmp_path):
   """Two masked images of one size: one bucket, so the run compiles as little as it can."""
   data, masks = tmp_path / "data", tmp_path / "masks"

@@ -25,6 +25,7 @@ def naive(q, k, v):
   return np.einsum("bhls,bshd->blhd", p, v)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lq,lk,chunk", [(37, 23, 8), (16, 16, 16), (5, 41, 7), (30, 512, 64)])
 def test_chunked_and_xla_match_naive(lq, lk, chunk):
   q, k, v = qkv(lq, lk)
@@ -35,6 +36,7 @@ def test_chunked_and_xla_match_naive(lq, lk, chunk):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5, err_msg=impl)
 
 
+@pytest.mark.slow
 def test_chunked_gradients_match_xla():
   q, k, v = qkv(29, 19, seed=1)
   w = jax.random.normal(jax.random.key(9), (2, 29, 3, 8))

@@ -86,6 +86,7 @@ def batches(p, n: int) -> list[dict]:
   return [next(it) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_cached_batches_hold_the_vae_moments_and_padded_prompt_embeddings(tmp_path, encoders):
   media, masks = make_folder(tmp_path)
   loads = Loads(encoders)
@@ -120,6 +121,7 @@ def test_cached_batches_hold_the_vae_moments_and_padded_prompt_embeddings(tmp_pa
   assert not list((tmp_path / "cache").rglob(".tmp-*"))  # written atomically
 
 
+@pytest.mark.slow
 def test_complete_caches_never_load_the_encoders(tmp_path, encoders):
   media, masks = make_folder(tmp_path)
   pipeline(dataset(media, masks), settings(tmp_path / "cache"), Loads(encoders))
@@ -133,6 +135,7 @@ def test_complete_caches_never_load_the_encoders(tmp_path, encoders):
   assert len(batches(p, 3)) == 3
 
 
+@pytest.mark.slow
 def test_a_changed_setting_rebuilds_only_what_it_touches(tmp_path, encoders):
   media, masks = make_folder(tmp_path)
   cache = settings(tmp_path / "cache")
@@ -161,6 +164,7 @@ def test_a_changed_setting_rebuilds_only_what_it_touches(tmp_path, encoders):
   assert (p.cache_report.latents_built, p.cache_report.prompts_built) == (3, 0)
 
 
+@pytest.mark.slow
 def test_caption_dropout_uses_the_cached_blank_caption(tmp_path, encoders):
   media, masks = make_folder(tmp_path)
   p = pipeline(dataset(media, masks, caption_dropout_rate=1.0), settings(tmp_path / "c"),
@@ -172,6 +176,7 @@ def test_caption_dropout_uses_the_cached_blank_caption(tmp_path, encoders):
     np.testing.assert_allclose(b["context"], blank, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_flips_are_cached_as_two_variants(tmp_path, encoders):
   media, masks = make_folder(tmp_path)
   p = pipeline(dataset(media, masks, flip_prob=0.5), settings(tmp_path / "c"), Loads(encoders))
@@ -197,6 +202,7 @@ def test_incomplete_caches_without_encoders_are_a_clear_error(tmp_path):
     pipeline(dataset(media, masks), settings(tmp_path / "c"), None)
 
 
+@pytest.mark.slow
 def test_a_corrupt_cache_file_is_named_and_its_row_replaced(tmp_path, encoders, caplog):
   media, masks = make_folder(tmp_path)
   Image.fromarray(np.full((64, 48, 3), 9, np.uint8)).save(media / "tall_too.png")  # same bucket
@@ -212,6 +218,7 @@ def test_a_corrupt_cache_file_is_named_and_its_row_replaced(tmp_path, encoders, 
   assert not bad.exists()  # removed, so the next cache pass rebuilds it
 
 
+@pytest.mark.slow
 def test_damaged_cache_files_are_removed_named_and_rebuilt(tmp_path, encoders, caplog):
   media, masks = make_folder(tmp_path)
   Image.fromarray(np.full((64, 48, 3), 9, np.uint8)).save(media / "tall_too.png")  # same bucket
@@ -241,6 +248,7 @@ def test_damaged_cache_files_are_removed_named_and_rebuilt(tmp_path, encoders, c
   assert again.cache_report.latents_built == 1 and nan_file.is_file()
 
 
+@pytest.mark.slow
 def test_an_item_that_cannot_be_encoded_is_skipped_and_counted(tmp_path, encoders):
   media, masks = make_folder(tmp_path)
   ds = dataset(media, masks)
@@ -256,6 +264,7 @@ def test_an_item_that_cannot_be_encoded_is_skipped_and_counted(tmp_path, encoder
   assert len(plan.failed) == 1 and report.latents_built == 2
 
 
+@pytest.mark.slow
 def test_repeated_items_are_encoded_once(tmp_path, encoders):
   media, masks = make_folder(tmp_path)
   p = pipeline(dataset(media, masks, repeats=3), settings(tmp_path / "c"), Loads(encoders))

@@ -107,6 +107,7 @@ def test_failed_conversion_leaves_no_checkpoint(tmp_path, official_release):
     wan_jax.load_transformer(out)
 
 
+@pytest.mark.slow
 def test_existing_output_needs_overwrite(tmp_path, diffusers_release):
   out = tmp_path / "out"
   assert run_cli(diffusers_release / "transformer", out, "--dtype", "float32").returncode == 0
@@ -127,6 +128,7 @@ def test_asking_for_a_missing_expert(tmp_path, diffusers_release):
     wan_jax.load_transformer(diffusers_release, expert="middle")
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_checkpoint_is_refused_with_a_clear_error(tmp_path):
   path = tmp_path / "model.pth"
   path.write_bytes(b"not really")
@@ -160,6 +162,7 @@ def test_a_killed_conversion_is_cleaned_up_by_the_next_one(tmp_path, diffusers_r
   wan_jax.load_transformer(out)
 
 
+@pytest.mark.slow
 def test_relative_and_odd_paths(tmp_path, diffusers_release, monkeypatch):
   import jax.numpy as jnp
   monkeypatch.chdir(tmp_path)

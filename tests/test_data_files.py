@@ -47,6 +47,7 @@ def test_any_mode_becomes_rgb(tmp_path, name, mode):
   assert (alpha is not None) == (mode == "RGBA")
 
 
+@pytest.mark.slow
 def test_mp4_frames_come_back_in_order(tmp_path):
   path = write_mp4(tmp_path / "clip.mp4", solid_frames(9))
   info = probe(path)
@@ -124,6 +125,7 @@ def messy(tmp_path):
   return media, masks
 
 
+@pytest.mark.slow
 def test_scan_reports_every_problem_by_name(messy, caplog):
   media, masks = messy
   cfg = dataset_config(folder_path=str(media), mask_path=str(masks), num_frames=9,
@@ -147,6 +149,7 @@ def test_scan_reports_every_problem_by_name(messy, caplog):
   assert "4 items, 6 skipped" in summary and "files ignored" in summary
 
 
+@pytest.mark.slow
 def test_missing_masks_are_one_error_naming_the_files(messy):
   media, masks = messy
   with pytest.raises(DataError, match=r"nomask\.png.*missing_mask"):
@@ -167,6 +170,7 @@ def test_unusable_folders(tmp_path, setup):
     scan_dataset(dataset_config(folder_path=str(folder)))
 
 
+@pytest.mark.slow
 def test_examples_keep_mask_and_pixels_aligned(messy):
   media, masks = messy
   cfg = dataset_config(folder_path=str(media), mask_path=str(masks), num_frames=9,
@@ -221,6 +225,7 @@ def write_faststart_mp4(path: Path, frames: np.ndarray) -> None:
       out.mux(packet)
 
 
+@pytest.mark.slow
 def test_truncated_faststart_clip_is_caught_by_the_scan(tmp_path):
   rng = np.random.default_rng(0)
   write_faststart_mp4(tmp_path / "cut.mp4", rng.integers(0, 255, (40, 64, 64, 3), np.uint8))
@@ -232,6 +237,7 @@ def test_truncated_faststart_clip_is_caught_by_the_scan(tmp_path):
   assert "cut.mp4" in report.skipped[0][0]  # too short or undecodable, named either way
 
 
+@pytest.mark.slow
 def test_mask_videos_and_folders_are_checked_at_scan(tmp_path):
   media, masks = tmp_path / "media", tmp_path / "masks"
   media.mkdir(), masks.mkdir()

@@ -95,6 +95,7 @@ def test_restored_iterator_yields_the_same_batches_through_orbax(folder, tmp_pat
   assert [fingerprint(next(fresh)) for _ in range(6)] == want
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_resume_across_an_epoch(folder):
   cfg = [dataset_config(folder_path=str(folder))]
   p = build_pipeline(cfg, 2, seed=4)
@@ -109,6 +110,7 @@ def test_worker_processes_give_the_same_batches_and_resume_across_an_epoch(folde
   assert workers == inline
 
 
+@pytest.mark.slow
 def test_items_that_break_mid_run_are_replaced_or_zero_weighted(tmp_path):
   """Files that change after the scan: a stand-in from the bucket, or an empty row; no crash."""
   import imageio.v3 as iio

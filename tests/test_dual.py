@@ -51,6 +51,7 @@ def test_first_timestep_decides_the_batch(dual):
   assert not bool(dual.uses_high_noise(jnp.array([10.0, 880.0])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("t,trained,frozen", [(900.0, "high_noise", "low_noise"),
                                               (500.0, "low_noise", "high_noise")])
 def test_gradients_reach_only_the_selected_expert(dual, t, trained, frozen):

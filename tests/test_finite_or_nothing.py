@@ -18,6 +18,7 @@ from wan_jax.train.lora import add_lora
 from wan_jax.train.trainer import TrainingStalled, train
 
 
+@pytest.mark.slow
 def test_an_update_that_breaks_the_weights_is_not_applied():
   """A NaN learning rate gives a finite loss and gradients but NaN updates."""
   step, trainable, opt_state, frozen, batch = tiny_lora_step(optax.adam(jnp.nan))
@@ -42,6 +43,7 @@ def test_an_export_refuses_non_finite_weights(tmp_path):
   assert list((tmp_path / "lora").iterdir()) == []  # no file, no temporary left behind
 
 
+@pytest.mark.slow
 def test_a_run_that_only_skips_stops_with_one_line(tmp_path):
   cfg = quiet(get_config(), 12)
   cfg.train.learning_rate = 1e30  # finite, so allowed; the first update overflows what follows
@@ -81,6 +83,7 @@ def test_settings_out_of_range_are_refused_by_name(tmp_path, key, value, message
   assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_the_next_run_resumes(tmp_path):
   """/dev/full answers every write with ENOSPC: the metrics file on a disk that just filled up."""
   from wan_jax.files import WriteFailed

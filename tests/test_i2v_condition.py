@@ -61,6 +61,7 @@ def reference(ref_vae, image: np.ndarray, num_frames: int,
   return np.concatenate(out)
 
 
+@pytest.mark.slow
 def test_matches_diffusers_first_frame(vae, ref_vae):
   """Through the compiled form: 9 frames = frame 0 alone, then two groups of 4."""
   image = images(2, seed=1)
@@ -73,6 +74,7 @@ def test_matches_diffusers_first_frame(vae, ref_vae):
   assert (got[:, 0, ..., :4] == 1).all() and (got[:, 1:, ..., :4] == 0).all()
 
 
+@pytest.mark.slow
 def test_matches_diffusers_first_and_last_frame(vae, ref_vae):
   """Eagerly, 5 frames: the last image is pixel frame 4, the last channel of latent frame 1."""
   image, last = images(2, seed=2), images(2, seed=3)

@@ -65,6 +65,7 @@ def i2v_inputs(seed: int):
   return latents, timestep, context, random_condition(latents, seed + 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["official", "diffusers", "comfyui"])
 def test_an_i2v_release_converts_in_one_command(tmp_path, i2v_releases, i2v_refs, layout):
   out = tmp_path / "converted"
@@ -87,6 +88,7 @@ def test_an_i2v_release_converts_in_one_command(tmp_path, i2v_releases, i2v_refs
     assert rel_error(i2v_forward(model, *inputs), i2v_reference_forward(ref, *inputs)) < 1e-5
 
 
+@pytest.mark.slow
 def test_the_dual_i2v_model_switches_at_0_9(tmp_path, i2v_releases, i2v_refs):
   """Both experts from the converted folder, the boundary from the task: t = 900 is high-noise."""
   out = tmp_path / "converted"

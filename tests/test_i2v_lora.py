@@ -66,6 +66,7 @@ def trained(i2v_ref, tmp_path_factory):
   return model, forward(model), base_out, path
 
 
+@pytest.mark.slow
 def test_i2v_lora_file_holds_the_t2v_modules_only(trained):
   _, _, _, path = trained
   with safe_open(str(path), "pt") as f:

@@ -74,6 +74,7 @@ def i2v_pipeline(root: Path, vae, **dataset_kw):
   return p, ds
 
 
+@pytest.mark.slow
 def test_the_condition_is_cached_with_the_latents_crop_flip_and_frames(tmp_path, vae):
   p, ds = i2v_pipeline(tmp_path, vae, flip_prob=1.0)  # always flipped: one variant per clip
   skipped = dict(p.report.skipped)
@@ -126,6 +127,7 @@ def _run(cfg, tmp_path):
   return train(cfg, tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_preview_image_settings_are_one_line_errors(tmp_path):
   t2v = i2v_config()
   t2v.model.arch = "tiny"
@@ -153,6 +155,7 @@ def test_a_checkpoint_of_the_other_task_is_refused_before_loading(diffusers_rele
   assert models.task(cfg) is IMAGE_TO_VIDEO and cfg.model.boundary == 0.9
 
 
+@pytest.mark.slow
 def test_the_tiny_i2v_demo_trains_both_experts_through_launch(tmp_path):
   """`python launch.py --config configs/wan22_i2v_masked.py:tiny`, shortened to 4 steps."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -40,6 +40,7 @@ def test_i2v_expert_matches_diffusers(i2v_reference):
   assert rel_error(got, want) < 1e-5
 
 
+@pytest.mark.slow
 def test_the_dual_i2v_model_routes_with_its_condition_at_boundary_0_9(i2v_reference):
   ref, folder = i2v_reference
   high = wan_jax.load_transformer(folder, dtype="float32")

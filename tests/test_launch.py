@@ -8,6 +8,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 from safetensors import safe_open
 
 from helpers import launch
@@ -15,6 +16,7 @@ from helpers import launch
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_demo_trains_and_hands_over_every_file(tmp_path):
   cache = f"--config.cache.dir={tmp_path / 'cache'}"
   first = launch("--workdir", str(tmp_path / "run"), "--cache_only", cache)

@@ -102,6 +102,7 @@ def test_scale_is_alpha_over_rank(dtype):
   assert lin(x).dtype == jnp.dtype(dtype)
 
 
+@pytest.mark.slow
 def test_lora_state_is_exactly_the_adapters():
   cfg = wan_jax.tiny(num_layers=3)
   model = wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0))

@@ -55,6 +55,7 @@ def full_result():
   return step_result("full")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plan", PLANS)
 def test_every_plan_computes_the_same_step(plan, full_result):
   loss, grads = step_result(plan)
@@ -81,6 +82,7 @@ def test_only_self_attention_kernels_are_kept():
   assert not is_self_attention_kernel(Prim("dot_general"), q, q)
 
 
+@pytest.mark.slow
 def test_offload_plans_on_the_cpu_keep_the_residuals_in_the_same_memory():
   """The CPU has no separate pinned host memory: an offload plan compiles and runs (same
   numbers, above) and its device figure equals the plan without offloading."""
@@ -221,6 +223,7 @@ def plan_with(tiny, gib: float | None = None, **train):
                          progress=False)
 
 
+@pytest.mark.slow
 def test_the_trainer_plans_by_the_compiled_step(tiny):
   unchecked = plan_with(tiny)  # the CPU has no limit: the fastest plan, said to be unchecked
   assert unchecked.plan.chosen == Candidate("save_attention", False)
@@ -242,6 +245,7 @@ def test_the_trainer_plans_by_the_compiled_step(tiny):
   assert "idle expert in host memory" in tight.line()
 
 
+@pytest.mark.slow
 def test_the_chosen_compile_trains_the_largest_bucket(tiny):
   """The step compiled while planning is the one that runs: a batch of the largest bucket
   trains without another compile; the image bucket compiles once on first use."""
@@ -270,6 +274,7 @@ def test_the_chosen_compile_trains_the_largest_bucket(tiny):
   assert len(step.compiled) == 2  # one more compile, for the image bucket only
 
 
+@pytest.mark.slow
 def test_launch_prints_the_plan_and_trains_at_random_weights(tmp_path):
   """`model.random_weights` through launch.py at the tiny sizes: generated clips, random
   encoders drawn on the device, a checked plan, both experts trained, files written."""

@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from wan_jax.data.demo import make_demo_dataset
+
+from helpers import with_devices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,11 +41,12 @@ def _losses(workdir: Path) -> list[float]:
   return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_two_devices(tmp_path):
   make_demo_dataset(tmp_path / "data")
   base = dict(os.environ, JAX_PLATFORMS="cpu")
   single = subprocess.run(_args(tmp_path / "single", tmp_path / "data", tmp_path / "cache"),
-                          env=base | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                          env=base | {"XLA_FLAGS": with_devices(base.get("XLA_FLAGS", ""), 2)},
                           capture_output=True, text=True, timeout=900, cwd=REPO)
   assert single.returncode == 0, single.stderr[-3000:]
 

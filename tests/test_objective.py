@@ -174,6 +174,7 @@ def test_black_cells_get_zero_gradient_and_grey_cells_a_proportional_one():
   assert loss_of(bumped, target, w, jnp.ones(2)) == loss_of(pred, target, w, jnp.ones(2))
 
 
+@pytest.mark.slow
 def test_an_all_black_item_is_skipped_without_nan():
   shape = (3, 3, 2, 5, 4)
   pred = jax.random.normal(jax.random.key(0), shape)

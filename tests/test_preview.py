@@ -137,6 +137,7 @@ def manual_loop(dual, ctx, neg, key, num_steps, shift, g: Guidance):
   return np.asarray(x)
 
 
+@pytest.mark.slow
 def test_guided_sampler_matches_a_manual_loop(dual, contexts):
   ctx, neg = contexts
   key, g = jax.random.key(5), Guidance(3.0, 4.0)
@@ -147,6 +148,7 @@ def test_guided_sampler_matches_a_manual_loop(dual, contexts):
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_guidance_one_is_plain_conditional_sampling(dual, contexts):
   ctx, neg = contexts
   key = jax.random.key(6)
@@ -182,6 +184,7 @@ def render(dual, vae, out_dir, step, num_frames, prompts=("a cat", "a dog")):
                          seed=7)
 
 
+@pytest.mark.slow
 def test_render_writes_readable_videos(dual, vae, tmp_path):
   paths = render(dual, vae, tmp_path, 120, num_frames=5)
   assert [p.name for p in paths] == ["step_000120_0.mp4", "step_000120_1.mp4"]
@@ -194,6 +197,7 @@ def test_render_writes_readable_videos(dual, vae, tmp_path):
       ["step_000120_0.mp4", "step_000120_1.mp4", "step_000120.txt"])  # no temporaries left
 
 
+@pytest.mark.slow
 def test_one_frame_is_a_png_and_the_seed_is_fixed_across_steps(dual, vae, tmp_path):
   first = render(dual, vae, tmp_path, 1, num_frames=1, prompts=("a cat",))
   second = render(dual, vae, tmp_path, 2, num_frames=1, prompts=("a cat",))
@@ -219,6 +223,7 @@ def test_render_needs_one_context_per_prompt(dual, vae, tmp_path):
                     height=16, width=16, num_frames=1, num_steps=1)
 
 
+@pytest.mark.slow
 def test_video_writer_pads_odd_sizes(tmp_path):
   frames = np.random.default_rng(0).integers(0, 256, (3, 15, 21, 3), dtype=np.uint8)
   path = media_out.write_video(frames, tmp_path / "odd.mp4")

@@ -37,6 +37,7 @@ def test_components_are_found(full_release):
   assert find_components(full_release / "high_noise_model").found() == ["transformers"]
 
 
+@pytest.mark.slow
 def test_one_command_converts_everything_and_loads_it(tmp_path, full_release):
   out = tmp_path / "converted"
   result = run_cli(full_release, out)
@@ -57,6 +58,7 @@ def test_one_command_converts_everything_and_loads_it(tmp_path, full_release):
   assert wan_jax.load_dual_transformer(out).high_noise.config.num_layers == 2
 
 
+@pytest.mark.slow
 def test_components_can_be_added_one_at_a_time(tmp_path, full_release):
   out = tmp_path / "converted"
   first = run_cli(full_release, out, "--only", "transformers")
@@ -80,6 +82,7 @@ def test_components_can_be_added_one_at_a_time(tmp_path, full_release):
   assert "high_noise" in manifest["experts"]  # untouched
 
 
+@pytest.mark.slow
 def test_asking_for_what_is_not_there(tmp_path, full_release):
   result = run_cli(full_release / "Wan2.1_VAE.pth", tmp_path / "out", "--only", "text_encoder")
   assert result.returncode == 2 and "has no text_encoder" in result.stderr
@@ -93,6 +96,7 @@ def test_asking_for_what_is_not_there(tmp_path, full_release):
     wan_jax.load_tokenizer(full_release / "high_noise_model")
 
 
+@pytest.mark.slow
 def test_a_failed_component_keeps_what_finished(tmp_path, full_release, monkeypatch):
   """The text encoder fails after its first layers were written (as a Ctrl-C would): the experts
   and the VAE, finished before it, stay listed and loadable; nothing of the text encoder remains."""
@@ -159,6 +163,7 @@ def test_an_encoders_cache_identity_ignores_the_rest_of_the_release(tmp_path, fu
   assert component_location(out, "vae") == out / "vae"
 
 
+@pytest.mark.slow
 def test_training_from_a_converted_release(tmp_path, full_release):
   """The real path users take: convert, then train LoRAs on the converted folder (caches built
   with the converted VAE, umT5 and tokenizer; previews decoded by that VAE)."""

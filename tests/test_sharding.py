@@ -25,6 +25,8 @@ import wan_jax
 from wan_jax.train import mesh as mesh_lib
 from wan_jax.train import sharding
 
+from helpers import with_devices
+
 AXES = ("data", "fsdp", "tensor")
 
 
@@ -216,13 +218,14 @@ def test_single_device_helpers():
 def eight() -> dict:
   worker = Path(__file__).with_name("sharding_worker.py")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+  env["XLA_FLAGS"] = with_devices(env.get("XLA_FLAGS", ""), 8)
   done = subprocess.run([sys.executable, str(worker)], env=env, capture_output=True, text=True,
                         timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-4000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_eight_make_mesh(eight):
   m = eight["mesh"]
   assert m["devices"] == 8
@@ -231,6 +234,7 @@ def test_eight_make_mesh(eight):
   assert "8 devices are not divisible by 3" in m["bad_error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["data2_fsdp2_tensor2", "data8", "fsdp8"])
 def test_eight_specs_valid_and_placed(eight, name):
   result = eight["model"][name]
@@ -244,6 +248,7 @@ def test_eight_specs_valid_and_placed(eight, name):
   assert result["default_all_replicated"]  # the tiny model is under the default min_size
 
 
+@pytest.mark.slow
 def test_eight_megatron_layout(eight):
   specs = eight["model"]["data2_fsdp2_tensor2"]["specs"]
   for attn in ("self_attn", "cross_attn"):
@@ -258,21 +263,25 @@ def test_eight_megatron_layout(eight):
              for e in leaf["spec"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["data2_fsdp2_tensor2", "data8", "fsdp8"])
 def test_eight_forward_matches_one_device(eight, name):
   assert eight["model"][name]["rel"] < 1e-5
 
 
+@pytest.mark.slow
 def test_eight_gradient_matches_one_device(eight):
   assert eight["grad"]["rel"] < 1e-5
 
 
+@pytest.mark.slow
 def test_eight_optimizer_state(eight):
   opt = eight["model"]["optimizer"]
   assert opt["moments_match"] and opt["placed_ok"]
   assert all(spec == [] for spec in opt["scalar_specs"])
 
 
+@pytest.mark.slow
 def test_eight_memory_plan_is_per_device(eight):
   """The planner compares per-device figures: replicated weights count whole on each device,
   weights sharded eight ways about an eighth (small arrays stay replicated)."""

@@ -90,6 +90,7 @@ def test_long_prompts_are_truncated_with_the_end_token(release):
     tokenize("one string", tokenizer)
 
 
+@pytest.mark.slow
 def test_text_encoder_from_a_diffusers_folder_through_the_cli(tmp_path, encoder_ref, release):
   from helpers import run_cli
 

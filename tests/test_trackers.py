@@ -42,6 +42,7 @@ def test_each_expert_has_its_own_curves_and_skipped_steps_are_counted():
   assert preview_tag(Path("previews/step_000012_0.mp4")) == "preview/0"
 
 
+@pytest.mark.slow
 def test_tensorboard_shows_per_expert_scalars_previews_and_the_config_and_a_resume_once(tmp_path):
   cfg = get_config()
   clip = write_video(np.random.default_rng(0).integers(0, 255, (5, 32, 48, 3), np.uint8),

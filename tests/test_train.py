@@ -33,6 +33,7 @@ def one_masked_image(tmp_path_factory) -> Path:
   return root
 
 
+@pytest.mark.slow
 def test_the_tiny_model_overfits_one_masked_example(tmp_path, one_masked_image):
   cfg = quiet(get_config(), 120)
   cfg.datasets = [dataset_config(folder_path=str(one_masked_image / "media"),
@@ -51,6 +52,7 @@ def test_the_tiny_model_overfits_one_masked_example(tmp_path, one_masked_image):
   assert (tmp_path / "run/weights/demo_lora_high_noise.safetensors").is_file()  # full export
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run_after_a_cut_save_a_damaged_checkpoint_and_torn_files(
     tmp_path):
   def config(steps):
@@ -92,6 +94,7 @@ def test_resume_equals_an_uninterrupted_run_after_a_cut_save_a_damaged_checkpoin
   assert [r["expert"] for r in rows[:4]] == ["high", "high", "low", "low"]
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_is_skipped_and_changes_nothing():
   step, trainable, opt_state, frozen, batch = tiny_lora_step(optax.adam(1e-2))
   before = jax.tree.map(np.asarray, trainable)
@@ -107,6 +110,7 @@ def test_a_non_finite_step_is_skipped_and_changes_nothing():
   assert any(jax.tree.leaves(changed))
 
 
+@pytest.mark.slow
 def test_eight_devices_train_like_one(tmp_path):
   from wan_jax.data.demo import make_demo_dataset
   media, masks = make_demo_dataset(tmp_path / "data")
@@ -135,6 +139,7 @@ def test_eight_devices_train_like_one(tmp_path):
       np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.slow
 def test_config_errors_are_one_clear_line(tmp_path):
   helped = launch("--noprogress", "--help", devices=1)
   assert helped.returncode == 0 and "--cache_only" in helped.stdout and "--config.<key>" in helped.stdout
@@ -147,6 +152,7 @@ def test_config_errors_are_one_clear_line(tmp_path):
   assert real.returncode == 2 and "model.name_or_path is required" in real.stderr
 
 
+@pytest.mark.slow
 def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path, monkeypatch):
   def config(offload: bool):
     cfg = get_config()
@@ -183,6 +189,7 @@ def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path,
   assert any(f.endswith("step_000004_0.mp4") for f in summary.files)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule_warms_up():
   from wan_jax.train.optimizer import learning_rate, make_optimizer
   train_cfg = get_config().train
@@ -205,6 +212,7 @@ def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule
   assert same(snapshots[2], snapshots[3]) and not same(snapshots[3], snapshots[4])
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_run_or_a_finished_one_and_continues_its_wandb_run(
     tmp_path, monkeypatch):
   for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}.items():
@@ -233,6 +241,7 @@ def test_resume_refuses_a_different_run_or_a_finished_one_and_continues_its_wand
   assert all((r / f"run-{run_id}.wandb").stat().st_size > 0 for r in runs)
 
 
+@pytest.mark.slow
 def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_path, monkeypatch):
   from wan_jax.train import models
   loaded, real = [], models.load_expert

@@ -50,6 +50,7 @@ def keep_threads(monkeypatch):
   torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_reduced_run_with_torch(tmp_path, keep_threads):
   bench = load("train_step")
   out = tmp_path / "report.json"
@@ -82,6 +83,7 @@ def test_reduced_run_with_torch(tmp_path, keep_threads):
     assert case["ratio_ours_over_torch"] == pytest.approx(ours["median_s"] / theirs["median_s"])
 
 
+@pytest.mark.slow
 def test_reduced_run_ours_only_prints_a_table(capsys, keep_threads):
   bench = load("train_step")
   report = bench.main(["--reduced", "--steps", "1", "--warmup", "0", "--cases", "c",

@@ -28,6 +28,7 @@ def test_blocks_are_stacked_for_scan():
   assert not np.allclose(k[0], k[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable"])
 def test_remat_policies_change_memory_not_results(remat):
   x = inputs()
@@ -42,6 +43,7 @@ def test_remat_policies_change_memory_not_results(remat):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_chunked_and_xla_models_agree():
   x = inputs(frames=5, height=6, width=10)
   xla = wan_jax.WanTransformer(wan_jax.tiny(attention="xla"), rngs=nnx.Rngs(0))
@@ -50,6 +52,7 @@ def test_chunked_and_xla_models_agree():
   np.testing.assert_allclose(np.asarray(chunked(*x)), np.asarray(xla(*x)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dtypes():
   model = wan_jax.WanTransformer(wan_jax.tiny(param_dtype="bfloat16", compute_dtype="bfloat16"),
                                  rngs=nnx.Rngs(0))

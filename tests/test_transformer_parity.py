@@ -23,6 +23,7 @@ def forward(model, latents, timestep, context) -> np.ndarray:
   return np.asarray(model(jnp.asarray(latents), jnp.asarray(timestep), jnp.asarray(context)))
 
 
+@pytest.mark.slow
 def test_diffusers_release_through_cli(tmp_path, diffusers_release, high_ref, low_ref):
   out = tmp_path / "converted"
   result = run_cli(diffusers_release, out, "--dtype", "float32")
@@ -35,6 +36,7 @@ def test_diffusers_release_through_cli(tmp_path, diffusers_release, high_ref, lo
     assert rel_error(forward(model, *inputs), reference_forward(ref, *inputs)) < 1e-5
 
 
+@pytest.mark.slow
 def test_official_release_through_cli(tmp_path, official_release, high_ref, low_ref):
   out = tmp_path / "converted"
   result = run_cli(official_release, out, "--dtype", "float32")
@@ -48,6 +50,7 @@ def test_official_release_through_cli(tmp_path, official_release, high_ref, low_
     assert rel_error(got, reference_forward(ref, latents, timestep, context)) < 1e-5
 
 
+@pytest.mark.slow
 def test_comfyui_bf16_file_through_cli(tmp_path, comfyui_file, high_ref):
   out = tmp_path / "converted"
   result = run_cli(comfyui_file, out, "--dtype", "float32", "--num-heads", "4")
@@ -58,6 +61,7 @@ def test_comfyui_bf16_file_through_cli(tmp_path, comfyui_file, high_ref):
   assert rel_error(forward(model, *inputs), reference_forward(high_ref, *inputs)) < 1e-5
 
 
+@pytest.mark.slow
 def test_loading_pytorch_checkpoints_directly(official_release, diffusers_release, high_ref):
   """No conversion step: the loader converts on the fly, from either release layout."""
   inputs = random_inputs(seed=5)
@@ -69,6 +73,7 @@ def test_loading_pytorch_checkpoints_directly(official_release, diffusers_releas
   assert rel_error(forward(single, *inputs), want) < 1e-5
 
 
+@pytest.mark.slow
 def test_bf16_parameters_and_compute(tmp_path, diffusers_release, high_ref):
   out = tmp_path / "converted_bf16"
   assert run_cli(diffusers_release, out).returncode == 0  # default dtype: bfloat16
@@ -79,6 +84,7 @@ def test_bf16_parameters_and_compute(tmp_path, diffusers_release, high_ref):
   assert rel_error(forward(model, *inputs), reference_forward(high_ref, *inputs)) < 2e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["xla", "chunked"])
 def test_real_head_dim_rope_split(tmp_path, attention):
   """head_dim 128 splits RoPE 44/42/42 as in the 14B model."""

@@ -76,6 +76,7 @@ def test_original_layout_is_what_diffusers_converts_from(tiny_vae):
     assert torch.equal(value, want[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["pth", "diffusers"])
 def test_encode_and_decode_match_diffusers_through_the_cli(tmp_path, tiny_vae, tiny_vae_files,
                                                            layout):
@@ -103,6 +104,7 @@ def test_encode_and_decode_match_diffusers_through_the_cli(tmp_path, tiny_vae, t
   assert rel_error(decoded, want) < 1e-4
 
 
+@pytest.mark.slow
 def test_real_channel_sizes_from_a_pth_file(tmp_path):
   """base_dim 96 (the released widths), 5 frames at 16x24, loaded straight from the .pth."""
   ref = make_vae(base_dim=96, seed=4)
@@ -115,6 +117,7 @@ def test_real_channel_sizes_from_a_pth_file(tmp_path):
   assert rel_error(vae.decode(jnp.asarray(z)), reference_decode(ref, z)) < 1e-4
 
 
+@pytest.mark.slow
 def test_single_frame_and_bf16(tiny_vae, tiny_vae_files):
   x = video((1, 1, 32, 16, 3), seed=5)  # an image: one frame, portrait
   want = reference_encode(tiny_vae, x)[0]
@@ -125,6 +128,7 @@ def test_single_frame_and_bf16(tiny_vae, tiny_vae_files):
   assert rel_error(vae16.encode(jnp.asarray(x)), want) < 2e-2
 
 
+@pytest.mark.slow
 def test_sampling_draws_from_the_posterior(tiny_vae_files):
   vae = wan_jax.load_vae(tiny_vae_files["pth"])
   x = jnp.asarray(video((1, 5, 16, 16, 3), seed=6))
@@ -152,6 +156,7 @@ def test_bad_shapes_are_explained(tiny_vae_files):
     vae.decode(jnp.zeros((1, 2, 2, 2, 4)))
 
 
+@pytest.mark.slow
 def test_incomplete_or_unsupported_vae_files_are_explained(tmp_path, tiny_vae):
   from helpers import run_cli
   sd = vae_original_state_dict(tiny_vae)
@@ -174,6 +179,7 @@ def test_incomplete_or_unsupported_vae_files_are_explained(tmp_path, tiny_vae):
     wan_jax.load_vae(tmp_path / "vae22")
 
 
+@pytest.mark.slow
 def test_chunked_mid_attention(tiny_vae):
   """Frames with more latent pixels than `attention_xla_max_tokens` take the chunked softmax."""
   x = video((1, 1, 48, 40, 3), seed=8)  # 6x5 = 30 latent pixels per frame
