@@ -65,6 +65,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.remat_policy = "auto"  # auto | full | save_attention | offload_residual |
   #                                save_attention+offload_residual | none (explicit: not searched)
   c.train.offload_inactive_expert = config_dict.placeholder(bool)  # None = the plan decides
+  # The trained expert's frozen block weights in pinned host memory, fetched block by block
+  # inside the step (LoRA runs): auto = only when no resident plan fits; True | False fix it.
+  c.train.stream_weights = "auto"
   c.train.device_memory_gib = 0.0  # 0 = the device's own limit; e.g. 79 to plan for an H100
   c.train.memory_margin = 0.05  # fraction of the device kept free of the predicted peak
   c.train.gradient_checkpointing = True  # False = remat_policy "none" (the older key)

@@ -63,6 +63,20 @@ DATASET_RULES = {"loss_multiplier": POSITIVE, "flip_prob": PROBABILITY,
                  "repeats": AT_LEAST_ONE}
 
 
+def auto_or_bool(cfg: ml_collections.ConfigDict, key: str) -> bool | None:
+  """A key that is "auto" (None: the planner decides) or True/False (also written "true",
+  "false" on the command line); anything else is one line naming the key."""
+  value: Any = cfg
+  for part in key.split("."):
+    value = value[part]
+  if isinstance(value, bool):
+    return value
+  text = str(value).strip().lower()
+  if text in ("auto", "true", "false"):
+    return None if text == "auto" else text == "true"
+  raise ValueError(f"{key} must be auto, True or False, got {value!r}")
+
+
 def check_run_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first key out of range (or W&B asked for, required and not
   installed)."""
@@ -71,6 +85,7 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
     rules.update(PREVIEW_RULES)
   for key, (ok, want) in rules.items():
     _check(cfg, key, ok, want)
+  auto_or_bool(cfg, "train.stream_weights")
   margin = _number(cfg, "train.memory_margin")
   if not 0 <= margin < 1:
     raise ValueError(f"train.memory_margin must be in [0, 1), got {margin:g}")
