@@ -31,6 +31,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.model.text_encoder_path = ""  # "" = umT5 in name_or_path
   c.model.tokenizer_path = ""  # "" = the tokenizer in name_or_path
   c.model.dtype = "bfloat16"  # base weights; LoRA weights are always float32
+  c.model.quantize = "none"  # "fp8": the blocks' frozen linear kernels in float8 with scales
+  #                            (half the memory; changes the model: opt-in, LoRA runs only)
   c.model.vae_dtype = "float32"
   c.model.text_encoder_dtype = "bfloat16"
   c.model.boundary = 0.875  # t >= boundary*1000 -> high-noise expert (0.9 for I2V)

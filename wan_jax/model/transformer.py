@@ -33,7 +33,8 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
     pd, cd = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
-    lin = functools.partial(Linear, cfg.dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    lin = functools.partial(Linear, cfg.dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs,
+                            quantize=cfg.quantize)
     self.q, self.k, self.v, self.o = lin(), lin(), lin(), lin()
     self.norm_q = RMSNorm(cfg.dim, cfg.eps, param_dtype=pd)
     self.norm_k = RMSNorm(cfg.dim, cfg.eps, param_dtype=pd)
@@ -68,8 +69,10 @@ class WanBlock(nnx.Module):
     self.self_attn = Attention(cfg, rngs=rngs)
     self.cross_attn = Attention(cfg, rngs=rngs)
     self.norm3 = LayerNorm(cfg.dim, cfg.eps, param_dtype=pd)
-    self.ffn_in = Linear(cfg.dim, cfg.ffn_dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
-    self.ffn_out = Linear(cfg.ffn_dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    self.ffn_in = Linear(cfg.dim, cfg.ffn_dim, param_dtype=pd, compute_dtype=cd, rngs=rngs,
+                         quantize=cfg.quantize)
+    self.ffn_out = Linear(cfg.ffn_dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs,
+                          quantize=cfg.quantize)
     self.eps = cfg.eps
     self.compute_dtype = cd
 

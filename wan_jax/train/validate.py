@@ -14,6 +14,7 @@ import ml_collections
 
 from wan_jax.data.config import resolutions
 from wan_jax.data.media import IMAGE_EXTS, MediaError, is_image, probe
+from wan_jax.model.quantize import QUANTIZE
 from wan_jax.tasks import Task
 from wan_jax.train.wandb_log import check_available
 
@@ -86,6 +87,13 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
   for key, (ok, want) in rules.items():
     _check(cfg, key, ok, want)
   auto_or_bool(cfg, "train.stream_weights")
+  quantize = cfg.model.get("quantize", "none")
+  if quantize not in QUANTIZE:
+    raise ValueError(f"model.quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+  if quantize != "none" and not cfg.lora.enabled:
+    raise ValueError(f"model.quantize={quantize} stores the frozen base in {quantize}; a full "
+                     "fine-tune (lora.enabled=False) trains those weights: use model.quantize="
+                     "none")
   margin = _number(cfg, "train.memory_margin")
   if not 0 <= margin < 1:
     raise ValueError(f"train.memory_margin must be in [0, 1), got {margin:g}")
