@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "Unless false, the weights are drawn straight into host memory, so a "
                       "simulated small card never holds a whole expert")
   p.add_argument("--memory-margin", type=float, default=0.05)
+  p.add_argument("--quantize", default="none", choices=("none", "fp8"),
+                 help="fp8: the block kernels stored as float8_e4m3fn with scales (random fp8 "
+                      "values, model.quantize)")
   p.add_argument("--attention", default="auto", choices=("auto", "cudnn", "xla", "chunked"))
   p.add_argument("--rank", type=int, default=32)
   p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
@@ -130,7 +133,7 @@ def git(*cmd: str) -> str:
 
 
 def model_config(args: argparse.Namespace) -> wan_jax.WanConfig:
-  runtime: dict[str, Any] = {"attention": args.attention,
+  runtime: dict[str, Any] = {"attention": args.attention, "quantize": args.quantize,
                              "remat": "full" if args.plan == "auto" else args.plan}
   if args.layers is not None:
     runtime["num_layers"] = args.layers
@@ -461,7 +464,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "attention_resolved": resolve_impl(cfg.attention, jnp.dtype(cfg.compute_dtype)),
                  "batch": 1, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                  "resident_experts": args.resident_experts,
-                 "stream_weights": args.stream_weights, "command": " ".join(command)},
+                 "stream_weights": args.stream_weights, "quantize": args.quantize,
+                 "command": " ".join(command)},
       "build_s": ours["build_s"], "resident_gib": ours["resident_gib"],
       "cases": list(cases.values()),
   }
