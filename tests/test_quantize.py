@@ -74,7 +74,8 @@ def test_the_fp8_model_computes_with_its_dequantised_kernels():
   cfg = wan_jax.tiny(num_layers=3)
   base = wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0))
   fp8 = wan_jax.WanTransformer(cfg.replace(quantize="fp8"), rngs=nnx.Rngs(0))
-  loaded = quantize_model(wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0)), cfg.replace(quantize="fp8"))
+  loaded = quantize_model(wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0)),
+                          cfg.replace(quantize="fp8"))
   for a, b in zip(jax.tree.leaves(nnx.state(fp8)), jax.tree.leaves(nnx.state(loaded))):
     assert a.dtype == b.dtype
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
@@ -84,7 +85,8 @@ def test_the_fp8_model_computes_with_its_dequantised_kernels():
   dequantised = wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0))
   for name in ("q", "k", "v", "o"):
     for attn in ("self_attn", "cross_attn"):
-      src, dst = getattr(getattr(fp8.blocks, attn), name), getattr(getattr(dequantised.blocks, attn), name)
+      src = getattr(getattr(fp8.blocks, attn), name)
+      dst = getattr(getattr(dequantised.blocks, attn), name)
       dst.kernel.value = src.weight(jnp.float32)
   for name in ("ffn_in", "ffn_out"):
     getattr(dequantised.blocks, name).kernel.value = getattr(fp8.blocks, name).weight(jnp.float32)
