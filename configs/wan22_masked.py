@@ -72,6 +72,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.stream_weights = "auto"
   c.train.device_memory_gib = 0.0  # 0 = the device's own limit; e.g. 79 to plan for an H100
   c.train.memory_margin = 0.05  # fraction of the device kept free of the predicted peak
+  c.train.host_memory_gib = 0.0  # pinned host RAM the plan may use; 0 = what the host has free
   c.train.gradient_checkpointing = True  # False = remat_policy "none" (the older key)
   c.train.sample_posterior = True  # draw latents from the VAE posterior (False: its mean)
   c.train.log_every = 1

@@ -176,8 +176,8 @@ STEP_480P = {"save_attention": StepMemory(int(76.4 * G), int(28.4 * G)),
              "full": StepMemory(int(65.8 * G), int(28.4 * G)),
              "save_attention+offload_residual": StepMemory(int(52.9 * G), int(28.4 * G)),
              "offload_residual": StepMemory(int(41.1 * G), int(28.4 * G))}
-STREAMED_480P = {r: StepMemory(m.peak - int(25.2 * G), m.arguments - int(26.6 * G))
-                 for r, m in STEP_480P.items()}
+STREAMED_480P = {r: StepMemory(m.peak - int(25.2 * G), m.arguments - int(26.6 * G),
+                                int(26.6 * G)) for r, m in STEP_480P.items()}
 
 
 def test_planner_streams_the_weights_only_when_no_resident_plan_fits():
@@ -396,3 +396,36 @@ def test_the_trainer_streams_only_when_nothing_resident_fits(tiny):
   plan = plan_with(tiny, usable(streamed.peak), **fixed).plan
   assert plan.chosen == Candidate("offload_residual", True, True)
   assert "block weights streamed from host memory: predicted peak" in plan.line()
+  assert f"; host: {memory_plan.size(plan.estimate.host)} pinned of " in plan.line()
+  assert plan.estimate.host > blocks + plan.estimate.idle_host > blocks  # + the residuals
+  with pytest.raises(DoesNotFit, match=r"^nothing fits host memory: .* are usable \(0.0 MiB "
+                                       r"train.host_memory_gib, less a 5% margin\); what would "
+                                       "help: model.quantize=fp8"):
+    plan_with(tiny, 1.0, host_memory_gib=1e-6, **fixed)
+
+
+def test_host_memory_is_planned_too():
+  """A 24 GB card: the streamed plan needs the idle expert (28 GiB) and the streamed blocks
+  (26.6 GiB) pinned in host RAM: it fits 64 GiB, and 32 GiB is one line saying what helps."""
+  def choose(host_gib, stream=None):
+    return memory_plan.choose(
+        memory_plan.candidates(True, stream=stream),
+        lambda r, streamed: (STREAMED_480P if streamed else STEP_480P)[r], IDLE,
+        int(23 * 0.95 * G), capacity_source="test", bucket="81x480x832",
+        host_usable=int(host_gib * G), host_source="test RAM")
+
+  plan = choose(64)
+  assert plan.chosen == Candidate("offload_residual", True, True)
+  assert plan.estimate.host == int(26.6 * G) + IDLE
+  assert "; host: 54.6 GiB pinned of 64.0 GiB usable (test RAM)" in plan.line()
+  with pytest.raises(DoesNotFit) as e:
+    choose(32)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(
+      "nothing fits host memory: the plans that fit the device need pinned host memory, the "
+      "least of them (offload_residual, idle expert in host memory, block weights streamed from "
+      "host memory) 54.6 GiB for 81x480x832, and 32.0 GiB are usable (test RAM); what would "
+      "help: model.quantize=fp8")
+  roomy = memory_plan.choose(memory_plan.candidates(True), lambda r, _: STEP_480P[r], IDLE,
+                             int(200 * G), host_usable=0, host_source="none")
+  assert roomy.chosen == Candidate("save_attention", False)  # nothing pinned: 0 bytes fit 0

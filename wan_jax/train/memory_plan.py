@@ -98,18 +98,22 @@ class StepMemory:
 
   peak: int  # arguments + temporaries + outputs that do not alias a donated argument
   arguments: int  # what is there before the call (weights, state, batch)
+  host: int = 0  # pinned host memory the step takes: streamed weights, offloaded temporaries
 
   @classmethod
-  def of(cls, compiled: Any, host_arguments: int = 0) -> "StepMemory":
+  def of(cls, compiled: Any, host_arguments: int = 0, host_residuals: int = 0) -> "StepMemory":
     """host_arguments: bytes of the arguments placed in pinned host memory (streamed weights).
     A backend that reports host memory apart leaves them out of its argument figure; one that
-    has a single memory (the CPU) counts them, and they are taken out here, as a GPU would."""
+    has a single memory (the CPU) counts them, and they are taken out here, as a GPU would.
+    host_residuals: the offloaded residual stream as counted from the shapes; the host figure
+    takes the larger of it and the backend's host temporaries."""
     m = compiled.memory_analysis()
     arguments = m.argument_size_in_bytes
     if host_arguments and not getattr(m, "host_argument_size_in_bytes", 0):
       arguments -= host_arguments
     peak = arguments + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-    return cls(int(peak), int(arguments))
+    host = host_arguments + max(getattr(m, "host_temp_size_in_bytes", 0), host_residuals)
+    return cls(int(peak), int(arguments), int(host))
 
 
 def device_bytes(tree: Any, memory_kind: str = "device") -> int:
@@ -144,6 +148,29 @@ def device_capacity(override_gib: float = 0.0,
   return int(limit), f"{device.device_kind} allocator limit"
 
 
+def host_capacity(override_gib: float = 0.0) -> tuple[int | None, str]:
+  """(bytes of host RAM this process may pin, where that figure came from): the override, else
+  the kernel's MemAvailable (what can be had without swapping), else None."""
+  if override_gib:
+    return int(override_gib * GIB), "train.host_memory_gib"
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024, "available host RAM"
+  except OSError:
+    pass
+  return None, "host RAM unknown"
+
+
+def usable_host_memory(override_gib: float, margin: float) -> tuple[int | None, str]:
+  """(host bytes a plan may pin, a description), `margin` kept free as for the device."""
+  capacity, source = host_capacity(override_gib)
+  if capacity is None:
+    return None, source
+  return int(capacity * (1 - margin)), f"{size(capacity)} {source}, less a {margin:.0%} margin"
+
+
 def usable_memory(override_gib: float, margin: float,
                   override_name: str = "train.device_memory_gib") -> tuple[int | None, str]:
   """(bytes a plan may use per device, a description of where that came from): the capacity
@@ -161,10 +188,16 @@ class Estimate:
   candidate: Candidate
   step: StepMemory  # the compiled step, per device
   idle: int  # the idle expert on the device (0 when it waits in host memory, or none is idle)
+  idle_host: int = 0  # the idle expert in pinned host memory, per device (0 when on the device)
 
   @property
   def total(self) -> int:
     return self.step.peak + self.idle
+
+  @property
+  def host(self) -> int:
+    """Pinned host memory per device: the idle expert, streamed weights, offloaded residuals."""
+    return self.step.host + self.idle_host
 
   @property
   def fixed(self) -> int:
@@ -181,6 +214,9 @@ class Plan:
   capacity_source: str
   two_experts: bool
   bucket: str
+  host_usable: int | None = None  # pinned host bytes this process may use (None: unchecked)
+  host_source: str = ""
+  local_devices: int = 1  # devices of this process (host figures are per process)
 
   def line(self) -> str:
     """The one line the trainer prints."""
@@ -190,6 +226,9 @@ class Plan:
               f"set train.device_memory_gib to check) for {self.bucket}")
     out = (f"memory plan: {name}: predicted peak {size(self.estimate.total)} of "
            f"{size(self.usable)} usable ({self.capacity_source}) for {self.bucket}")
+    if self.host_usable is not None:
+      out += (f"; host: {size(self.estimate.host * self.local_devices)} pinned of "
+              f"{size(self.host_usable)} usable ({self.host_source})")
     if self.rejected:
       out += "; faster plans rejected: " + ", ".join(
           f"{e.candidate.describe(self.two_experts)} ({size(e.total)})"
@@ -203,25 +242,42 @@ class DoesNotFit(ValueError):
 
 def choose(cands: Sequence[Candidate], step_of: Callable[[str, bool], StepMemory], idle_bytes: int,
            usable: int | None, *, capacity_source: str = "", two_experts: bool = True,
-           bucket: str = "", advice: Callable[[Estimate, int], str] | None = None) -> Plan:
-  """The first candidate whose predicted peak fits `usable` bytes.
+           bucket: str = "", advice: Callable[[Estimate, int], str] | None = None,
+           host_usable: int | None = None, host_source: str = "",
+           local_devices: int = 1) -> Plan:
+  """The first candidate whose predicted peak fits `usable` bytes and whose pinned host memory
+  (times `local_devices`) fits `host_usable` (None: not checked).
 
   step_of(remat, stream) compiles and returns the step's memory per device (once per pair);
-  idle_bytes is what the idle expert holds per device when it stays there.
+  idle_bytes is what the idle expert holds per device, on the device or in host memory.
   """
   if not cands:
     raise ValueError("no memory plan to choose from")
   if usable is None:
     return Plan(cands[0], None, [], None, capacity_source, two_experts, bucket)
-  rejected, measured = [], {}
+  rejected, measured, host_bound = [], {}, []
   for c in cands:
     key = (c.remat, c.stream)
     if key not in measured:  # one compile per checkpointing plan, streamed or not
       measured[key] = step_of(c.remat, c.stream)
-    est = Estimate(c, measured[key], 0 if c.offload_expert or not two_experts else idle_bytes)
+    offloaded = c.offload_expert and two_experts
+    est = Estimate(c, measured[key], 0 if offloaded or not two_experts else idle_bytes,
+                   idle_bytes if offloaded else 0)
     if est.total <= usable:
-      return Plan(c, est, rejected, usable, capacity_source, two_experts, bucket)
+      if host_usable is None or est.host * local_devices <= host_usable:
+        return Plan(c, est, rejected, usable, capacity_source, two_experts, bucket, host_usable,
+                    host_source, local_devices)
+      host_bound.append(est)
     rejected.append(est)
+  if host_bound:  # the device would hold a plan; host RAM cannot
+    least = min(host_bound, key=lambda e: e.host)
+    raise DoesNotFit(
+        f"nothing fits host memory: the plans that fit the device need pinned host memory, the "
+        f"least of them ({least.candidate.describe(two_experts)}) "
+        f"{size(least.host * local_devices)} for {bucket}, and {size(host_usable)} are usable "
+        f"({host_source}); what would help: model.quantize=fp8 (half the weights), one expert "
+        f"per run (model.train_low_noise=False, then a run with train_high_noise=False), fewer "
+        f"frames, or train.host_memory_gib if more RAM is free than reported")
   smallest = min(rejected, key=lambda e: e.total)
   msg = (f"nothing fits: the smallest plan ({smallest.candidate.describe(two_experts)}) needs "
          f"{size(smallest.total)} per device for {bucket} and {size(usable)} are usable "

@@ -205,7 +205,15 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
     if progress:
       print(f"planning memory: compiling the step with {step.remat} for {f}x{h}x{w}", flush=True)
     compiled = step.compile(e.trainable, e.opt_state, e.frozen, batch, key, _scalar(), _scalar())
-    return memory_plan.StepMemory.of(compiled, e.host_bytes())
+    residuals = 0
+    if "offload_residual" in plan_remat:  # each block's fp32 input, per device, in host memory
+      lat = batch["latent_mean"]
+      rows, frames, height, width, _ = lat.sharding.shard_shape(lat.shape)
+      cfg_m = models.expert_config(cfg, names[0], plan_remat)
+      pt, ph, pw = cfg_m.patch_size
+      tokens = (frames // pt) * (height // ph) * (width // pw)
+      residuals = cfg_m.num_layers * rows * tokens * cfg_m.dim * 4
+    return memory_plan.StepMemory.of(compiled, e.host_bytes(), residuals)
 
   if mode == "off":
     chosen = memory_plan.Candidate(remat or "full", bool(offload) and two, bool(stream))
@@ -222,8 +230,12 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
       return _advice(smallest, room, bucket, experts[c.remat, c.stream],
                      int(cfg.train.batch_size))
 
+    host_usable, host_source = memory_plan.usable_host_memory(
+        float(cfg.train.host_memory_gib), float(cfg.train.memory_margin))
     plan = memory_plan.choose(cands, compiled_memory, idle, usable, capacity_source=source,
-                              two_experts=two, bucket=label, advice=advice)
+                              two_experts=two, bucket=label, advice=advice,
+                              host_usable=host_usable, host_source=host_source,
+                              local_devices=jax.local_device_count())
   step = step_for(plan.chosen.remat, plan.chosen.stream)
   return PlannedStep(plan, step)
 

@@ -54,6 +54,7 @@ RULES = {
     "train.max_grad_norm": NON_NEGATIVE, "train.switch_boundary_every": AT_LEAST_ONE,
     "train.shift": POSITIVE, "train.logit_std": POSITIVE, "train.log_every": AT_LEAST_ONE,
     "train.max_skipped_in_a_row": COUNT, "train.device_memory_gib": NON_NEGATIVE,
+    "train.host_memory_gib": NON_NEGATIVE,
     "checkpoint.every": AT_LEAST_ONE, "checkpoint.keep": AT_LEAST_ONE,
     "save.every": COUNT, "preview.every": COUNT,
 }
