@@ -52,7 +52,7 @@ from wan_jax.train.mesh import make_mesh
 from wan_jax.train.optimizer import make_optimizer
 from wan_jax.train import memory_plan
 from wan_jax.train.random_weights import random_state
-from wan_jax.train.sharding import global_batch_from_local, tree_shardings
+from wan_jax.train.sharding import global_batch_from_local, streamed, tree_shardings
 from wan_jax.train.step import StepSettings, make_train_step, step_keys
 
 HERE = Path(__file__).resolve().parent
@@ -81,7 +81,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "to host memory); --remat is the older name")
   p.add_argument("--device-memory-gib", type=float, default=0.0,
                  help="with --plan auto: plan for this much device memory (e.g. 79 for an H100)")
+  p.add_argument("--stream-weights", default="false", choices=("auto", "true", "false"),
+                 help="the frozen block weights in pinned host memory, fetched block by block "
+                      "inside the step (true); auto: the planner decides (with --plan auto). "
+                      "Unless false, the weights are drawn straight into host memory, so a "
+                      "simulated small card never holds a whole expert")
   p.add_argument("--memory-margin", type=float, default=0.05)
+  p.add_argument("--quantize", default="none", choices=("none", "fp8"),
+                 help="fp8: the block kernels stored as float8_e4m3fn with scales (random fp8 "
+                      "values, model.quantize)")
   p.add_argument("--attention", default="auto", choices=("auto", "cudnn", "xla", "chunked"))
   p.add_argument("--rank", type=int, default=32)
   p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
@@ -125,7 +133,7 @@ def git(*cmd: str) -> str:
 
 
 def model_config(args: argparse.Namespace) -> wan_jax.WanConfig:
-  runtime: dict[str, Any] = {"attention": args.attention,
+  runtime: dict[str, Any] = {"attention": args.attention, "quantize": args.quantize,
                              "remat": "full" if args.plan == "auto" else args.plan}
   if args.layers is not None:
     runtime["num_layers"] = args.layers
@@ -169,9 +177,11 @@ def peak_matmul(dtype: str, size: int, *, batch: int = 4, reps: int = 10) -> flo
   return 2 * batch * size**3 / statistics.median(times)
 
 
-def build_state(cfg: wan_jax.WanConfig, rank: int, alpha: float, tx, mesh, seed: int):
+def build_state(cfg: wan_jax.WanConfig, rank: int, alpha: float, tx, mesh, seed: int,
+                host: bool = False):
   """(graphdef, trainable, frozen, opt_state): the model's structure from nnx.eval_shape (no
-  weights), then random weights drawn directly in their dtype and sharding on the device."""
+  weights), then random weights drawn directly in their dtype and sharding on the device (with
+  `host`, the frozen block weights straight into pinned host memory)."""
   def build() -> wan_jax.WanTransformer:
     model = wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(seed))
     add_lora(model, rank, alpha, seed=seed)
@@ -180,7 +190,8 @@ def build_state(cfg: wan_jax.WanConfig, rank: int, alpha: float, tx, mesh, seed:
   graphdef, trainable_shape, frozen_shape = nnx.split(nnx.eval_shape(build), LORA, FROZEN)
   key_trainable, key_frozen = jax.random.split(jax.random.key(seed))
   trainable = random_state(trainable_shape, key_trainable, tree_shardings(trainable_shape, mesh))
-  frozen = random_state(frozen_shape, key_frozen, tree_shardings(frozen_shape, mesh))
+  frozen_sh = tree_shardings(frozen_shape, mesh)
+  frozen = random_state(frozen_shape, key_frozen, streamed(frozen_sh) if host else frozen_sh)
   opt_shapes = jax.eval_shape(tx.init, trainable)
   opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh))(trainable)
   return graphdef, trainable, frozen, opt_state
@@ -213,12 +224,17 @@ class Steps:
 
   def __init__(self, cfg: wan_jax.WanConfig, args, tx, mesh, state: list, batch, key, t):
     self.cfg, self.args, self.tx, self.mesh = cfg, args, tx, mesh
-    self.args_for_lowering = (*state, batch, key, *t)  # trainable, opt_state, frozen, ...
-    self.compiled: dict[str, Any] = {}
+    abstract = lambda tree, shardings: jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    # Lowered against shapes: the frozen weights may sit on the device or in host memory now.
+    self.state = [abstract(x, tree_shardings(x, mesh)) for x in state]
+    self.frozen_streamed = abstract(state[2], streamed(tree_shardings(state[2], mesh)))
+    self.rest = (batch, key, *t)
+    self.compiled: dict[tuple[str, bool], Any] = {}
     self.compile_s: dict[str, float] = {}
 
-  def get(self, remat: str) -> Any:
-    if remat not in self.compiled:
+  def get(self, remat: str, stream: bool = False) -> Any:
+    if (remat, stream) not in self.compiled:
       cfg = self.cfg.replace(remat=remat)
 
       def build() -> wan_jax.WanTransformer:
@@ -227,31 +243,43 @@ class Steps:
         return model
 
       graphdef = nnx.split(nnx.eval_shape(build), LORA, FROZEN)[0]
-      trainable, opt_state, frozen = self.args_for_lowering[:3]
+      trainable, opt_state, frozen = self.state
       step_fn = make_train_step(graphdef, self.tx, step_settings(), self.mesh, trainable,
-                                opt_state, frozen)
+                                opt_state, frozen, stream=stream)
       start = time.perf_counter()
-      self.compiled[remat] = step_fn.lower(*self.args_for_lowering).compile()
-      self.compile_s[remat] = time.perf_counter() - start
-    return self.compiled[remat]
+      frozen = self.frozen_streamed if stream else frozen
+      self.compiled[remat, stream] = step_fn.lower(trainable, opt_state, frozen,
+                                                   *self.rest).compile()
+      self.compile_s[remat + (", streamed" if stream else "")] = time.perf_counter() - start
+    return self.compiled[remat, stream]
 
 
 def choose_plan(steps: Steps, args, idle: list | None) -> memory_plan.Plan:
   """--plan auto: the trainer's planner over this case; else the named plan, unchecked."""
   two = idle is not None
+  stream = {"auto": None, "true": True, "false": False}[args.stream_weights]
   if args.plan != "auto":
-    return memory_plan.Plan(memory_plan.Candidate(args.plan, False), None, [], None,
-                            "named by --plan", two, "")
+    return memory_plan.Plan(memory_plan.Candidate(args.plan, bool(stream) and two, bool(stream)),
+                            None, [], None, "named by --plan", two, "")
   usable, source = memory_plan.usable_memory(args.device_memory_gib, args.memory_margin,
                                              "--device-memory-gib")
-  idle_bytes = memory_plan.device_bytes(idle) if two else 0
+  resident = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                            sharding=x.sharding.with_memory_kind("device"))
+  idle_bytes = memory_plan.device_bytes(jax.tree.map(resident, idle)) if two else 0
   return memory_plan.choose(
-      memory_plan.candidates(two), lambda r: memory_plan.StepMemory.of(steps.get(r)), idle_bytes,
+      memory_plan.candidates(two, stream=stream),
+      lambda r, s: memory_plan.StepMemory.of(
+          steps.get(r, s), memory_plan.device_bytes(steps.frozen_streamed, "pinned_host") if s
+          else 0), idle_bytes,
       usable, capacity_source=source, two_experts=two, bucket="this case")
 
 
 def to_memory(tree: Any, kind: str) -> Any:
   return jax.tree.map(lambda x: jax.device_put(x, x.sharding.with_memory_kind(kind)), tree)
+
+
+def placed(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(jax.device_put, tree, shardings)
 
 
 def run_ours(cfg, tx, state: list, idle: list | None, case: dict, mesh, args) -> dict[str, Any]:
@@ -266,9 +294,11 @@ def run_ours(cfg, tx, state: list, idle: list | None, case: dict, mesh, args) ->
   print(plan.line(), flush=True)
   if idle is not None:  # where the plan keeps the idle expert (it stays there for later cases)
     idle[:] = to_memory(idle, "pinned_host" if plan.chosen.offload_expert else "device")
-  compiled = steps.get(plan.chosen.remat)
+  compiled = steps.get(plan.chosen.remat, plan.chosen.stream)
   mem = compiled.memory_analysis()
   trainable, opt_state, frozen = state
+  frozen_sh = tree_shardings(frozen, mesh)  # resident, or the blocks in host memory
+  frozen = placed(frozen, streamed(frozen_sh) if plan.chosen.stream else frozen_sh)
   times, metrics = [], None
   for i in range(total):
     start = time.perf_counter()
@@ -280,13 +310,18 @@ def run_ours(cfg, tx, state: list, idle: list | None, case: dict, mesh, args) ->
   timed = times[1 + args.warmup:]
   return {
       "plan": plan.chosen.remat, "idle_expert_offloaded": plan.chosen.offload_expert,
-      "plan_line": plan.line(), "compile_s": steps.compile_s[plan.chosen.remat],
+      "weights_streamed": plan.chosen.stream,
+      "plan_line": plan.line(),
+      "compile_s": steps.compile_s[plan.chosen.remat + (", streamed" if plan.chosen.stream
+                                                        else "")],
       "compile_s_all_plans": steps.compile_s,
       "predicted_peak_gib": None if plan.estimate is None else plan.estimate.total / GIB,
       "first_step_s": times[0], "step_s": timed,
       "median_s": statistics.median(timed), "peak_memory_gib": peak_memory_gib(),
       "compiled_temp_gib": None if mem is None else mem.temp_size_in_bytes / GIB,
       "compiled_argument_gib": None if mem is None else mem.argument_size_in_bytes / GIB,
+      "compiled_host_argument_gib": None if mem is None else getattr(
+          mem, "host_argument_size_in_bytes", 0) / GIB,
       "loss": float(metrics["loss"]), "finite": bool(metrics["finite"]),
   }
 
@@ -346,6 +381,7 @@ def summarise(report: dict[str, Any]) -> str:
       row += (f"{fmt(t.get('median_s'), '>9.3f'):>9}{fmt(t.get('mfu'), '>11.1%'):>11}"
               f"{fmt(c.get('ratio_ours_over_torch'), '>12.2f'):>12}")
     row += f"  {o['plan']}{' (idle expert in host memory)' if o['idle_expert_offloaded'] else ''}"
+    row += " (weights streamed)" if o.get("weights_streamed") else ""
     lines.append(row)
   return "\n".join(lines)
 
@@ -372,7 +408,8 @@ def run_jax(cfg: wan_jax.WanConfig, args: argparse.Namespace, cases: dict[str, d
   out: dict[str, Any] = {"peak_flops_per_s": peak_matmul(cfg.compute_dtype, peak_size)}
   tx = make_optimizer(optimizer_config())
   start = time.perf_counter()
-  experts = [build_state(cfg, args.rank, args.alpha, tx, mesh, args.seed + i)
+  host = args.stream_weights != "false"  # never a whole expert on a simulated small card
+  experts = [build_state(cfg, args.rank, args.alpha, tx, mesh, args.seed + i, host)
              for i in range(args.resident_experts)]
   jax.block_until_ready([e[1:] for e in experts])
   out["build_s"] = time.perf_counter() - start
@@ -426,7 +463,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "alpha": args.alpha, "plan": args.plan, "attention": cfg.attention,
                  "attention_resolved": resolve_impl(cfg.attention, jnp.dtype(cfg.compute_dtype)),
                  "batch": 1, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
-                 "resident_experts": args.resident_experts, "command": " ".join(command)},
+                 "resident_experts": args.resident_experts,
+                 "stream_weights": args.stream_weights, "quantize": args.quantize,
+                 "command": " ".join(command)},
       "build_s": ours["build_s"], "resident_gib": ours["resident_gib"],
       "cases": list(cases.values()),
   }

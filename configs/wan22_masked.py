@@ -31,6 +31,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.model.text_encoder_path = ""  # "" = umT5 in name_or_path
   c.model.tokenizer_path = ""  # "" = the tokenizer in name_or_path
   c.model.dtype = "bfloat16"  # base weights; LoRA weights are always float32
+  c.model.quantize = "none"  # "fp8": the blocks' frozen linear kernels in float8 with scales
+  #                            (half the memory; changes the model: opt-in, LoRA runs only)
   c.model.vae_dtype = "float32"
   c.model.text_encoder_dtype = "bfloat16"
   c.model.boundary = 0.875  # t >= boundary*1000 -> high-noise expert (0.9 for I2V)
@@ -65,8 +67,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.train.remat_policy = "auto"  # auto | full | save_attention | offload_residual |
   #                                save_attention+offload_residual | none (explicit: not searched)
   c.train.offload_inactive_expert = config_dict.placeholder(bool)  # None = the plan decides
+  # The trained expert's frozen block weights in pinned host memory, fetched block by block
+  # inside the step (LoRA runs): auto = only when no resident plan fits; True | False fix it.
+  c.train.stream_weights = "auto"
   c.train.device_memory_gib = 0.0  # 0 = the device's own limit; e.g. 79 to plan for an H100
   c.train.memory_margin = 0.05  # fraction of the device kept free of the predicted peak
+  c.train.host_memory_gib = 0.0  # pinned host RAM the plan may use; 0 = what the host has free
   c.train.gradient_checkpointing = True  # False = remat_policy "none" (the older key)
   c.train.sample_posterior = True  # draw latents from the VAE posterior (False: its mean)
   c.train.log_every = 1

@@ -155,6 +155,8 @@ def test_a_wan22_job_becomes_our_config(tmp_path):
   assert (p.guidance_low_noise, p.guidance_high_noise, p.num_steps) == (3.5, 3.5, 25)
   assert job.workdir == str(tmp_path / "output" / "person_v1")
   assert any("linear_alpha 8 differs from the rank 16" in n for n in job.notices)
+  assert c.model.quantize == "fp8"  # quantize: true, qtype: qfloat8
+  assert any(n.startswith(f"{P}.model.quantize: the base is stored in fp8") for n in job.notices)
 
 
 def test_every_key_not_used_is_listed_once_with_its_reason(tmp_path):
@@ -162,14 +164,30 @@ def test_every_key_not_used_is_listed_once_with_its_reason(tmp_path):
   unused = dict(job.unused)
   assert set(unused) == {
       f"{P}.device", f"{P}.performance_log_every", f"{P}.network.conv",
-      f"{P}.datasets[0].shuffle_tokens", f"{P}.train.min_snr_gamma", f"{P}.model.quantize",
-      f"{P}.model.qtype", f"{P}.sample.sampler", f"{P}.sample.fps", f"{P}.sample.walk_seed",
-      "meta"}
-  assert "bf16" in unused[f"{P}.model.quantize"]
+      f"{P}.datasets[0].shuffle_tokens", f"{P}.train.min_snr_gamma", f"{P}.sample.sampler",
+      f"{P}.sample.fps", f"{P}.sample.walk_seed", "meta"}
   assert set(job.off) == {f"{P}.save.push_to_hub", f"{P}.train.noise_offset"}
   report = job.report("job.yaml")
   assert report.count("min_snr_gamma") == 1 and report.count("cache_latents_to_disk") == 0
-  assert f"{P}.model.{{quantize, qtype}}: not needed" in report
+
+
+@pytest.mark.parametrize("lines, quantize, notice", [
+    ("quantize: false", "none", None),
+    ("quantize: true", "fp8", "the base is stored in fp8 (model.quantize=fp8"),
+    ('quantize: true\n        qtype: "qint8"', "fp8", "qtype 'qint8': the base is stored in fp8"),
+    ('quantize: true\n        qtype: "uint4|ostris/accuracy_recovery_adapters/wan22.safetensors"',
+     "fp8", "and no accuracy-recovery adapter (its ostris/accuracy_recovery_adapters/wan22."
+            "safetensors is not loaded); fp8 is 8 bits per weight"),
+])
+def test_quantize_maps_to_an_fp8_base(tmp_path, lines, quantize, notice):
+  text = edit('quantize: true\n        qtype: "qfloat8"', lines + "\n        quantize_te: true")
+  job = load_job(write_job(tmp_path, text), launch._python_config)
+  assert job.config.model.quantize == quantize
+  found = [n for n in job.notices if "quantize" in n or "qtype" in n]
+  assert found == ([] if notice is None else [found[0]]) and (notice is None or notice in found[0])
+  unused = dict(job.unused)
+  if quantize == "fp8":
+    assert "runs once, into the cache" in unused[f"{P}.model.quantize_te"]
 
 
 def test_defaults_are_ai_toolkits_and_accumulation_counts_batches(tmp_path):
@@ -362,7 +380,7 @@ def test_the_tiny_demo_trains_from_a_yaml_job(tmp_path):
       capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
-  assert out.count("not used:") == 1 and f"{P}.model.quantize: not needed" in out
+  assert f"notice: {P}.model.quantize: the base is stored in fp8" in out  # a tiny fp8 run
   assert "trained 2 steps" in out
   run = tmp_path / "output" / "yaml_demo"  # training_folder/name, as ai-toolkit
   rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

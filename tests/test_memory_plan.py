@@ -112,15 +112,17 @@ STEP_720P = {
 IDLE = int(28.0 * G)
 
 
-def plan_for(usable_gib: float, steps=STEP_720P):
+def plan_for(usable_gib: float, steps=STEP_720P, streamed=None, **fixed):
+  """The plan for `usable_gib`; `streamed` holds the streamed steps' figures (default: the
+  resident ones, so streaming never helps)."""
   compiled = []
 
-  def step_of(remat):
-    compiled.append(remat)
-    return steps[remat]
+  def step_of(remat, stream):
+    compiled.append(remat + (" streamed" if stream else ""))
+    return (streamed or steps)[remat] if stream else steps[remat]
 
-  plan = memory_plan.choose(memory_plan.candidates(True), step_of, IDLE, int(usable_gib * G),
-                            capacity_source="test", bucket="81x720x1280")
+  plan = memory_plan.choose(memory_plan.candidates(True, **fixed), step_of, IDLE,
+                            int(usable_gib * G), capacity_source="test", bucket="81x720x1280")
   return plan, compiled
 
 
@@ -158,7 +160,7 @@ def test_planner_moves_the_idle_expert_then_the_residuals_when_tighter():
 
 def test_nothing_fits_says_what_would():
   with pytest.raises(DoesNotFit) as e:
-    memory_plan.choose(memory_plan.candidates(True), STEP_720P.__getitem__, IDLE, int(40 * G),
+    memory_plan.choose(memory_plan.candidates(True), lambda r, _: STEP_720P[r], IDLE, int(40 * G),
                        capacity_source="test", bucket="81x720x1280",
                        advice=lambda est, usable: f"about "
                        f"{memory_plan.frames_that_fit(81, est, usable)} frames")
@@ -169,14 +171,88 @@ def test_nothing_fits_says_what_would():
   assert msg.endswith("about 29 frames")  # (40 - 28.4) / (56.5 - 28.4) of 21 latent frames: 8
 
 
+# One expert's 480x832x81 step as measured on an H200 (both resident: 104.8, 94.2, 81.3, 69.5 GiB
+# with the idle expert), and the same with the block weights (26.6 GiB) in host memory: the
+# arguments lose them, the temporaries gain the blocks in flight.
+STEP_480P = {"save_attention": StepMemory(int(76.4 * G), int(28.4 * G)),
+             "full": StepMemory(int(65.8 * G), int(28.4 * G)),
+             "save_attention+offload_residual": StepMemory(int(52.9 * G), int(28.4 * G)),
+             "offload_residual": StepMemory(int(41.1 * G), int(28.4 * G))}
+STREAMED_480P = {r: StepMemory(m.peak - int(25.2 * G), m.arguments - int(26.6 * G),
+                                int(26.6 * G)) for r, m in STEP_480P.items()}
+
+
+def test_planner_streams_the_weights_only_when_no_resident_plan_fits():
+  plan, compiled = plan_for(75, STEP_480P, STREAMED_480P)  # an H100: as measured, no streaming
+  assert plan.chosen == Candidate("offload_residual", False)
+  assert not any("streamed" in c for c in compiled) and "streamed" not in plan.line()
+
+  plan, compiled = plan_for(40, STEP_480P, STREAMED_480P)  # below one resident expert's step
+  assert plan.chosen == Candidate("save_attention+offload_residual", True, True)
+  assert [e.candidate for e in plan.rejected] == list(memory_plan.ORDER[:10])
+  assert plan.line().startswith(
+      "memory plan: save_attention+offload_residual, idle expert in host memory, block weights "
+      "streamed from host memory: predicted peak 27.7 GiB of 40.0 GiB usable")
+
+  plan, _ = plan_for(23 * 0.95, STEP_480P, STREAMED_480P)  # a 24 GB card
+  assert plan.chosen == Candidate("offload_residual", True, True)
+  assert plan.estimate.total == STREAMED_480P["offload_residual"].peak
+
+  with pytest.raises(DoesNotFit):  # streaming turned off: nothing resident fits 24 GB
+    plan_for(23 * 0.95, STEP_480P, STREAMED_480P, stream=False)
+  plan, compiled = plan_for(200, STEP_480P, STREAMED_480P, stream=True)  # fixed: always streamed
+  assert plan.chosen == Candidate("save_attention", True, True)
+  assert compiled == ["save_attention streamed"]
+
+
+def test_streaming_candidates_come_last_and_follow_explicit_settings():
+  two = memory_plan.candidates(True)
+  assert [c.stream for c in two] == [False] * 8 + [True] * 4
+  assert all(c.offload_expert for c in two[8:])
+  single = memory_plan.candidates(False)
+  assert [(c.remat, c.offload_expert, c.stream) for c in single[4:]] == [
+      ("save_attention", False, True), ("full", False, True),
+      ("save_attention+offload_residual", False, True), ("offload_residual", False, True)]
+  assert single[5].describe(False) == "full, block weights streamed from host memory"
+  resident_idle = memory_plan.candidates(True, offload_expert=False)
+  assert resident_idle[-1] == Candidate("offload_residual", False, True)
+  assert memory_plan.candidates(True, "full", stream=True) == [Candidate("full", True, True)]
+  assert memory_plan.candidates(True, "none", False, False) == [Candidate("none", False)]
+
+
+def test_stream_weights_settings_are_checked_before_anything_loads():
+  from helpers import get_config
+
+  from wan_jax.train.planned_step import explicit_settings
+  from wan_jax.train.validate import check_run_config
+
+  cfg = get_config()
+  assert explicit_settings(cfg) == (None, None, None)
+  cfg.train.stream_weights = "True"  # as --config.train.stream_weights=True arrives
+  assert explicit_settings(cfg)[2] is True
+  cfg.train.remat_policy = "none"
+  with pytest.raises(ValueError, match="stream_weights=True needs gradient checkpointing"):
+    explicit_settings(cfg)
+  cfg.train.remat_policy = "auto"
+  cfg.lora.enabled = False
+  with pytest.raises(ValueError, match="streams the frozen base of a LoRA run"):
+    explicit_settings(cfg)
+  cfg.train.stream_weights = "auto"  # a full fine-tune never streams on its own
+  assert explicit_settings(cfg)[2] is False
+  cfg.train.stream_weights = "sometimes"
+  with pytest.raises(ValueError, match=r"^train.stream_weights must be auto, True or False, "
+                                       r"got 'sometimes'$"):
+    check_run_config(cfg)
+
+
 def test_explicit_settings_fix_their_part_of_the_plan():
-  assert memory_plan.candidates(True, remat="full") == [Candidate("full", False),
-                                                        Candidate("full", True)]
+  assert memory_plan.candidates(True, remat="full") == [
+      Candidate("full", False), Candidate("full", True), Candidate("full", True, True)]
   assert memory_plan.candidates(True, offload_expert=True)[0] == Candidate("save_attention", True)
   assert memory_plan.candidates(True, "none", False) == [Candidate("none", False)]
   single = memory_plan.candidates(False)
   assert [c.remat for c in single] == ["save_attention", "full", "save_attention+offload_residual",
-                                       "offload_residual"]
+                                       "offload_residual"] * 2  # then the same, streamed
   assert memory_plan.fsdp_that_fits(memory_plan.Estimate(Candidate("full", False),
                                                          StepMemory(100 * G, 60 * G), 0),
                                     weights=60 * G, usable=70 * G) == 2
@@ -306,3 +382,55 @@ def test_launch_prints_the_plan_and_trains_at_random_weights(tmp_path):
   assert len(refused.stderr.strip().splitlines()) == 2  # the error and the --traceback hint
   assert not (tmp_path / "small/lora").exists()  # refused before any training or export
   assert not any((tmp_path / "small/checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_the_trainer_streams_only_when_nothing_resident_fits(tiny):
+  """Real compiles of the tiny step: streaming takes the block weights out of the device figure
+  (the CPU counts host memory as its own; the planner takes them out as a GPU reports them), and
+  the planner picks the streamed plan for a capacity between the two."""
+  fixed = {"remat_policy": "offload_residual", "offload_inactive_expert": True}
+  resident = plan_with(tiny, 1.0, stream_weights="False", **fixed).plan.estimate.step
+  streamed = plan_with(tiny, 1.0, stream_weights="True", **fixed).plan.estimate.step
+  from wan_jax.train.planned_step import abstract_expert
+  cfg, tx, _, mesh, _, _ = tiny
+  blocks = abstract_expert(cfg, "high", "offload_residual", tx, mesh, True).host_bytes()
+  assert blocks > 0 and resident.arguments - streamed.arguments == blocks
+  assert streamed.peak < resident.peak
+  usable = lambda n: (n + 1024) / 0.95 / GIB
+  plan = plan_with(tiny, usable(streamed.peak), **fixed).plan
+  assert plan.chosen == Candidate("offload_residual", True, True)
+  assert "block weights streamed from host memory: predicted peak" in plan.line()
+  assert f"; host: {memory_plan.size(plan.estimate.host)} pinned of " in plan.line()
+  assert plan.estimate.host > blocks + plan.estimate.idle_host > blocks  # + the residuals
+  with pytest.raises(DoesNotFit, match=r"^nothing fits host memory: .* are usable \(0.0 MiB "
+                                       r"train.host_memory_gib, less a 5% margin\); what would "
+                                       "help: model.quantize=fp8"):
+    plan_with(tiny, 1.0, host_memory_gib=1e-6, **fixed)
+
+
+def test_host_memory_is_planned_too():
+  """A 24 GB card: the streamed plan needs the idle expert (28 GiB) and the streamed blocks
+  (26.6 GiB) pinned in host RAM: it fits 64 GiB, and 32 GiB is one line saying what helps."""
+  def choose(host_gib, stream=None):
+    return memory_plan.choose(
+        memory_plan.candidates(True, stream=stream),
+        lambda r, streamed: (STREAMED_480P if streamed else STEP_480P)[r], IDLE,
+        int(23 * 0.95 * G), capacity_source="test", bucket="81x480x832",
+        host_usable=int(host_gib * G), host_source="test RAM")
+
+  plan = choose(64)
+  assert plan.chosen == Candidate("offload_residual", True, True)
+  assert plan.estimate.host == int(26.6 * G) + IDLE
+  assert "; host: 54.6 GiB pinned of 64.0 GiB usable (test RAM)" in plan.line()
+  with pytest.raises(DoesNotFit) as e:
+    choose(32)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(
+      "nothing fits host memory: the plans that fit the device need pinned host memory, the "
+      "least of them (offload_residual, idle expert in host memory, block weights streamed from "
+      "host memory) 54.6 GiB for 81x480x832, and 32.0 GiB are usable (test RAM); what would "
+      "help: model.quantize=fp8")
+  roomy = memory_plan.choose(memory_plan.candidates(True), lambda r, _: STEP_480P[r], IDLE,
+                             int(200 * G), host_usable=0, host_source="none")
+  assert roomy.chosen == Candidate("save_attention", False)  # nothing pinned: 0 bytes fit 0

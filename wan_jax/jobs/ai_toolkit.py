@@ -253,11 +253,33 @@ class _Mapper:
     if not (c.model.train_high_noise or c.model.train_low_noise):
       raise JobError(f"{kwargs.path}: train_high_noise and train_low_noise are both false; "
                      "at least one expert must train")
+    self._quantize(model, c)
     if model.get("low_vram", bool, False):
       c.train.offload_inactive_expert = True
       self.notices.append(f"{model.path}.low_vram: the idle expert waits in host memory "
                           "(train.offload_inactive_expert=True, a swap at every switch); remove "
                           "it to let the memory plan keep both on the card when they fit")
+
+  def _quantize(self, model: Section, c: ml_collections.ConfigDict) -> None:
+    """`quantize: true` is an fp8 base (model.quantize=fp8): ai-toolkit's default qtype,
+    qfloat8, is the same idea (float8 weights, bf16 compute); other qtypes get fp8 too, with a
+    notice saying what differs."""
+    qtype = model.get("qtype", str, "qfloat8")
+    if not model.get("quantize", bool, False):
+      return
+    c.model.quantize = "fp8"
+    kind, _, adapter = qtype.partition("|")
+    if kind != "qfloat8":
+      what = f" and no accuracy-recovery adapter (its {adapter} is not loaded)" if adapter else ""
+      self.notices.append(
+          f"{model.path}.qtype {qtype!r}: the base is stored in fp8 instead (model.quantize=fp8:"
+          f" float8_e4m3fn with one scale per 64 inputs, dequantised to bf16 per block){what}; "
+          "fp8 is 8 bits per weight")
+    else:
+      self.notices.append(
+          f"{model.path}.quantize: the base is stored in fp8 (model.quantize=fp8: float8_e4m3fn "
+          "with one scale per 64 inputs, dequantised to bf16 per block, as qfloat8 computes in "
+          "bf16); the LoRA files load on the bf16 base as usual")
 
   def _local(self, path: str, where: str, release: bool = False) -> str:
     """A local folder or file; a hub id gets the download-and-convert recipe (for the model's

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 _DEVICES = "wan-jax uses every visible device (mesh.*); choose GPUs with CUDA_VISIBLE_DEVICES"
-_NO_QUANT = ("not needed: wan-jax keeps both experts in bf16 (57 GB, resident on one 80+ GB "
-             "card, or the idle one in host memory)")
+_NO_QUANT = ("the text encoder runs once, into the cache, and never during training")
 _LOGS = "wan-jax logs every step to metrics.jsonl and TensorBoard"
 _ALWAYS_CACHED = "wan-jax always caches latents and prompt embeddings on disk (cache.dir)"
 _NOT_IMPLEMENTED = "not implemented in wan-jax"
@@ -105,12 +104,10 @@ REASONS: dict[tuple[str, str], str] = {
     ("lr_scheduler_params", "total_iters"): "schedules span train.steps",
     ("lr_scheduler_params", "T_max"): "schedules span train.steps",
     ("lr_scheduler_params", "eta_min"): "cosine decays to 0",
-    ("model", "quantize"): _NO_QUANT,
-    ("model", "qtype"): _NO_QUANT,
     ("model", "quantize_te"): _NO_QUANT,
     ("model", "qtype_te"): _NO_QUANT,
-    ("model", "quantize_kwargs"): _NO_QUANT,
-    ("model", "accuracy_recovery_adapter"): _NO_QUANT,
+    ("model", "quantize_kwargs"): "model.quantize=fp8 has no options",
+    ("model", "accuracy_recovery_adapter"): "an fp8 base needs no accuracy-recovery adapter",
     ("model", "text_encoder_bits"): _NO_QUANT,
     ("model", "dtype"): "wan-jax loads the experts in train.dtype (one dtype for weights and "
                         "compute)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from wan_jax.model.quantize import QUANTIZE
 from wan_jax.model.remat import REMAT_PLANS
 
 ATTENTION_IMPLS = ("auto", "cudnn", "xla", "chunked")
@@ -43,6 +44,7 @@ class WanConfig:
   attention: str = "auto"
   attention_chunk_size: int = 1024
   remat: str = "none"
+  quantize: str = "none"  # "fp8": the blocks' linear kernels in float8_e4m3fn with scales
 
   def __post_init__(self):
     if self.dim % self.num_heads:
@@ -53,6 +55,8 @@ class WanConfig:
       raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
     if self.remat not in REMAT_PLANS:
       raise ValueError(f"remat must be one of {REMAT_PLANS}, got {self.remat!r}")
+    if self.quantize not in QUANTIZE:
+      raise ValueError(f"quantize must be one of {QUANTIZE}, got {self.quantize!r}")
     if self.in_channels < self.out_channels:
       raise ValueError(f"in_channels {self.in_channels} < out_channels {self.out_channels}: the "
                        f"input is the latents, then any conditioning channels")

@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wan_jax.model.quantize import QUANTIZE, dequantize
+from wan_jax.model.quantize import quantize as fp8_quantize
+
 
 def matmul_precision(compute_dtype: jnp.dtype) -> jax.lax.Precision:
   """Full precision for fp32 compute (no TF32 on GPUs); the fast default otherwise."""
@@ -42,23 +45,38 @@ class Linear(nnx.Module):
   """y = x @ kernel + bias, kernel stored [in, out] in param_dtype, computed in compute_dtype.
 
   use_bias=False drops the bias (umT5's linears have none). `add_lora` adds an adapter:
-  y = x @ kernel + bias + (x @ A) @ B * alpha / rank, the order peft uses.
+  y = x @ kernel + bias + (x @ A) @ B * alpha / rank, the order peft uses. quantize="fp8" stores
+  the kernel as float8_e4m3fn with `kernel_scale` (wan_jax/model/quantize.py), dequantised to the
+  compute dtype where it is used.
   """
 
   def __init__(self, in_features: int, out_features: int, *, param_dtype: jnp.dtype,
                compute_dtype: jnp.dtype, rngs: nnx.Rngs, init_scale: float = 1.0,
-               use_bias: bool = True):
-    self.kernel = nnx.Param(normal(rngs, (in_features, out_features),
-                                   init_scale / math.sqrt(max(in_features, 1)), param_dtype))
+               use_bias: bool = True, quantize: str = "none"):
+    kernel = normal(rngs, (in_features, out_features),
+                    init_scale / math.sqrt(max(in_features, 1)), param_dtype)
+    if quantize not in QUANTIZE:
+      raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    scale = None
+    if quantize == "fp8":
+      kernel, scale = fp8_quantize(kernel)
+    self.kernel = nnx.Param(kernel)
+    self.kernel_scale = nnx.data(None) if scale is None else nnx.Param(scale)
     self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias
                  else nnx.data(None))
     self.compute_dtype = compute_dtype
     self.lora_alpha: float | None = None  # static: None means no adapter, and no extra cost
 
+  def weight(self, dtype: jnp.dtype) -> jax.Array:
+    """The kernel [..., in, out] in `dtype` (dequantised when stored in fp8)."""
+    if self.kernel_scale is None:
+      return self.kernel[...].astype(dtype)
+    return dequantize(self.kernel[...], self.kernel_scale[...], dtype)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     cd = self.compute_dtype
     x = x.astype(cd)
-    y = jnp.matmul(x, self.kernel[...].astype(cd), precision=matmul_precision(cd))
+    y = jnp.matmul(x, self.weight(cd), precision=matmul_precision(cd))
     y = y if self.bias is None else y + self.bias[...].astype(cd)
     return y if self.lora_alpha is None else y + self.lora_delta(x)
 

@@ -5,7 +5,8 @@ model(latents [B, F, H, W, 16], timestep [B] in [0, 1000], context [B, L<=text_l
 run in fp32; the other matmuls and attention in `config.compute_dtype`.
 
 The 40 blocks are one module whose parameters carry a leading layer axis; the forward pass
-scans over that axis, so compile time does not grow with depth.
+scans over that axis, so compile time does not grow with depth. Block weights that wait in host
+memory (streamed, wan_jax/model/streaming.py) are fetched inside the scan, one block at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from wan_jax.model.config import WanConfig
 from wan_jax.model.layers import LayerNorm, Linear, RMSNorm, layer_norm, normal
 from wan_jax.model.remat import name_block_input, name_self_attention, remat_block
 from wan_jax.model.rope import apply_rope, rope_tables
+from wan_jax.model.streaming import fetch
 
 F32 = jnp.float32
 
@@ -31,7 +33,8 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
     pd, cd = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
-    lin = functools.partial(Linear, cfg.dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    lin = functools.partial(Linear, cfg.dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs,
+                            quantize=cfg.quantize)
     self.q, self.k, self.v, self.o = lin(), lin(), lin(), lin()
     self.norm_q = RMSNorm(cfg.dim, cfg.eps, param_dtype=pd)
     self.norm_k = RMSNorm(cfg.dim, cfg.eps, param_dtype=pd)
@@ -66,8 +69,10 @@ class WanBlock(nnx.Module):
     self.self_attn = Attention(cfg, rngs=rngs)
     self.cross_attn = Attention(cfg, rngs=rngs)
     self.norm3 = LayerNorm(cfg.dim, cfg.eps, param_dtype=pd)
-    self.ffn_in = Linear(cfg.dim, cfg.ffn_dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
-    self.ffn_out = Linear(cfg.ffn_dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs)
+    self.ffn_in = Linear(cfg.dim, cfg.ffn_dim, param_dtype=pd, compute_dtype=cd, rngs=rngs,
+                         quantize=cfg.quantize)
+    self.ffn_out = Linear(cfg.ffn_dim, cfg.dim, param_dtype=pd, compute_dtype=cd, rngs=rngs,
+                          quantize=cfg.quantize)
     self.eps = cfg.eps
     self.compute_dtype = cd
 
@@ -200,7 +205,7 @@ class WanTransformer(nnx.Module):
     graphdef, layer_states = nnx.split(self.blocks)
 
     def one_layer(x, layer_state):
-      block = nnx.merge(graphdef, layer_state)
+      block = nnx.merge(graphdef, fetch(layer_state))  # streamed weights: this block's, now
       return block(name_block_input(x), e0_Bx6xD, context_BxSxD, rope), None
 
     x_BxNxD, _ = jax.lax.scan(remat_block(one_layer, cfg.remat), x_BxNxD, layer_states)

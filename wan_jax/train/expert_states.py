@@ -4,6 +4,7 @@ expert waits in pinned host memory and `Experts.bring` swaps it in when its step
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Iterator
 
@@ -16,9 +17,7 @@ from wan_jax.train import models
 from wan_jax.train.checkpointing import abstract_like
 from wan_jax.train.experts import HIGH
 from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.sharding import shard_state, tree_shardings
-
-DEVICE, HOST = "device", "pinned_host"
+from wan_jax.train.sharding import DEVICE, HOST, shard_state, streamed, tree_shardings
 
 
 @dataclasses.dataclass
@@ -33,33 +32,52 @@ class ExpertState:
     return nnx.merge(self.graphdef, self.trainable, self.frozen)
 
 
-def place(tree: Any, mesh: jax.sharding.Mesh, min_size: int, memory_kind: str) -> Any:
-  """The tree on the mesh as the sharding rules say, in device or (pinned) host memory."""
+def place(tree: Any, mesh: jax.sharding.Mesh, min_size: int, memory_kind: str,
+          stream: bool = False) -> Any:
+  """The tree on the mesh as the sharding rules say, in device or (pinned) host memory; with
+  `stream` (a frozen tree), its block weights in host memory wherever the rest goes."""
   shardings = jax.tree.map(lambda s: s.with_memory_kind(memory_kind),
                            tree_shardings(tree, mesh, min_size=min_size))
+  if stream and memory_kind == DEVICE:
+    shardings = streamed(shardings)
   return shard_state(tree, shardings)
 
 
-def move(e: ExpertState, mesh: jax.sharding.Mesh, min_size: int, memory_kind: str) -> None:
-  e.trainable, e.frozen, e.opt_state = (place(t, mesh, min_size, memory_kind)
-                                        for t in (e.trainable, e.frozen, e.opt_state))
+def move(e: ExpertState, mesh: jax.sharding.Mesh, min_size: int, memory_kind: str,
+         stream: bool = False) -> None:
+  e.trainable, e.opt_state = (place(t, mesh, min_size, memory_kind)
+                              for t in (e.trainable, e.opt_state))
+  e.frozen = place(e.frozen, mesh, min_size, memory_kind, stream)
+
+
+def _built_in_host_memory(enabled: bool) -> contextlib.AbstractContextManager:
+  """Builds on the CPU backend when the weights are bound for host memory: an expert that waits
+  there or is streamed may not fit the device even for a moment (27 GB on a 24 GB card)."""
+  if not enabled or jax.default_backend() == "cpu":
+    return contextlib.nullcontext()
+  try:
+    return jax.default_device(jax.devices("cpu")[0])
+  except RuntimeError:  # JAX_PLATFORMS without cpu: build on the device as before
+    return contextlib.nullcontext()
 
 
 def build_expert_state(cfg: ml_collections.ConfigDict, expert: str,
                        tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, remat: str,
-                       memory_kind: str = DEVICE) -> ExpertState:
+                       memory_kind: str = DEVICE, stream: bool = False) -> ExpertState:
   """The expert loaded (with LoRA adapters unless full fine-tuning), split into trainable and
-  frozen parts, placed, with a fresh optimizer state."""
-  model = models.load_expert(cfg, expert, remat)
-  if cfg.lora.enabled:
-    add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets),
-             seed=cfg.seed + (0 if expert == HIGH else 1))
-    graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
-  else:
-    graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
-  del model
+  frozen parts, placed, with a fresh optimizer state. With `stream` the frozen block weights
+  wait in pinned host memory whatever `memory_kind` says for the rest."""
+  with _built_in_host_memory(stream or memory_kind == HOST):
+    model = models.load_expert(cfg, expert, remat)
+    if cfg.lora.enabled:
+      add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets),
+               seed=cfg.seed + (0 if expert == HIGH else 1))
+      graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
+    else:
+      graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
+    del model
   min_size = int(cfg.mesh.min_shard_size)
-  frozen = place(frozen, mesh, min_size, memory_kind)  # the big part goes straight to its place
+  frozen = place(frozen, mesh, min_size, memory_kind, stream)  # the big part, straight to its place
   trainable = place(trainable, mesh, min_size, DEVICE)
   opt_shapes = jax.eval_shape(tx.init, trainable)
   opt_state = jax.jit(tx.init, out_shardings=tree_shardings(opt_shapes, mesh, min_size=min_size))(
@@ -71,15 +89,17 @@ def build_expert_state(cfg: ml_collections.ConfigDict, expert: str,
 
 class Experts:
   """Every trained expert's state, by name ("high", "low"); with `offload`, only one is on the
-  device at a time (the first from the start, the others in host memory)."""
+  device at a time (the first from the start, the others in host memory); with `stream`, the
+  frozen block weights of every expert stay in host memory (the step fetches them)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, names: list[str],
                tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, remat: str,
-               offload: bool):
+               offload: bool, stream: bool = False):
     self.mesh, self.min_size = mesh, int(cfg.mesh.min_shard_size)
     self.offload = offload and len(names) == 2
+    self.stream = stream
     self.states = {name: build_expert_state(cfg, name, tx, mesh, remat,
-                                            HOST if self.offload and i else DEVICE)
+                                            HOST if self.offload and i else DEVICE, stream)
                    for i, name in enumerate(names)}
     self.on_device = names[0]
 
@@ -93,7 +113,7 @@ class Experts:
     """With offloading: the named expert onto the device, the other into host memory."""
     if self.offload and name != self.on_device:
       move(self.states[self.on_device], self.mesh, self.min_size, HOST)
-      move(self.states[name], self.mesh, self.min_size, DEVICE)
+      move(self.states[name], self.mesh, self.min_size, DEVICE, self.stream)
       self.on_device = name
 
   def tree(self) -> dict[str, dict[str, Any]]:

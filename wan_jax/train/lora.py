@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from wan_jax.model.layers import Linear, LoRAParam
+from wan_jax.model.quantize import dequantize
 from wan_jax.model.transformer import WanTransformer
 
 # Original Wan name of each per-block linear -> our attribute path inside a block.
@@ -103,7 +104,11 @@ def count_lora_params(model: WanTransformer) -> int:
 def merged_kernel(linear: Linear, layer: int | None = None) -> jax.Array:
   """kernel + A @ B * scale in fp32 (one layer of a stacked linear if `layer` is given)."""
   pick = (lambda v: v[...]) if layer is None else (lambda v: v[layer])
-  kernel = pick(linear.kernel).astype(jnp.float32)
+  kernel = pick(linear.kernel)
+  if linear.kernel_scale is None:
+    kernel = kernel.astype(jnp.float32)
+  else:  # an fp8 base: the dequantised kernel (what the model computes with)
+    kernel = dequantize(kernel, pick(linear.kernel_scale), jnp.float32)
   if linear.lora_alpha is None:
     return kernel
   delta = jnp.matmul(pick(linear.lora_a), pick(linear.lora_b), precision=jax.lax.Precision.HIGHEST)

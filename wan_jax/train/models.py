@@ -108,7 +108,7 @@ def expert_config(cfg: ml_collections.ConfigDict, expert: str, remat: str) -> Wa
   check_arch(cfg)
   dtype = cfg.model.dtype
   runtime = {"param_dtype": dtype, "compute_dtype": dtype, "attention": cfg.model.attention,
-             "remat": remat}
+             "remat": remat, "quantize": str(cfg.model.quantize)}
   if is_tiny(cfg) or random_weights(cfg):
     return ARCHS[cfg.model.arch][1](**runtime)
   return WanConfig.from_arch_dict(expert_arch(cfg.model.name_or_path, CHECKPOINT_NAMES[expert]),
@@ -125,7 +125,7 @@ def load_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str = "full"
     return WanTransformer(model_cfg, rngs=nnx.Rngs(TINY_SEEDS[expert]))
   return load_transformer(cfg.model.name_or_path, cfg.model.dtype,
                           expert=CHECKPOINT_NAMES[expert], attention=cfg.model.attention,
-                          remat=remat)
+                          remat=remat, quantize=model_cfg.quantize)
 
 
 def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:

@@ -24,7 +24,8 @@ from wan_jax.data.weight_maps import latent_frames
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.train import memory_plan, models
 from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.sharding import batch_sharding, replicated, tree_shardings
+from wan_jax.train.sharding import batch_sharding, replicated, streamed, tree_shardings
+from wan_jax.train.validate import auto_or_bool
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
 from wan_jax.train.step import StepSettings, make_train_step, step_keys
 
@@ -32,10 +33,14 @@ log = logging.getLogger(__name__)
 LATENT_CHANNELS = 16
 
 
-def explicit_settings(cfg: ml_collections.ConfigDict) -> tuple[str | None, bool | None]:
-  """(remat plan, idle expert offloaded) as the user fixed them; None = the planner decides.
+def explicit_settings(cfg: ml_collections.ConfigDict
+                      ) -> tuple[str | None, bool | None, bool | None]:
+  """(remat plan, idle expert offloaded, block weights streamed) as the user fixed them; None =
+  the planner decides.
 
   `train.gradient_checkpointing=False` is the older spelling of `train.remat_policy=none`.
+  Streaming is for the frozen base of a LoRA run, under a checkpointing plan (without one the
+  backward pass would keep every fetched block on the device); `auto` never streams otherwise.
   """
   remat = str(cfg.train.remat_policy)
   if not cfg.train.gradient_checkpointing:
@@ -44,7 +49,19 @@ def explicit_settings(cfg: ml_collections.ConfigDict) -> tuple[str | None, bool 
                        f"{remat!r}; set only train.remat_policy")
     remat = "none"
   offload = cfg.train.offload_inactive_expert
-  return (None if remat == "auto" else remat), (None if offload is None else bool(offload))
+  stream = auto_or_bool(cfg, "train.stream_weights")
+  if stream and not cfg.lora.enabled:
+    raise ValueError("train.stream_weights=True streams the frozen base of a LoRA run; a full "
+                     "fine-tune (lora.enabled=False) trains the block weights, so they stay on "
+                     "the device")
+  if stream and remat == "none":
+    raise ValueError("train.stream_weights=True needs gradient checkpointing: with "
+                     "train.remat_policy=none the backward pass keeps every block's weights on "
+                     "the device")
+  if stream is None and (not cfg.lora.enabled or remat == "none"):
+    stream = False
+  return ((None if remat == "auto" else remat), (None if offload is None else bool(offload)),
+          stream)
 
 
 def largest_bucket(pipeline: Pipeline) -> tuple[int, int, int]:
@@ -80,6 +97,10 @@ class AbstractExpert:
   def device_bytes(self) -> int:
     return memory_plan.device_bytes((self.trainable, self.frozen, self.opt_state))
 
+  def host_bytes(self) -> int:
+    """What this expert's step takes from pinned host memory (its streamed block weights)."""
+    return memory_plan.device_bytes((self.trainable, self.frozen, self.opt_state), "pinned_host")
+
 
 def _with_shardings(tree: Any, mesh, min_size: int) -> Any:
   shardings = tree_shardings(tree, mesh, min_size=min_size)
@@ -88,7 +109,7 @@ def _with_shardings(tree: Any, mesh, min_size: int) -> Any:
 
 
 def abstract_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str, tx,
-                    mesh: jax.sharding.Mesh) -> AbstractExpert:
+                    mesh: jax.sharding.Mesh, stream: bool = False) -> AbstractExpert:
   model_cfg = models.expert_config(cfg, expert, remat)
 
   def build() -> WanTransformer:
@@ -104,6 +125,9 @@ def abstract_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str, tx,
     graphdef, trainable, frozen = nnx.split(model, nnx.Param, ...)
   min_size = int(cfg.mesh.min_shard_size)
   trainable, frozen = (_with_shardings(t, mesh, min_size) for t in (trainable, frozen))
+  if stream:
+    frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          frozen, streamed(jax.tree.map(lambda x: x.sharding, frozen)))
   opt_state = _with_shardings(jax.eval_shape(tx.init, trainable), mesh, min_size)
   return AbstractExpert(graphdef, trainable, frozen, opt_state, model_cfg.text_dim)
 
@@ -147,7 +171,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
                     settings: StepSettings, mesh: jax.sharding.Mesh, pipeline: Pipeline,
                     text_len: int, progress: bool = True) -> PlannedStep:
   """Chooses the memory plan for this run and compiles its step for the largest bucket."""
-  remat, offload = explicit_settings(cfg)
+  remat, offload, stream = explicit_settings(cfg)
   two = len(names) == 2
   if offload and not two:
     log.warning("train.offload_inactive_expert has no effect: only one expert is trained (and "
@@ -158,32 +182,41 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
   bucket = largest_bucket(pipeline)
   f, h, w = bucket
   label = f"the largest bucket, {f}x{h}x{w} (frames x height x width), batch {cfg.train.batch_size}"
-  cands = memory_plan.candidates(two, remat, offload)
+  cands = memory_plan.candidates(two, remat, offload, stream)
   min_size = int(cfg.mesh.min_shard_size)
-  experts: dict[str, AbstractExpert] = {}
-  steps: dict[str, CompiledStep] = {}
+  experts: dict[tuple[str, bool], AbstractExpert] = {}
+  steps: dict[tuple[str, bool], CompiledStep] = {}
 
-  def step_for(plan_remat: str) -> CompiledStep:
-    if plan_remat not in steps:
-      e = experts[plan_remat] = abstract_expert(cfg, names[0], plan_remat, tx, mesh)
+  def step_for(plan_remat: str, plan_stream: bool) -> CompiledStep:
+    key = (plan_remat, plan_stream)
+    if key not in steps:
+      e = experts[key] = abstract_expert(cfg, names[0], plan_remat, tx, mesh, plan_stream)
       jitted = make_train_step(e.graphdef, tx, settings, mesh, e.trainable, e.opt_state,
-                               e.frozen, min_size=min_size)
-      steps[plan_remat] = CompiledStep(jitted, plan_remat)
-    return steps[plan_remat]
+                               e.frozen, min_size=min_size, stream=plan_stream)
+      steps[key] = CompiledStep(jitted, plan_remat + (", streamed" if plan_stream else ""))
+    return steps[key]
 
-  def compiled_memory(plan_remat: str) -> memory_plan.StepMemory:
-    step = step_for(plan_remat)
-    e = experts[plan_remat]
+  def compiled_memory(plan_remat: str, plan_stream: bool) -> memory_plan.StepMemory:
+    step = step_for(plan_remat, plan_stream)
+    e = experts[plan_remat, plan_stream]
     batch = abstract_batch(bucket, int(cfg.train.batch_size), text_len, e.text_dim, mesh,
                            settings.task)
     key = jax.eval_shape(lambda: step_keys(0, 0))
     if progress:
-      print(f"planning memory: compiling the step with {plan_remat} for {f}x{h}x{w}", flush=True)
+      print(f"planning memory: compiling the step with {step.remat} for {f}x{h}x{w}", flush=True)
     compiled = step.compile(e.trainable, e.opt_state, e.frozen, batch, key, _scalar(), _scalar())
-    return memory_plan.StepMemory.of(compiled)
+    residuals = 0
+    if "offload_residual" in plan_remat:  # each block's fp32 input, per device, in host memory
+      lat = batch["latent_mean"]
+      rows, frames, height, width, _ = lat.sharding.shard_shape(lat.shape)
+      cfg_m = models.expert_config(cfg, names[0], plan_remat)
+      pt, ph, pw = cfg_m.patch_size
+      tokens = (frames // pt) * (height // ph) * (width // pw)
+      residuals = cfg_m.num_layers * rows * tokens * cfg_m.dim * 4
+    return memory_plan.StepMemory.of(compiled, e.host_bytes(), residuals)
 
   if mode == "off":
-    chosen = memory_plan.Candidate(remat or "full", bool(offload) and two)
+    chosen = memory_plan.Candidate(remat or "full", bool(offload) and two, bool(stream))
     plan = memory_plan.Plan(chosen, None, [], None, "train.memory_plan=off", two, label)
   else:
     usable, source = memory_plan.usable_memory(float(cfg.train.device_memory_gib),
@@ -193,12 +226,17 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
       idle = abstract_expert(cfg, names[1], "full", tx, mesh).device_bytes()
 
     def advice(smallest: memory_plan.Estimate, room: int) -> str:
-      return _advice(smallest, room, bucket, experts[smallest.candidate.remat],
+      c = smallest.candidate
+      return _advice(smallest, room, bucket, experts[c.remat, c.stream],
                      int(cfg.train.batch_size))
 
+    host_usable, host_source = memory_plan.usable_host_memory(
+        float(cfg.train.host_memory_gib), float(cfg.train.memory_margin))
     plan = memory_plan.choose(cands, compiled_memory, idle, usable, capacity_source=source,
-                              two_experts=two, bucket=label, advice=advice)
-  step = step_for(plan.chosen.remat)
+                              two_experts=two, bucket=label, advice=advice,
+                              host_usable=host_usable, host_source=host_source,
+                              local_devices=jax.local_device_count())
+  step = step_for(plan.chosen.remat, plan.chosen.stream)
   return PlannedStep(plan, step)
 
 

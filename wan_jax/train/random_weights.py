@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from wan_jax.model.quantize import GROUP, is_fp8
 from wan_jax.train.sharding import LAYER_AXIS_PARENTS, path_names
 
 
@@ -69,6 +70,10 @@ def random_state(shapes: Any, key: jax.Array, shardings: Any = None) -> Any:
     path = path_names(kp)
     stacked = path[0] in LAYER_AXIS_PARENTS and len(leaf.shape) >= 3
     mean, std = init_rule(path, tuple(leaf.shape), stacked)
+    if path[-1] == "kernel" and is_fp8(leaf):  # an fp8 base: values of order 1, and the scale
+      mean, std = 0.0, 1.0                    # below makes them N(0, 1 / fan_in)
+    elif path[-1] == "kernel_scale":  # [.., in / GROUP, out]: exact for the real sizes
+      mean, std = 1.0 / math.sqrt(leaf.shape[-2] * GROUP), 0.0
     fn = _drawer(tuple(leaf.shape), str(leaf.dtype), mean, std, stacked, sharding)
     values.append(fn(jax.random.fold_in(key, i)))
   return jax.tree_util.tree_unflatten(treedef, values)

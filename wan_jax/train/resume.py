@@ -15,9 +15,11 @@ from wan_jax.train.expert_states import Experts
 
 # A resume with other values would silently continue a different run (another data order, LoRA
 # shape or expert schedule), so it is refused.
-RESUME_KEYS = ("seed", "model.arch", "model.name_or_path", "model.train_high_noise",
-               "model.train_low_noise", "lora", "train.batch_size", "train.grad_accum",
-               "train.switch_boundary_every", "datasets", "mesh")
+RESUME_KEYS = ("seed", "model.arch", "model.name_or_path", "model.quantize",
+               "model.train_high_noise", "model.train_low_noise", "lora", "train.batch_size",
+               "train.grad_accum", "train.switch_boundary_every", "datasets", "mesh")
+# Keys added after runs were saved, and the value those runs had.
+LATER_KEYS = {"model.quantize": "none"}
 
 
 def _plain(value: Any) -> Any:
@@ -42,6 +44,7 @@ def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _with_new_dataset_keys(saved: dict[str, Any]) -> dict[str, Any]:
   """Settings saved before a dataset key existed (e.g. trigger_word) compare as its default."""
+  saved = {**LATER_KEYS, **saved}
   if not isinstance(saved.get("datasets"), list):
     return saved
   base = _plain(dataset_config())

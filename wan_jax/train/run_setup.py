@@ -106,8 +106,8 @@ def _prepare_training(run: Run, found: tuple[int, dict] | None, progress: bool) 
   run.planned = plan_train_step(cfg, names, tx, settings, mesh, run.pipeline, run.enc.text_len,
                                 progress)
   print(run.planned.plan.line(), flush=True)
-  run.experts = Experts(cfg, names, tx, mesh, run.planned.plan.chosen.remat,
-                        run.planned.plan.chosen.offload_expert)
+  chosen = run.planned.plan.chosen
+  run.experts = Experts(cfg, names, tx, mesh, chosen.remat, chosen.offload_expert, chosen.stream)
   run.iterator = iter(run.pipeline.dataset)
   if found is not None:
     run.start = run.summary.resume(restore(run.ckpt, run.experts, run.iterator, cfg, workdir))

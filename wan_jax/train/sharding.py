@@ -13,7 +13,9 @@ roles of the block linears, so LoRA factors, optimizer moments and new parameter
     only the "tensor" dim is left it is split over both (tensor-major);
   * LoRA factors (a path part containing "lora", or a leaf named "a"/"b") follow their linear's
     rules but never split the rank dim (A [.., in, r], B [.., r, out]);
-  * "data" replicates parameters; batches split their leading axis over ("data", "fsdp").
+  * "data" replicates parameters; batches split their leading axis over ("data", "fsdp");
+  * streamed weights (`train.stream_weights`): the frozen arrays under `blocks` keep their
+    spec but live in pinned host memory; the layer scan brings each block to the device.
 Optimizer state mirrors the parameter tree, so its moments get the same paths and the same specs;
 scalars (step counts) come out replicated.
 """
@@ -32,6 +34,7 @@ from wan_jax.train.mesh import batch_axes
 
 MeshLike = Mesh | AbstractMesh
 
+DEVICE, HOST = "device", "pinned_host"  # memory kinds
 MIN_SHARD_SIZE = 2**16  # elements per layer below which an array is replicated
 LAYER_AXIS_PARENTS = ("blocks",)  # modules whose parameters carry a leading layer axis
 COLUMN_PARALLEL = ("q", "k", "v", "ffn_in")  # output dim split over "tensor"
@@ -124,6 +127,16 @@ def tree_shardings(tree: Any, mesh: Mesh, *, min_size: int = MIN_SHARD_SIZE) -> 
   return jax.tree_util.tree_map_with_path(
       lambda kp, x: NamedSharding(
           mesh, param_spec(path_names(kp), np.shape(x), mesh, min_size=min_size)), tree)
+
+
+def streamed(shardings: Any) -> Any:
+  """`shardings` (of a frozen parameter tree) with the layer stack in pinned host memory: each
+  device's shards wait there and the layer scan fetches one block at a time. Everything else
+  (embeddings, head, their norms) stays on the device."""
+  def place(kp, s):
+    layered = any(p in LAYER_AXIS_PARENTS for p in path_names(kp))
+    return s.with_memory_kind(HOST if layered else DEVICE)
+  return jax.tree_util.tree_map_with_path(place, shardings)
 
 
 def state_shardings(state: Any, mesh: Mesh, *, min_size: int = MIN_SHARD_SIZE) -> Any:

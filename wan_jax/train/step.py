@@ -21,7 +21,7 @@ from flax import nnx
 from wan_jax.model.vae import normalize_latents, sample_posterior
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
 from wan_jax.train.objective import masked_mse, noisy_latents
-from wan_jax.train.sharding import (MIN_SHARD_SIZE, batch_sharding, replicated,
+from wan_jax.train.sharding import (MIN_SHARD_SIZE, batch_sharding, replicated, streamed,
                                     tree_shardings)
 from wan_jax.train.timesteps import sample_timesteps
 
@@ -75,10 +75,11 @@ def all_finite(tree: Any) -> jax.Array:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     settings: StepSettings, mesh: jax.sharding.Mesh, trainable: nnx.State,
-                    opt_state: Any, frozen: nnx.State, min_size: int = MIN_SHARD_SIZE
-                    ) -> Callable:
+                    opt_state: Any, frozen: nnx.State, min_size: int = MIN_SHARD_SIZE,
+                    stream: bool = False) -> Callable:
   """The compiled step for this mesh; state arguments are donated (updated in place). The batch
-  holds `settings.task.batch_ndims`' arrays."""
+  holds `settings.task.batch_ndims`' arrays. With `stream`, the frozen block weights are taken
+  in pinned host memory (sharding.streamed) and the layer scan fetches them block by block."""
 
   def step(trainable, opt_state, frozen, batch, key, t_low, t_high):
     loss, aux, grads = loss_and_grads(graphdef, trainable, frozen, batch, key, t_low, t_high,
@@ -99,6 +100,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   rep = replicated(mesh)
   state_sh = tuple(tree_shardings(t, mesh, min_size=min_size)
                    for t in (trainable, opt_state, frozen))
+  if stream:
+    state_sh = (*state_sh[:2], streamed(state_sh[2]))
   batch_sh = {k: batch_sharding(mesh, n) for k, n in settings.task.batch_ndims.items()}
   return jax.jit(step, in_shardings=(*state_sh, batch_sh, rep, rep, rep),
                  out_shardings=(state_sh[0], state_sh[1], rep), donate_argnums=(0, 1))

@@ -14,6 +14,7 @@ import ml_collections
 
 from wan_jax.data.config import resolutions
 from wan_jax.data.media import IMAGE_EXTS, MediaError, is_image, probe
+from wan_jax.model.quantize import QUANTIZE
 from wan_jax.tasks import Task
 from wan_jax.train.wandb_log import check_available
 
@@ -53,6 +54,7 @@ RULES = {
     "train.max_grad_norm": NON_NEGATIVE, "train.switch_boundary_every": AT_LEAST_ONE,
     "train.shift": POSITIVE, "train.logit_std": POSITIVE, "train.log_every": AT_LEAST_ONE,
     "train.max_skipped_in_a_row": COUNT, "train.device_memory_gib": NON_NEGATIVE,
+    "train.host_memory_gib": NON_NEGATIVE,
     "checkpoint.every": AT_LEAST_ONE, "checkpoint.keep": AT_LEAST_ONE,
     "save.every": COUNT, "preview.every": COUNT,
 }
@@ -63,6 +65,20 @@ DATASET_RULES = {"loss_multiplier": POSITIVE, "flip_prob": PROBABILITY,
                  "repeats": AT_LEAST_ONE}
 
 
+def auto_or_bool(cfg: ml_collections.ConfigDict, key: str) -> bool | None:
+  """A key that is "auto" (None: the planner decides) or True/False (also written "true",
+  "false" on the command line); anything else is one line naming the key."""
+  value: Any = cfg
+  for part in key.split("."):
+    value = value[part]
+  if isinstance(value, bool):
+    return value
+  text = str(value).strip().lower()
+  if text in ("auto", "true", "false"):
+    return None if text == "auto" else text == "true"
+  raise ValueError(f"{key} must be auto, True or False, got {value!r}")
+
+
 def check_run_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first key out of range (or W&B asked for, required and not
   installed)."""
@@ -71,6 +87,14 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
     rules.update(PREVIEW_RULES)
   for key, (ok, want) in rules.items():
     _check(cfg, key, ok, want)
+  auto_or_bool(cfg, "train.stream_weights")
+  quantize = cfg.model.get("quantize", "none")
+  if quantize not in QUANTIZE:
+    raise ValueError(f"model.quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+  if quantize != "none" and not cfg.lora.enabled:
+    raise ValueError(f"model.quantize={quantize} stores the frozen base in {quantize}; a full "
+                     "fine-tune (lora.enabled=False) trains those weights: use model.quantize="
+                     "none")
   margin = _number(cfg, "train.memory_margin")
   if not 0 <= margin < 1:
     raise ValueError(f"train.memory_margin must be in [0, 1), got {margin:g}")

@@ -10,11 +10,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
 from wan_jax.model.config import WanConfig
 from wan_jax.model.dual import DualWanTransformer
+from wan_jax.model.quantize import is_fp8, quantize
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import checkpoint
 from wan_jax.weights.assemble import assemble as fill_model
@@ -27,9 +29,38 @@ log = logging.getLogger(__name__)
 
 
 def assemble(cfg: WanConfig, params: dict[str, np.ndarray]) -> WanTransformer:
-  """Builds the model around per-layer tensors (consumed from `params` to free host memory)."""
-  return fill_model(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), params, stacked="blocks",
-                    num_layers=cfg.num_layers)
+  """Builds the model around per-layer tensors (consumed from `params` to free host memory);
+  with `cfg.quantize` the block kernels are quantised after they are placed."""
+  model = fill_model(lambda: WanTransformer(cfg.replace(quantize="none"), rngs=nnx.Rngs(0)),
+                     params, stacked="blocks", num_layers=cfg.num_layers)
+  return model if cfg.quantize == "none" else quantize_model(model, cfg)
+
+
+@jax.jit
+def _quantize_stack(kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return jax.lax.map(quantize, kernel)  # one layer at a time: fp32 temporaries of one layer
+
+
+def quantize_model(model: WanTransformer, cfg: WanConfig) -> WanTransformer:
+  """`model` (unquantised) as the model `cfg` describes (`cfg.quantize`): every kernel the
+  quantised model stores in fp8 is quantised here, layer by layer; the rest is shared."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0))))
+  source = {jax.tree_util.keystr(k): v for k, v in
+            jax.tree_util.tree_flatten_with_path(nnx.state(model).to_pure_dict())[0]}
+  done: dict[str, tuple[jax.Array, jax.Array]] = {}
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    kernel = name.replace("'kernel_scale'", "'kernel'")
+    if kernel != name or is_fp8(leaf):
+      if kernel not in done:
+        done[kernel] = _quantize_stack(source.pop(kernel))
+      return done[kernel][1 if kernel != name else 0]
+    return source.pop(name)
+
+  pure = jax.tree_util.tree_map_with_path(fill, state.to_pure_dict())
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
 
 
 @dataclasses.dataclass
