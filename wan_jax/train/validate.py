@@ -148,3 +148,12 @@ def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
       probe(path)
     except (MediaError, OSError) as e:
       raise ValueError(f"preview.images: {path} cannot be read ({e})") from None
+
+
+def check_workdir(workdir: Path) -> None:
+  """A workdir whose path holds `[` or `]` is refused: Orbax reads its checkpoint folders as
+  glob patterns, so every checkpoint saved there would be unrestorable (`*`, `?` match themselves
+  and work)."""
+  if any(c in str(workdir) for c in "[]"):
+    raise ValueError(f"the workdir {workdir} contains [ or ]: Orbax reads checkpoint paths as "
+                     "glob patterns and could not restore them; choose another folder name")
