@@ -33,6 +33,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from wan_jax.data.config import validate as validate_dataset
+from wan_jax.files import storage_error
 from wan_jax.jobs.ai_toolkit import Job, JobError, is_job_file, load_job
 from wan_jax.jobs.overrides import OverrideError, apply_lists, split_overrides
 
@@ -43,6 +44,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 CONFIG_FILE = str(Path(__file__).parent / "configs" / "wan22_masked.py")
 I2V_CONFIG_FILE = str(Path(__file__).parent / "configs" / "wan22_i2v_masked.py")
 DEFAULT_CONFIG = CONFIG_FILE + ":tiny"
+DEMO_WORKDIRS = {"tiny": "runs/demo", "tiny_i2v": "runs/demo_i2v"}  # the CPU demos' default
 MULTI_HOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
@@ -101,7 +103,7 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
                                     "ai-toolkit job (.yaml)", flag_values=fv, sys_argv=argv,
                                     lock_config=False)
   flags.DEFINE_string("workdir", None, "run folder (checkpoints, LoRA files, previews, logs); "
-                      "default runs/demo for the tiny demo", flag_values=fv)
+                      "default runs/demo (runs/demo_i2v) for the tiny demos", flag_values=fv)
   flags.DEFINE_bool("cache_only", False, "build the latent and prompt caches, then stop",
                     flag_values=fv)
   flags.DEFINE_bool("progress", True, "show progress bars", flag_values=fv)
@@ -142,9 +144,23 @@ def _distributed() -> None:
     jax.distributed.initialize()
 
 
+class _ReportedInOneLine(logging.Filter):
+  """Orbax logs a failed background save with its traceback, from each of its threads (hundreds
+  of lines on a full disk), then raises the same error to the trainer, which reports a full or
+  read-only disk in one line (wan_jax.files.WriteFailed): the logged copies of such an error are
+  dropped. Every other record passes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or storage_error(error) is None
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  for handler in logging.getLogger().handlers:
+    if not any(isinstance(f, _ReportedInOneLine) for f in handler.filters):
+      handler.addFilter(_ReportedInOneLine())
   try:
     fv, job = _flags(argv)
   except (flags.Error, JobError, OverrideError) as e:
@@ -162,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"launch.py: {e}", file=sys.stderr)
     return 2
-  default = job.workdir if job is not None else "runs/demo" if cfg.model.arch == "tiny" else None
+  default = job.workdir if job is not None else DEMO_WORKDIRS.get(cfg.model.arch)
   workdir = fv.workdir or default
   if workdir is None:
     print("launch.py: --workdir is required (checkpoints, LoRA files and previews go there)",
@@ -170,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   _distributed()
   from wan_jax.files import WriteFailed
-  from wan_jax.train.trainer import train  # after distributed start-up: jax sees every host
+  from wan_jax.train.trainer import Interrupted, train  # after distributed start-up
   try:
     train(cfg, workdir, cache_only=fv.cache_only, progress=fv.progress)
+  except Interrupted as e:  # SIGTERM / Ctrl-C: saved (or said why not); the same command resumes
+    print(f"launch.py: {e}", file=sys.stderr, flush=True)
+    return e.exit_code
   except WriteFailed as e:  # a full or read-only disk: what and where; the next run resumes
     if fv.traceback:
       raise
@@ -188,4 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:  # Ctrl-C before the run started (or after it ended): nothing to save
+    print("launch.py: interrupted", file=sys.stderr)
+    sys.exit(130)

@@ -424,3 +424,37 @@ def test_overrides_on_a_job_are_checked_and_lists_are_taken(tmp_path, capsys):
   cfg = json.loads(capsys.readouterr().out)
   assert cfg["preview"]["prompts"] == ["a fox", "a [trigger] owl"]  # as typed: no job rules
   assert cfg["lora"]["targets"] == ["ffn.*"]
+
+
+def _billion_laughs() -> str:
+  """9 levels of 10 aliases (1.3 KB): 10^9 strings if every alias were expanded."""
+  lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+  lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+  return "job: extension\nconfig:\n  name: lol\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("content,message", [
+    (_billion_laughs(), "expands to more than 100,000 values through its YAML aliases"),
+    ("job: extension\nconfig:\n  name: \xff\xfe\n".encode("latin-1"), "is not a UTF-8 text file"),
+    ("[" * 20000 + "]" * 20000, "nests its values too deeply"),
+    ("job: extension\nconfig: &c {name: x, process: [*c]}\n", "a YAML alias refers to a value "
+                                                             "that contains it"),
+    (b"job: x\n" + b"#" * (1 << 20), "is larger than 1 MiB"),
+])
+def test_a_hostile_or_broken_job_file_is_one_line_in_bounded_memory(tmp_path, capsys, content,
+                                                                   message):
+  import tracemalloc
+  path = tmp_path / "job.yaml"
+  path.write_bytes(content if isinstance(content, bytes) else content.encode())
+  aliases = "aliases" in message  # memory measured where it was the problem (tracemalloc is slow)
+  if aliases:
+    tracemalloc.start()
+  try:
+    assert launch.main(["--config", str(path), "--workdir", str(tmp_path / "run")]) == 2
+    peak = tracemalloc.get_traced_memory()[1] if aliases else 0
+  finally:
+    tracemalloc.stop()
+  err = capsys.readouterr().err.strip()
+  assert message in err and str(path) in err and len(err.splitlines()) == 1, err
+  assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB"
+  assert not (tmp_path / "run").exists()

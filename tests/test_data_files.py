@@ -348,3 +348,25 @@ def test_an_interrupted_demo_generation_is_redone_not_trained_on_half_made(tmp_p
   media, masks = demo.make_demo_dataset(tmp_path / "demo_data")
   assert len(list(media.glob("*.png"))) == 4 and (media / "rolling.mp4").is_file()
   assert len(list((masks / "rolling").iterdir())) == 9
+
+
+def test_items_that_would_train_on_the_blank_prompt_are_a_warning_naming_the_data_set(tmp_path,
+                                                                                       caplog):
+  """No caption file and an empty default_caption: once only a count in the summary."""
+  rng = np.random.default_rng(0)
+  for name in ("a", "b", "c"):
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(tmp_path / f"{name}.png")
+  (tmp_path / "a.txt").write_text("a captioned image")
+  with caplog.at_level(logging.WARNING):
+    report = scan_dataset(dataset_config(folder_path=str(tmp_path), resolution=[32]), 0,
+                          cache_dir=None)
+  assert len(report.items) == 3
+  warned = [r.getMessage() for r in caplog.records if "blank prompt" in r.getMessage()]
+  assert warned == [f"datasets[0] ({tmp_path}): 2 of its items have no caption (no .txt file "
+                    f"beside them and datasets[0].default_caption is empty): they train on the "
+                    f"blank prompt; add caption files or set datasets[0].default_caption"]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    scan_dataset(dataset_config(folder_path=str(tmp_path), resolution=[32], default_caption="x"),
+                 0, cache_dir=None)
+  assert not [r for r in caplog.records if "blank prompt" in r.getMessage()]

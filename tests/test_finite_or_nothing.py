@@ -71,6 +71,17 @@ def test_a_run_that_only_skips_stops_with_one_line(tmp_path):
     ("datasets.0.num_frames", 3, "datasets[0].num_frames must be 1 or 4k+1"),
     ("datasets.0.resolution", "abc", "datasets[0].resolution must be one or more whole sizes >= 16 "
                                      "pixels (e.g. 480 or [480, 720]), got 'abc'"),
+    # once an OverflowError traceback, and the four after it were checked only after the caches
+    ("train.device_memory_gib", 1e300, "train.device_memory_gib must be a size in GiB from 0 (the "
+                                       "device's own limit) to 1e6, got 1e+300"),
+    ("train.memory_plan", "fast", "train.memory_plan must be one of auto, off; got 'fast'"),
+    ("train.remat_policy", "most", "train.remat_policy must be one of auto, none, full, "),
+    ("train.timestep_sampling", "sigmoid", "train.timestep_sampling must be one of uniform, "
+                                           "logit_normal, shift; got 'sigmoid'"),
+    ("model.boundary", 1.5, "model.boundary must be in (0, 1): t >= boundary * 1000 is the "
+                            "high-noise expert's, got 1.5"),
+    ("lora.rank", 0, "lora.rank must be a whole number >= 1, got 0"),
+    ("lora.targets", ["ffn.9"], "lora.targets: unknown LoRA target 'ffn.9'"),
 ])
 def test_settings_out_of_range_are_refused_by_name(tmp_path, key, value, message):
   cfg = get_config()

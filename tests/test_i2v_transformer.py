@@ -68,3 +68,21 @@ def test_the_wrong_inputs_for_the_task_are_clear_errors():
                                        r"\(1, 3, 4, 6\) with 20 channels"):
     i2v(x, t, c, jnp.ones((1, 3, 4, 6, 16)))
   assert wan_jax.i2v_a14b().in_channels == 36 and wan_jax.t2v_a14b().condition_channels == 0
+
+
+@pytest.mark.slow
+def test_the_public_call_takes_plain_names_on_one_expert_and_on_both():
+  """README's "Load and run": model(latents, timestep, context, condition=cond), for the expert
+  and the dual model alike (t = 930 is the high-noise expert's), equal to the positional call."""
+  high = wan_jax.WanTransformer(wan_jax.tiny_i2v(), rngs=nnx.Rngs(0))
+  low = wan_jax.WanTransformer(wan_jax.tiny_i2v(), rngs=nnx.Rngs(1))
+  dual = wan_jax.DualWanTransformer(high, low, boundary=0.9)
+  rng = np.random.default_rng(16)
+  latents = jnp.asarray(rng.standard_normal((1, 3, 4, 6, 16), np.float32))
+  cond = jnp.asarray(rng.standard_normal((1, 3, 4, 6, 20), np.float32))
+  context, t = jnp.asarray(rng.standard_normal((1, 5, 48), np.float32)), jnp.array([930.0])
+  want = np.asarray(high(latents, t, context, cond))
+  np.testing.assert_array_equal(
+      np.asarray(high(latents=latents, timestep=t, context=context, condition=cond)), want)
+  np.testing.assert_allclose(np.asarray(dual(latents, t, context, condition=cond)), want,
+                             rtol=1e-6, atol=1e-6)  # under lax.cond: compiled, not eager

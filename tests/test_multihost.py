@@ -30,7 +30,8 @@ def _free_port() -> int:
 
 def _args(workdir: Path, data: Path, cache: Path) -> list[str]:
   return [sys.executable, str(REPO / "launch.py"), "--workdir", str(workdir), "--noprogress",
-          "--config.train.steps=4", "--config.checkpoint.every=2", "--config.save.every=0",
+          "--config.train.steps=4", "--config.train.switch_boundary_every=2",  # both experts
+          "--config.checkpoint.every=2", "--config.save.every=0",
           "--config.preview.every=4", "--config.preview.num_steps=1",
           "--config.save.dtype=float32", "--config.mesh.min_shard_size=0",
           f"--config.cache.dir={cache}", f"--config.datasets[0].folder_path={data / 'media'}",

@@ -171,6 +171,7 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
 def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_stem, num_frames,
                 cached_probe) -> None:
   missing_masks: list[Path] = []
+  uncaptioned = 0  # items that train on the blank prompt (no caption, empty default_caption)
   before = len(report.items)
   for path in media:
     try:
@@ -192,6 +193,7 @@ def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_ste
     if caption is None:
       continue
     caption = apply_trigger(caption, cfg.get("trigger_word"))
+    uncaptioned += not caption.strip()
     mask = None
     if mask_dir is not None:
       candidates = masks_by_stem.get(path.stem, [])
@@ -228,4 +230,9 @@ def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_ste
   if len(report.items) == before:
     raise DataError(f"{where} ({folder}): no usable items; {len(report.skipped)} skipped, see the "
                     "warnings above")
+  if uncaptioned:
+    log.warning("%s (%s): %d of its items have no caption (no %s file beside them and %s."
+                "default_caption is empty): they train on the blank prompt; add caption files or "
+                "set %s.default_caption", where, folder, uncaptioned, dcfg.caption_suffix(cfg),
+                where, where)
 

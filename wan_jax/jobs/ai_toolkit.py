@@ -33,6 +33,8 @@ from wan_jax.jobs import ai_toolkit_keys
 from wan_jax.jobs.values import JobError, Section
 
 JOB_SUFFIXES = (".yaml", ".yml")
+MAX_BYTES = 1 << 20  # a job file is a few KiB
+MAX_VALUES = 100_000  # values after YAML aliases are expanded (a job holds a few hundred)
 PROCESS_TYPES = ("sd_trainer", "diffusion_trainer", "ui_trainer")
 ARCHS = {"wan22_14b": "wan22_t2v_a14b", "wan22_t2v_a14b": "wan22_t2v_a14b", "tiny": "tiny",
          "wan22_14b_i2v": "wan22_i2v_a14b", "wan22_i2v_a14b": "wan22_i2v_a14b",
@@ -107,11 +109,24 @@ def is_job_file(path: str) -> bool:
 
 
 def read_job(path: str | os.PathLike) -> dict[str, Any]:
-  """The file's data after ai-toolkit's `${VAR}` and `[name]` substitutions."""
+  """The file's data after ai-toolkit's `${VAR}` and `[name]` substitutions.
+
+  A hostile or broken file is one line within bounded time and memory: a file over MAX_BYTES,
+  one that is not UTF-8, nesting deeper than the parser's stack, and YAML aliases that would
+  expand to more than MAX_VALUES values (a "billion laughs") or refer to themselves.
+  """
   try:
-    text = Path(path).read_text(encoding="utf-8")
+    with open(path, "rb") as f:
+      raw = f.read(MAX_BYTES + 1)
   except OSError as e:
     raise JobError(f"cannot read the job file {path}: {e.strerror}") from None
+  if len(raw) > MAX_BYTES:
+    raise JobError(f"{path} is larger than {MAX_BYTES // 2**20} MiB: not an ai-toolkit job file")
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise JobError(f"{path} is not a UTF-8 text file (byte {e.start} is 0x{raw[e.start]:02x}): "
+                   "not an ai-toolkit job file") from None
 
   def env(m: re.Match) -> str:
     if m.group(1) not in os.environ:
@@ -120,10 +135,14 @@ def read_job(path: str | os.PathLike) -> dict[str, Any]:
 
   try:
     data = yaml.load(ENV_VAR.sub(env, text), Loader=_Loader)
-  except yaml.YAMLError as e:
-    raise JobError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+  except RecursionError:
+    raise JobError(f"{path} nests its values too deeply to be read (an ai-toolkit job is a few "
+                   "levels deep)") from None
+  except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
+    raise JobError(f"{path} is not valid YAML: {' '.join(str(e).split())[:300]}") from None
   if not isinstance(data, dict):
     raise JobError(f"{path} is not an ai-toolkit job (a mapping with job: and config:)")
+  _check_size(data, path)
   name = (data.get("config") or {}).get("name") if isinstance(data.get("config"), dict) else None
   return _replace_name(data, name) if isinstance(name, str) else data
 
@@ -137,6 +156,35 @@ def split_prompt(prompt: str) -> tuple[str, dict[str, str]]:
     flag = part.split(" ")[0].strip()
     flags[flag] = part[len(flag):].strip()  # a later one wins, as there
   return text.strip(), flags
+
+
+def _check_size(data: Any, path: str | os.PathLike) -> None:
+  """Refuses data whose YAML aliases expand to more than MAX_VALUES values or refer to
+  themselves; PyYAML shares an aliased node, so this counts each shared node once (memo)."""
+  sizes: dict[int, int] = {}
+  open_nodes: set[int] = set()
+
+  def size(value: Any) -> int:
+    if not isinstance(value, (dict, list)):
+      return 1
+    key = id(value)
+    if key in sizes:
+      return sizes[key]
+    if key in open_nodes:
+      raise JobError(f"{path}: a YAML alias refers to a value that contains it (endless); a job "
+                     "file is a tree")
+    open_nodes.add(key)
+    total = 1
+    for item in (value.values() if isinstance(value, dict) else value):
+      total += size(item)
+      if total > MAX_VALUES:
+        raise JobError(f"{path} expands to more than {MAX_VALUES:,} values through its YAML "
+                       "aliases (&name / *name); an ai-toolkit job holds a few hundred")
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total
+
+  size(data)
 
 
 def _replace_name(value: Any, name: str) -> Any:

@@ -48,9 +48,10 @@ class DualWanTransformer(nnx.Module):
   def uses_high_noise(self, timestep_B: jax.Array) -> jax.Array:
     return timestep_B[0].astype(jnp.float32) >= jnp.float32(self.threshold)
 
-  def __call__(self, latents_BxFxHxWxC: jax.Array, timestep_B: jax.Array,
-               context_BxLxT: jax.Array, condition_BxFxHxWxK: jax.Array | None = None
-               ) -> jax.Array:
+  def __call__(self, latents: jax.Array, timestep: jax.Array, context: jax.Array,
+               condition: jax.Array | None = None) -> jax.Array:
+    latents_BxFxHxWxC, timestep_B, context_BxLxT = latents, timestep, context
+    condition_BxFxHxWxK = condition
     graphdef, state = nnx.split((self.high_noise, self.low_noise))
 
     def run(index: int):

@@ -180,14 +180,15 @@ class WanTransformer(nnx.Module):
     ctx = jnp.pad(context_BxLxT, ((0, 0), (0, cfg.text_len - length), (0, 0)))
     return self.text_embedding_2(jax.nn.gelu(self.text_embedding_1(ctx), approximate=True))
 
-  def __call__(self, latents_BxFxHxWxC: jax.Array, timestep_B: jax.Array,
-               context_BxLxT: jax.Array, condition_BxFxHxWxK: jax.Array | None = None
-               ) -> jax.Array:
-    """The predicted flow [B, F, H, W, out_channels]. `condition` (image-to-video models only:
+  def __call__(self, latents: jax.Array, timestep: jax.Array, context: jax.Array,
+               condition: jax.Array | None = None) -> jax.Array:
+    """The predicted flow [B, F, H, W, out_channels] of `latents` [B, F, H, W, C] at `timestep`
+    [B] with `context` [B, L, text_dim]. `condition` (image-to-video models only:
     [B, F, H, W, 20], mask channels then the conditioning latents) is joined after the latents
     on the channel axis, as upstream joins it."""
     cfg = self.config
-    latents_BxFxHxWxC = self._with_condition(latents_BxFxHxWxC, condition_BxFxHxWxK)
+    timestep_B, context_BxLxT = timestep, context
+    latents_BxFxHxWxC = self._with_condition(latents, condition)
     b, f, h, w, c = latents_BxFxHxWxC.shape
     pt, ph, pw = cfg.patch_size
     if c != cfg.in_channels or f % pt or h % ph or w % pw:

@@ -159,8 +159,12 @@ class Checkpoints:
       self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for a save in flight, then closes the manager and its threads, also when that save
+    failed (Orbax raises a failed save once per thread, so the close after it goes through)."""
+    try:
+      self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -38,9 +38,10 @@ class Outputs:
   """Files users take away, written by process 0 only."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
-               pipeline: Pipeline):
+               pipeline: Pipeline, progress: bool = False):
     self.cfg, self.workdir, self.enc, self.pipeline = cfg, workdir, enc, pipeline
     self.main = jax.process_index() == 0
+    self.progress = progress and self.main  # a bar over the preview sampler's steps
     self.metrics = MetricsLog(workdir / "metrics.jsonl") if self.main else None
     # TensorBoard, and W&B when logging.wandb_project is set (a failure to open it is one line)
     self.trackers = Trackers(cfg, workdir, self.metrics.rows) if self.main else None
@@ -69,6 +70,13 @@ class Outputs:
                                 "supported yet; export from the Orbax checkpoint on one host")
     folder = self.workdir / ("lora" if cfg.lora.enabled else "weights")
     for name, st in experts.items():
+      if st.steps == 0:  # the same on every process: the gather below is skipped by all
+        if self.main:
+          log.warning("no file for the %s-noise expert%s: it has not trained a step yet "
+                      "(train.switch_boundary_every=%d)", name,
+                      f" at step {step}" if step is not None else "",
+                      int(cfg.train.switch_boundary_every))
+        continue
       trainable = st.trainable
       if jax.process_count() > 1:
         trainable = multihost_utils.process_allgather(trainable, tiled=True)
@@ -117,7 +125,7 @@ class Outputs:
           dual, vae, list(cfg.prompts), contexts, negative, out_dir, step,
           height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
           shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
-          seed=cfg.seed, conditions=conditions, images=images)
+          seed=cfg.seed, conditions=conditions, images=images, progress=self.progress)
     if self.main:
       with writing(f"the previews in tensorboard/ under {self.workdir}"):
         self.trackers.previews(step, paths, list(cfg.prompts))

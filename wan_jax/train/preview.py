@@ -30,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from flax import nnx
 
 from wan_jax.model import flow_matching
@@ -117,7 +118,8 @@ def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
                    negative_context: jax.Array | None, shape: Sequence[int], key: jax.Array, *,
                    num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
                    guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
-                   batch_cfg: bool = True, condition: jax.Array | None = None) -> jax.Array:
+                   batch_cfg: bool = True, condition: jax.Array | None = None,
+                   on_step: Callable[[], None] | None = None) -> jax.Array:
   """Euler-integrates the flow from noise (`jax.random.normal(key, shape)`) to latents [B,F,H,W,C].
 
   condition [B, F, H, W, K]: what an image-to-video model reads beside the latents
@@ -128,6 +130,7 @@ def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
   (half the activations, twice the weight reads). Latents stay fp32 throughout. `model` may also
   be a function of the timestep that returns the model for that step: a trainer that keeps one
   expert in device memory at a time swaps them there (all high-noise steps come first).
+  `on_step()` is called after each step has run (a progress bar).
   """
   if len(shape) != 5:
     raise ValueError(f"shape must be [B, F, H, W, C], got {tuple(shape)}")
@@ -154,6 +157,9 @@ def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
     step_model = model if isinstance(model, DualWanTransformer) else model(float(t))
     x = _euler_step(step_model, x, t, np.float32(s_next - s), context, negative, scales,
                     condition, cfg=cfg)
+    if on_step is not None:
+      x.block_until_ready()  # the bar moves when a step has run, not when it was queued
+      on_step()
   return x
 
 
@@ -182,14 +188,15 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
                     guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
                     seed: int = 0, batch_cfg: bool = True,
                     conditions: Sequence[jax.Array | None] | None = None,
-                    images: Sequence[str] | None = None) -> list[Path]:
+                    images: Sequence[str] | None = None, progress: bool = False) -> list[Path]:
   """Samples and decodes each prompt; writes out_dir/step_<step:06d>_<i>.mp4 (.png for 1 frame).
 
   conditions: one per prompt for an image-to-video model ([1, F', H/8, W/8, K], from
   `Task.preview_condition`), made from `images` (named in the .txt beside the previews).
   Prompt i always starts from the noise of (seed, i), so previews of different steps differ only
   by what training changed. out_dir/step_<step:06d>.txt names each file's prompt and the settings.
-  Every file is written atomically. Returns the media paths in prompt order.
+  Every file is written atomically. Returns the media paths in prompt order. `progress` shows a
+  bar over every sampling step of every prompt (a preview on the CPU takes minutes).
   """
   if len(prompts) != len(contexts):
     raise ValueError(f"{len(prompts)} prompts but {len(contexts)} contexts")
@@ -213,12 +220,15 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
   suffix = ".png" if num_frames == 1 else ".mp4"
   base = jax.random.key(seed)
   paths = []
+  bar = tqdm.tqdm(total=len(batches) * num_steps, desc=f"previews at step {step}", unit="step",
+                  disable=not progress, leave=False)
   for i, context in enumerate(batches):
     if context.shape[0] != 1:
       raise ValueError(f"context {i} must hold one prompt, got {context.shape}")
     latents = sample_latents(model, _pad_rows(context, length), negative_context, latent_shape,
                              jax.random.fold_in(base, i), num_steps=num_steps, shift=shift,
-                             guidance=g, batch_cfg=batch_cfg, condition=conditions[i])
+                             guidance=g, batch_cfg=batch_cfg, condition=conditions[i],
+                             on_step=(lambda: bar.update(1)) if progress else None)
     frames = media_out.to_uint8(np.asarray(decode_latents(vae, latents))[0])
     path = out_dir / f"step_{step:06d}_{i}{suffix}"
     if num_frames == 1:
@@ -227,6 +237,7 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
       media_out.write_video(frames, path)
     paths.append(path)
     log.info("preview %s: %s", path, prompts[i])
+  bar.close()
   settings = (f"{width}x{height}, {num_frames} frames, {num_steps} Euler steps, shift {shift}, "
               f"guidance low/high {g.low_noise}/{g.high_noise}, seed {seed}")
   described = ([f"{p}\t(from {img})" for p, img in zip(prompts, images)] if images

@@ -6,6 +6,7 @@ trainer.py then reads."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,6 +30,8 @@ from wan_jax.train.run_summary import RunSummary
 from wan_jax.train.step import StepSettings
 from wan_jax.train.validate import check_preview_images
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class Run:
@@ -37,8 +40,8 @@ class Run:
   task: Task
   names: tuple[str, ...]  # the trained experts
   mesh: jax.sharding.Mesh
-  enc: models.Encoders
-  pipeline: Pipeline
+  enc: models.Encoders | None
+  pipeline: Pipeline | None
   summary: RunSummary
   ckpt: Checkpoints | None = None  # None: --cache_only stops after the caches
   horizon: int = 0  # optimizer steps an expert's schedule spans
@@ -47,6 +50,17 @@ class Run:
   iterator: Iterator[dict[str, Any]] | None = None
   start: int = 0  # the first step to run (a resumed run's checkpoint step)
   outputs: Outputs | None = None  # opened before the weights load: a W&B refusal costs nothing
+
+  def close(self) -> None:
+    """Closes the outputs and the checkpoints on a failure (the first error is the one to
+    report: a failure to close is a warning)."""
+    for part in (self.ckpt, self.outputs):
+      if part is None:
+        continue
+      try:
+        part.close()
+      except Exception as e:  # e.g. the disk is still full
+        log.warning("while stopping: %s", e)
 
 
 def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
@@ -58,35 +72,52 @@ def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
   if jax.process_count() > 1 and not cfg.lora.enabled and cfg.save.every:
     raise ValueError("exporting a full fine-tune from a multi-host run is not supported yet: set "
                      "save.every=0 and export from the Orbax checkpoint on one host")
+  idle = [n for n, count in batches_per_expert(int(cfg.train.steps), HIGH in names, LOW in names,
+                                                int(cfg.train.switch_boundary_every)).items()
+          if n in names and count == 0]
+  if idle:  # e.g. steps 5 with switch_boundary_every 10: the low-noise expert never gets a turn
+    log.warning("train.steps=%d with train.switch_boundary_every=%d gives the %s-noise expert no "
+                "steps: it stays as released and no file is exported for it; lower "
+                "switch_boundary_every, or set model.train_%s_noise=False", int(cfg.train.steps),
+                int(cfg.train.switch_boundary_every), idle[0], idle[0])
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   with writing(f"the generated demo data under {workdir / 'demo_data'}"):
     prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
   check_preview_images(cfg, task)
-  with writing(f"the checkpoint folder {workdir / 'checkpoints'}"):
-    ckpt = None if cache_only else Checkpoints(workdir / "checkpoints", cfg.checkpoint.every,
-                                               cfg.checkpoint.keep, cfg.checkpoint.async_save)
-  # The newest checkpoint whose metadata reads: a mismatched resume is refused before anything
-  # big loads. Its arrays are verified when restored; a damaged one falls back to the previous.
-  found = None if ckpt is None else ckpt.newest_meta()
-  if found is not None:
-    check_resume(found[1].get("settings"), cfg, int(found[1]["step"]), workdir)
-  enc = models.encoders(cfg, workdir)
-  with writing("the latent and prompt caches"):
-    pipeline = build_data(cfg, workdir, enc, mesh, progress)
-  print(f"data:\n  {pipeline.summary()}", flush=True)
-  run = Run(cfg, workdir, task, names, mesh, enc, pipeline, RunSummary(), ckpt)
-  if cache_only:
-    return run
-  if jax.process_index() == 0:
-    with writing(str(workdir / "config.json")), atomic_path(workdir / "config.json") as tmp:
-      tmp.write_text(cfg.to_json(indent=2))
-  run.outputs = Outputs(cfg, workdir, enc, pipeline)
+  run = Run(cfg, workdir, task, names, mesh, None, None, RunSummary())
   try:
+    # A run to resume: the newest checkpoint whose metadata reads is checked before the caches
+    # build, so a mismatched resume is refused before anything big loads (its arrays are verified
+    # when restored; a damaged one falls back to the previous). A new run opens its checkpoint
+    # folder only once the data is ready: a wrong data folder leaves no empty checkpoints/.
+    if not cache_only and (workdir / "checkpoints").is_dir():
+      run.ckpt = _checkpoints(cfg, workdir)
+    found = None if run.ckpt is None else run.ckpt.newest_meta()
+    if found is not None:
+      check_resume(found[1].get("settings"), cfg, int(found[1]["step"]), workdir)
+    run.enc = models.encoders(cfg, workdir)
+    with writing("the latent and prompt caches"):
+      run.pipeline = build_data(cfg, workdir, run.enc, mesh, progress)
+    print(f"data:\n  {run.pipeline.summary()}", flush=True)
+    if cache_only:
+      return run
+    if run.ckpt is None:
+      run.ckpt = _checkpoints(cfg, workdir)
+    if jax.process_index() == 0:
+      with writing(str(workdir / "config.json")), atomic_path(workdir / "config.json") as tmp:
+        tmp.write_text(cfg.to_json(indent=2))
+    run.outputs = Outputs(cfg, workdir, run.enc, run.pipeline, progress)
     _prepare_training(run, found, progress)
-  except BaseException:
-    run.outputs.close()
+  except BaseException:  # close what was opened (Orbax's threads must not outlive the run)
+    run.close()
     raise
   return run
+
+
+def _checkpoints(cfg: ml_collections.ConfigDict, workdir: Path) -> Checkpoints:
+  with writing(f"the checkpoint folder {workdir / 'checkpoints'}"):
+    return Checkpoints(workdir / "checkpoints", cfg.checkpoint.every, cfg.checkpoint.keep,
+                       cfg.checkpoint.async_save)
 
 
 def _prepare_training(run: Run, found: tuple[int, dict] | None, progress: bool) -> None:

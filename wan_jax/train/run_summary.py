@@ -76,5 +76,17 @@ class RunSummary:
                  f"{self.final_loss:.5f}" if math.isfinite(self.final_loss) else "n/a")]
     if pipeline is not None:
       lines.append("  data: " + pipeline.report.summary().replace("\n", "\n  "))
+      damaged = _damaged_mid_run(pipeline)
+      if damaged:
+        lines.append(f"  cache files found damaged mid-run: {damaged} (removed; the rows that "
+                     "needed them were replaced by others of their bucket in this run; the next "
+                     "run re-encodes them)")
     lines += ["  files written:"] + [f"    {f}" for f in self.files]
     return "\n".join(lines)
+
+
+def _damaged_mid_run(pipeline: Pipeline) -> int:
+  """Cache files the run started with (its caches were complete) that are gone now: a read
+  found them damaged and removed them (cache_store.py)."""
+  plan = pipeline.cache_plan
+  return 0 if plan is None else sum(len(missing) for missing in plan.missing())

@@ -25,6 +25,7 @@ import tqdm
 
 from wan_jax.files import writing
 from wan_jax.model.flow_matching import expert_range
+from wan_jax.train import models
 from wan_jax.train.experts import HIGH, LOW, active_expert
 from wan_jax.train.optimizer import learning_rate
 from wan_jax.train.resume import resume_settings
@@ -32,28 +33,37 @@ from wan_jax.train.run_data import global_batch
 from wan_jax.train.run_setup import Run, set_up
 from wan_jax.train.run_summary import RunSummary, TrainingStalled
 from wan_jax.train.step import step_keys
-from wan_jax.train.validate import check_run_config
+from wan_jax.train.stop import Interrupted, StopRequest
+from wan_jax.train.validate import check_run_config, check_workdir
 from wan_jax.train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
-__all__ = ["TrainingStalled", "train"]
+__all__ = ["Interrupted", "TrainingStalled", "train"]
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bool = False,
           progress: bool = True) -> RunSummary:
-  """Trains (or resumes) the run in `workdir`, holding the workdir's lock throughout."""
+  """Trains (or resumes) the run in `workdir`, holding the workdir's lock throughout.
+
+  SIGTERM or Ctrl-C while it trains: the step in flight finishes, a checkpoint is saved, and
+  `Interrupted` is raised (stop.py); the same call resumes.
+  """
   check_run_config(cfg)  # before anything is written or loaded
+  models.check_arch(cfg)
   workdir = Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock(workdir, enabled=jax.process_index() == 0):
+  check_workdir(workdir)
+  with writing(f"the run folder {workdir}"):
+    workdir.mkdir(parents=True, exist_ok=True)
+  stop = StopRequest()
+  with stop.installed(), workdir_lock(workdir, enabled=jax.process_index() == 0):
     run = set_up(cfg, workdir, cache_only, progress)
     if cache_only:
       print(f"caches are complete under {run.pipeline.cache_plan.store.root}", flush=True)
       return run.summary
-    return _loop(run, progress)
+    return _loop(run, progress, stop)
 
 
-def _loop(run: Run, progress: bool) -> RunSummary:
+def _loop(run: Run, progress: bool, stop: StopRequest) -> RunSummary:
   cfg, experts, summary, ckpt, outputs = run.cfg, run.experts, run.summary, run.ckpt, run.outputs
   steps, every = int(cfg.train.steps), int(cfg.train.switch_boundary_every)
   schedule = learning_rate(cfg.train, run.horizon)
@@ -64,8 +74,12 @@ def _loop(run: Run, progress: bool) -> RunSummary:
     return {"step": step, "settings": resume_settings(cfg), "expert_steps": experts.steps(),
             "seed": int(cfg.seed), **summary.counters()}
 
+  stop.deferring = True  # from here a signal lets the step in flight finish, then saves
+  done = run.start
   try:
     for step in range(run.start, steps):
+      if stop.requested():
+        break
       name = active_expert(step, HIGH in run.names, LOW in run.names, every)
       e = experts[name]
       experts.bring(name)  # with offloading, the idle expert waits in host memory
@@ -99,6 +113,11 @@ def _loop(run: Run, progress: bool) -> RunSummary:
         if cfg.preview.every and done % int(cfg.preview.every) == 0:
           summary.files += map(str, outputs.previews(experts, done))
     bar.close()
+    if stop.signum is not None and done < steps:  # stopped on request: save, then say so
+      if done > run.start and ckpt.latest() != done:
+        ckpt.save(done, experts.tree(), meta(done), run.iterator, force=True)
+      ckpt.wait()
+      raise Interrupted(stop.signum, done, saved=ckpt.latest() == done)
     if run.start < steps or ckpt.latest() != steps:
       ckpt.save(steps, experts.tree(), meta(steps), run.iterator, force=True)
     ckpt.wait()
@@ -112,11 +131,7 @@ def _loop(run: Run, progress: bool) -> RunSummary:
     summary.files.append(str(run.workdir / "checkpoints" / str(steps)))
   except BaseException:  # the first error is the one to report; closing may fail the same way
     bar.close()
-    for close in (ckpt.close, outputs.close):
-      try:
-        close()
-      except Exception as e:  # e.g. the disk is still full
-        log.warning("while stopping: %s", e)
+    run.close()
     raise
   bar.close()
   with writing(f"the last checkpoint under {run.workdir / 'checkpoints'}"):

@@ -14,8 +14,13 @@ import ml_collections
 
 from wan_jax.data.config import resolutions
 from wan_jax.data.media import IMAGE_EXTS, MediaError, is_image, probe
+from wan_jax.model.config import ATTENTION_IMPLS
 from wan_jax.model.quantize import QUANTIZE
+from wan_jax.model.remat import REMAT_PLANS
 from wan_jax.tasks import Task
+from wan_jax.train.lora import resolve_targets
+from wan_jax.train.optimizer import SCHEDULES
+from wan_jax.train.timesteps import METHODS
 from wan_jax.train.wandb_log import check_available
 
 
@@ -46,6 +51,10 @@ COUNT = (lambda v: v >= 0 and v == int(v), "a whole number >= 0 (0 = off)")
 PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
 FRAMES = (_frames_ok, "1 or 4k+1 (5, 9, ..., 81): the VAE compresses 4 frames after the first")
 SIDE = (lambda v: v >= 16 and v % 16 == 0, "a multiple of 16 pixels")
+# int(gib * 2**30) of 1e300 overflows; no device has a million GiB
+GIB = (lambda v: 0 <= v <= 1e6, "a size in GiB from 0 (the device's own limit) to 1e6")
+HOST_GIB = (lambda v: 0 <= v <= 1e6, "a size in GiB from 0 (the host's free memory) to 1e6")
+BOUNDARY = (lambda v: 0 < v < 1, "in (0, 1): t >= boundary * 1000 is the high-noise expert's")
 
 RULES = {
     "train.steps": AT_LEAST_ONE, "train.batch_size": AT_LEAST_ONE,
@@ -53,11 +62,16 @@ RULES = {
     "train.warmup_steps": COUNT, "train.weight_decay": NON_NEGATIVE,
     "train.max_grad_norm": NON_NEGATIVE, "train.switch_boundary_every": AT_LEAST_ONE,
     "train.shift": POSITIVE, "train.logit_std": POSITIVE, "train.log_every": AT_LEAST_ONE,
-    "train.max_skipped_in_a_row": COUNT, "train.device_memory_gib": NON_NEGATIVE,
-    "train.host_memory_gib": NON_NEGATIVE,
+    "train.max_skipped_in_a_row": COUNT, "train.device_memory_gib": GIB,
+    "train.host_memory_gib": HOST_GIB,
     "checkpoint.every": AT_LEAST_ONE, "checkpoint.keep": AT_LEAST_ONE,
-    "save.every": COUNT, "preview.every": COUNT,
+    "save.every": COUNT, "preview.every": COUNT, "model.boundary": BOUNDARY,
 }
+LORA_RULES = {"lora.rank": AT_LEAST_ONE, "lora.alpha": POSITIVE}
+CHOICES = {"train.memory_plan": ("auto", "off"), "train.remat_policy": ("auto", *REMAT_PLANS),
+           "train.timestep_sampling": METHODS, "train.lr_schedule": SCHEDULES,
+           "model.attention": ATTENTION_IMPLS}
+MODEL_PATHS = ("name_or_path", "vae_path", "text_encoder_path", "tokenizer_path")
 PREVIEW_RULES = {"preview.num_frames": FRAMES, "preview.num_steps": AT_LEAST_ONE,
                  "preview.height": SIDE, "preview.width": SIDE}
 DATASET_RULES = {"loss_multiplier": POSITIVE, "flip_prob": PROBABILITY,
@@ -85,6 +99,8 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
   rules = dict(RULES)
   if _number(cfg, "preview.every") > 0:
     rules.update(PREVIEW_RULES)
+  if cfg.lora.enabled:
+    rules.update(LORA_RULES)
   for key, (ok, want) in rules.items():
     _check(cfg, key, ok, want)
   auto_or_bool(cfg, "train.stream_weights")
@@ -95,6 +111,15 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.quantize={quantize} stores the frozen base in {quantize}; a full "
                      "fine-tune (lora.enabled=False) trains those weights: use model.quantize="
                      "none")
+  for key, allowed in CHOICES.items():
+    section, name = key.split(".")
+    if cfg[section][name] not in allowed:
+      raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {cfg[section][name]!r}")
+  if cfg.lora.enabled:
+    try:
+      resolve_targets(list(cfg.lora.targets))
+    except ValueError as e:
+      raise ValueError(f"lora.targets: {e}") from None
   margin = _number(cfg, "train.memory_margin")
   if not 0 <= margin < 1:
     raise ValueError(f"train.memory_margin must be in [0, 1), got {margin:g}")
@@ -111,6 +136,19 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
       if not ok(float(value)):
         raise ValueError(f"datasets[{i}].{key} must be {want}, got {float(value):g}")
   check_available(cfg)  # W&B asked for and required, but not installed
+  check_model_paths(cfg)
+
+
+def check_model_paths(cfg: ml_collections.ConfigDict) -> None:
+  """Each model path given names something that exists (the tiny demo and random weights read
+  none); what it holds is checked when it loads."""
+  if str(cfg.model.arch).startswith("tiny") or cfg.model.random_weights:
+    return
+  for name in MODEL_PATHS:
+    value = cfg.model[name]
+    if value and not Path(value).expanduser().exists():
+      raise ValueError(f"model.{name}: {value} does not exist (a folder made by convert/wan22.py, "
+                       "or a Wan 2.2 release folder or file)")
 
 
 def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
@@ -135,3 +173,12 @@ def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
       probe(path)
     except (MediaError, OSError) as e:
       raise ValueError(f"preview.images: {path} cannot be read ({e})") from None
+
+
+def check_workdir(workdir: Path) -> None:
+  """A workdir whose path holds `[` or `]` is refused: Orbax reads its checkpoint folders as
+  glob patterns, so every checkpoint saved there would be unrestorable (`*`, `?` match themselves
+  and work)."""
+  if any(c in str(workdir) for c in "[]"):
+    raise ValueError(f"the workdir {workdir} contains [ or ]: Orbax reads checkpoint paths as "
+                     "glob patterns and could not restore them; choose another folder name")

@@ -16,6 +16,8 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
+from wan_jax.files import writing
+
 LOCK_FILE = ".lock"
 
 
@@ -30,7 +32,8 @@ def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
     yield
     return
   path = Path(workdir) / LOCK_FILE
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  with writing(str(path)):  # a read-only workdir: one line, not a traceback
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
