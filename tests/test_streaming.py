@@ -15,9 +15,7 @@ from flax import nnx
 import wan_jax
 from wan_jax.model.streaming import fetch, in_host_memory
 from wan_jax.model.vae_config import tiny_vae
-from wan_jax.train import memory_plan
 from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.memory_plan import GIB, Candidate, StepMemory
 from wan_jax.train.mesh import make_mesh
 from wan_jax.train.sharding import HOST, streamed, tree_shardings
 from wan_jax.train.step import StepSettings, loss_and_grads, make_train_step, step_keys
