@@ -82,6 +82,24 @@ def tiny_lora_step(tx, b_offset: float = 0.0):
   return step, trainable, opt_state, frozen, batch
 
 
+def tiny_batch(frames: int = 5, height: int = 6, width: int = 10) -> dict:
+  """A step's batch for the tiny model: odd latent frames, H != W, a partial mask and a padded
+  prompt."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  import wan_jax
+  rng = np.random.default_rng(0)
+  cfg = wan_jax.tiny()
+  grid = (2, frames, height, width)
+  return {"latent_mean": jnp.asarray(rng.standard_normal((*grid, 16)), jnp.float32),
+          "latent_logvar": jnp.full((*grid, 16), -4.0, jnp.float32),
+          "weights": jnp.asarray(np.where(rng.random(grid) < 0.5, 1.0, 0.1), jnp.float32),
+          "context": jnp.asarray(rng.standard_normal((2, cfg.text_len, cfg.text_dim)) *
+                                 (np.arange(cfg.text_len) < 7)[None, :, None], jnp.float32),
+          "loss_multiplier": jnp.asarray([1.0, 0.5], jnp.float32)}
+
+
 def largest_array_file(step_dir: Path) -> Path:
   """The biggest array data file of an Orbax checkpoint folder."""
   return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
@@ -96,3 +114,12 @@ def flip_bytes(step_dir: Path) -> None:
   for i in range(middle, middle + 64):
     data[i] ^= 0xFF
   path.write_bytes(bytes(data))
+
+
+def on_demo_data(cfg, root: Path):
+  """`cfg` reading the demo data set generated under root/data (make_demo_dataset) and caching
+  under root/cache, so several runs of one test share one data set and its caches."""
+  cfg.cache.dir = str(root / "cache")
+  cfg.datasets[0].folder_path = str(root / "data/media")
+  cfg.datasets[0].mask_path = str(root / "data/masks")
+  return cfg

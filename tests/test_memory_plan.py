@@ -21,20 +21,9 @@ from wan_jax.train.lora import FROZEN, LORA, add_lora
 from wan_jax.train.memory_plan import GIB, Candidate, DoesNotFit, StepMemory
 from wan_jax.train.step import StepSettings, loss_and_grads, step_keys
 
+from helpers import tiny_batch
+
 PLANS = [p for p in REMAT_PLANS if p != "full"]
-
-
-def tiny_batch(frames: int = 5, height: int = 6, width: int = 10) -> dict[str, jax.Array]:
-  """Odd latent frames, H != W, a partial mask and a padded prompt."""
-  rng = np.random.default_rng(0)
-  cfg = wan_jax.tiny()
-  grid = (2, frames, height, width)
-  return {"latent_mean": jnp.asarray(rng.standard_normal((*grid, 16)), jnp.float32),
-          "latent_logvar": jnp.full((*grid, 16), -4.0, jnp.float32),
-          "weights": jnp.asarray(np.where(rng.random(grid) < 0.5, 1.0, 0.1), jnp.float32),
-          "context": jnp.asarray(rng.standard_normal((2, cfg.text_len, cfg.text_dim)) *
-                                 (np.arange(cfg.text_len) < 7)[None, :, None], jnp.float32),
-          "loss_multiplier": jnp.asarray([1.0, 0.5], jnp.float32)}
 
 
 def step_result(plan: str) -> tuple[float, list[np.ndarray]]:

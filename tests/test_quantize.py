@@ -15,7 +15,7 @@ from flax import nnx
 import wan_jax
 from wan_jax.model.quantize import FP8_MAX, dequantize, group_size, quantize, quantize_numpy
 
-from helpers import get_config, losses, quiet
+from helpers import get_config, losses, on_demo_data, quiet
 
 
 def kernel(shape, seed=0, heavy=False):
@@ -110,10 +110,7 @@ def test_a_tiny_fp8_run_trains_exports_loras_for_the_unquantised_base_and_resume
     cfg.model.quantize = "fp8"
     cfg.train.switch_boundary_every = 1
     cfg.checkpoint.every = 2
-    cfg.cache.dir = str(tmp_path / "cache")
-    cfg.datasets[0].folder_path = str(tmp_path / "data/media")  # one data set for all runs
-    cfg.datasets[0].mask_path = str(tmp_path / "data/masks")
-    return cfg
+    return on_demo_data(cfg, tmp_path)  # one data set and cache for all runs
 
   from wan_jax.data.demo import make_demo_dataset
   make_demo_dataset(tmp_path / "data")

@@ -20,22 +20,9 @@ from wan_jax.train.mesh import make_mesh
 from wan_jax.train.sharding import HOST, streamed, tree_shardings
 from wan_jax.train.step import StepSettings, loss_and_grads, make_train_step, step_keys
 
-from helpers import get_config, losses, quiet
+from helpers import get_config, losses, quiet, tiny_batch
 
 PLANS = ("full", "save_attention", "offload_residual", "save_attention+offload_residual")
-
-
-def batch() -> dict[str, jax.Array]:
-  """Odd latent frames, H != W, a partial mask and a padded prompt."""
-  rng = np.random.default_rng(0)
-  cfg = wan_jax.tiny()
-  grid = (2, 3, 6, 10)
-  return {"latent_mean": jnp.asarray(rng.standard_normal((*grid, 16)), jnp.float32),
-          "latent_logvar": jnp.full((*grid, 16), -4.0, jnp.float32),
-          "weights": jnp.asarray(np.where(rng.random(grid) < 0.5, 1.0, 0.1), jnp.float32),
-          "context": jnp.asarray(rng.standard_normal((2, cfg.text_len, cfg.text_dim)) *
-                                 (np.arange(cfg.text_len) < 7)[None, :, None], jnp.float32),
-          "loss_multiplier": jnp.asarray([1.0, 0.5], jnp.float32)}
 
 
 def settings() -> StepSettings:
@@ -59,7 +46,7 @@ def result(plan: str, stream: bool):
   frozen = jax.device_put(frozen, streamed(shardings) if stream else shardings)
   fn = jax.jit(lambda tr, fr, b, k: loss_and_grads(graphdef, tr, fr, b, k, jnp.float32(0.0),
                                                    jnp.float32(1000.0), settings()))
-  loss, _, grads = fn(trainable, frozen, batch(), step_keys(0, 3))
+  loss, _, grads = fn(trainable, frozen, tiny_batch(3, 6, 10), step_keys(0, 3))
   return float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)], frozen
 
 
@@ -136,13 +123,13 @@ def test_the_compiled_step_takes_the_blocks_in_host_memory():
   step = make_train_step(graphdef, tx, settings(), mesh, trainable, opt_state, frozen,
                          stream=True)
   frozen = jax.device_put(frozen, streamed(tree_shardings(frozen, mesh)))
-  compiled = step.lower(trainable, opt_state, frozen, batch(), step_keys(0, 0), jnp.float32(0.0),
+  compiled = step.lower(trainable, opt_state, frozen, tiny_batch(3, 6, 10), step_keys(0, 0), jnp.float32(0.0),
                         jnp.float32(1000.0)).compile()
   kinds = {jax.tree_util.keystr(kp): s.memory_kind for kp, s in
            jax.tree_util.tree_leaves_with_path(compiled.input_shardings[0][2])}
   assert kinds and all((k == HOST) == ("blocks" in p) for p, k in kinds.items())
   before = jax.tree.map(np.asarray, trainable)
-  new, _, metrics = compiled(trainable, opt_state, frozen, batch(), step_keys(0, 0),
+  new, _, metrics = compiled(trainable, opt_state, frozen, tiny_batch(3, 6, 10), step_keys(0, 0),
                              jnp.float32(0.0), jnp.float32(1000.0))
   assert bool(metrics["finite"])
   assert any(np.abs(np.asarray(a) - b).max() > 0

@@ -17,7 +17,8 @@ from PIL import Image
 from wan_jax.data.config import dataset_config
 from wan_jax.train.trainer import train
 
-from helpers import REPO, flip_bytes, get_config, launch, losses, quiet, tiny_lora_step
+from helpers import (REPO, flip_bytes, get_config, launch, losses, on_demo_data, quiet,
+                     tiny_lora_step)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,7 @@ def test_resume_equals_an_uninterrupted_run_after_a_cut_save_a_damaged_checkpoin
     cfg = quiet(get_config(), steps)
     cfg.checkpoint.every = 3
     cfg.train.switch_boundary_every = 2
-    cfg.cache.dir = str(tmp_path / "cache")
-    cfg.datasets[0].folder_path = str(tmp_path / "data/media")  # one data set for all runs
-    cfg.datasets[0].mask_path = str(tmp_path / "data/masks")
-    return cfg
+    return on_demo_data(cfg, tmp_path)  # one data set and cache for all runs
 
   from wan_jax.data.demo import make_demo_dataset
   make_demo_dataset(tmp_path / "data")
@@ -161,10 +159,7 @@ def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path,
     cfg.train.offload_inactive_expert = offload
     cfg.checkpoint.every = cfg.save.every = cfg.preview.every = 2
     cfg.preview.num_steps = 6  # with shift 12 the last steps are low-noise ones
-    cfg.cache.dir = str(tmp_path / "cache")
-    cfg.datasets[0].folder_path = str(tmp_path / "data/media")
-    cfg.datasets[0].mask_path = str(tmp_path / "data/masks")
-    return cfg
+    return on_demo_data(cfg, tmp_path)  # one data set and cache for all runs
 
   from wan_jax.data.demo import make_demo_dataset
   make_demo_dataset(tmp_path / "data")

@@ -24,7 +24,7 @@ from wan_jax.data.weight_maps import latent_frames
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.train import memory_plan, models
 from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.sharding import batch_sharding, replicated, streamed, tree_shardings
+from wan_jax.train.sharding import batch_sharding, streamed, tree_shardings
 from wan_jax.train.validate import auto_or_bool
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
 from wan_jax.train.step import StepSettings, make_train_step, step_keys
