@@ -4,6 +4,7 @@ none usable, one line says which folder to remove."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wan_jax.train import checkpoint_sizes
 from wan_jax.train.checkpointing import DAMAGED_DIR, Checkpoints, NoUsableCheckpoint
 from wan_jax.train.checksums import checksums
 
@@ -52,7 +54,9 @@ def delete_state(step_dir: Path) -> None:
 
 
 def garble_metadata(step_dir: Path) -> None:
-  (step_dir / "meta/metadata").write_text("{not json")
+  """Not JSON, at the length it had (a changed length is found before reading)."""
+  path = step_dir / "meta/metadata"
+  path.write_text("{" + "x" * (path.stat().st_size - 1))
 
 
 def abstract(tree):
@@ -72,9 +76,13 @@ def test_fingerprints_do_not_depend_on_the_sharding():
 
 @pytest.mark.parametrize("damage", [flip_bytes, truncate, delete_state, garble_metadata])
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
-    tmp_path, caplog, damage):
+    tmp_path, caplog, monkeypatch, damage):
   ckpt = saved_run(tmp_path)
   damage(tmp_path / "checkpoints/2")
+  asked = []  # the steps Orbax was asked to read
+  orbax_restore = ckpt.manager.restore
+  monkeypatch.setattr(ckpt.manager, "restore",
+                      lambda step, **kw: asked.append(step) or orbax_restore(step, **kw))
   with caplog.at_level(logging.WARNING):
     found = ckpt.newest_meta()
     it = iterator()
@@ -85,9 +93,30 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
   warning = " ".join(r.getMessage() for r in caplog.records)
   assert f"checkpoint {tmp_path / 'checkpoints/2'} is damaged" in warning
   assert "resuming from step 1 instead" in warning
+  # A cut or missing file differs from the sizes recorded at commit: found before Orbax reads
+  # anything of it (its failed read of a cut file printed tracebacks until the process exited).
+  if damage in (truncate, delete_state):
+    assert 2 not in asked
+    cut = "holds" if damage is truncate else "is missing"
+    assert f"is damaged (state/" in warning and f" {cut}" in warning
+  else:
+    assert 2 in asked
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
   assert [p.name.split("-")[0] for p in (tmp_path / DAMAGED_DIR).iterdir()] == ["2"]
   ckpt.save(2, state(2), {"step": 2}, it)  # the step can be saved again
+  ckpt.close()
+
+
+def test_an_unreadable_size_record_is_a_warning_and_the_checkpoint_is_read(tmp_path, caplog):
+  ckpt = saved_run(tmp_path)
+  record = tmp_path / "checkpoints/2" / checkpoint_sizes.SIZES_FILE
+  assert json.loads(record.read_text())["meta/metadata"] > 0  # written when step 2 was closed
+  record.write_text("[1, 2")
+  with caplog.at_level(logging.WARNING):
+    step, restored, _ = ckpt.restore_newest(abstract(state(2)), iterator())
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, restored, state(2))
+  assert f"{record} is unreadable (JSONDecodeError" in caplog.text
   ckpt.close()
 
 

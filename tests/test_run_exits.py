@@ -95,26 +95,29 @@ def test_every_way_out_of_a_run_is_its_last_line_with_nothing_left_open(tmp_path
   assert "was trained with other settings for seed" in refused.stderr
 
   # The newest checkpoint damaged (its largest file truncated): named, set aside, the one before
-  # restored; and every latent cache file damaged too: found mid-run, said in the summary
-  # (issue 21, item 8). Not asserted quiet: Orbax's failed restore abandons its other reads
-  # (an event loop closed under them), whose noise may print ("Exception ignored in: <coroutine
-  # ... _read_array_index_and_device_put>", "Event loop is closed"); issue 26 stays open there.
+  # restored, with nothing printed after the run's last line (Orbax's failed read of a cut file
+  # once left "Event loop is closed" tracebacks in 2 of 3 runs, issue 26: the file sizes recorded
+  # at commit now find it first). And every latent cache file damaged too: found mid-run, said
+  # in the summary (issue 21, item 8).
   newest = tmp_path / "run/checkpoints/4"
   data = largest_array_file(newest)
   data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
   for latent in (tmp_path / "cache/latents").rglob("*.safetensors"):
     latent.write_bytes(latent.read_bytes()[:100])
   resumed = launch(*tiny(tmp_path, "run", 6, "--config.checkpoint.every=2"))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"checkpoint {newest} is damaged" in resumed.stderr
+  assert_quiet(resumed, 0)
+  assert f"checkpoint {newest} is damaged ({data.relative_to(newest)} holds" in resumed.stderr
   assert "trained 6 steps (resumed from step 2)" in resumed.stdout
   found = re.search(r"cache files found damaged mid-run: (\d+) \(removed; the rows that needed "
                     r"them were replaced by others of their bucket in this run; the next run "
                     r"re-encodes them\)", resumed.stdout)
   assert found and int(found.group(1)) >= 1, resumed.stdout[-2000:]
-  resumed = launch(*tiny(tmp_path, "run", 8, "--config.checkpoint.every=2"))  # a plain resume
+  # Again with a file deleted from the newest checkpoint (step 6): the fallback is to step 4.
+  largest_array_file(tmp_path / "run/checkpoints/6").unlink()
+  resumed = launch(*tiny(tmp_path, "run", 8, "--config.checkpoint.every=2"))
   assert_quiet(resumed, 0)
-  assert "trained 8 steps (resumed from step 6)" in resumed.stdout
+  assert "is missing): moved to" in resumed.stderr
+  assert "trained 8 steps (resumed from step 4)" in resumed.stdout
 
 
 def _stop_when(process: subprocess.Popen, metrics: Path, rows: int, signals: list[int],

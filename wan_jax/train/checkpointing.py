@@ -7,8 +7,9 @@ at start). The RNG needs no saving: every step's key is a pure function of (seed
 expert schedule is a pure function of the step.
 
 A complete checkpoint can still be damaged later (a flipped byte, a truncated or deleted file).
-Every save records a fingerprint of each array (`checksums.py`) in its metadata; a restore
-recomputes them, and a checkpoint that cannot be read or does not match is set aside into
+Every save records a fingerprint of each array (`checksums.py`) in its metadata and, once
+committed, the size of each file (`checkpoint_sizes.py`: a cut file is found before Orbax reads
+it). A checkpoint that cannot be read or does not match is set aside into
 `damaged_checkpoints/` with a warning naming it, and the previous one is used.
 """
 
@@ -26,6 +27,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from wan_jax.files import writing
+from wan_jax.train import checkpoint_sizes
 from wan_jax.train.checksums import checksums, mismatches
 
 STATE, META, DATA = "state", "meta", "data"
@@ -58,6 +60,10 @@ class Checkpoints:
         self.directory, options=options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler(),
                        DATA: grain.checkpoint.CheckpointHandler()})
+    # Orbax removes the temporary folders of an interrupted save in a thread of its own that
+    # nothing else waits for: one still running when a refused run exits fails in the
+    # interpreter's shutdown ("cannot schedule new futures"). Wait for it here.
+    getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
     self.every = max(1, int(every))
     self.damaged: dict[int, str] = {}  # step -> why, found by newest_meta / restore_newest
 
@@ -71,6 +77,7 @@ class Checkpoints:
     meta = {**meta, "checksums": checksums(state)}
     # An asynchronous save's failure surfaces here, at the next one.
     with writing(f"checkpoint step {step} (or the one before it) under {self.directory}"):
+      self._record_sizes()
       return self.manager.save(step, args=ocp.args.Composite(
           **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
              DATA: grain.checkpoint.CheckpointSave(iterator)}), force=force)
@@ -81,7 +88,26 @@ class Checkpoints:
         **{META: ocp.args.JsonRestore()}))[META]
 
   def _candidates(self) -> list[int]:
-    return [s for s in sorted(self.manager.all_steps(), reverse=True) if s not in self.damaged]
+    """Steps not yet found damaged, newest first; one whose files no longer have the sizes they
+    were saved with is found damaged here, before Orbax reads it (checkpoint_sizes.py)."""
+    out = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      if step not in self.damaged:
+        why = checkpoint_sizes.damage(self.directory / str(step))
+        if why is None:
+          out.append(step)
+        else:
+          self.damaged[step] = why
+    return out
+
+  def _record_sizes(self) -> None:
+    """Records the file sizes of every committed step that has no record yet (process 0). A
+    step's folder takes its final name only once Orbax has committed it."""
+    if jax.process_index() != 0:
+      return
+    for path in self.directory.iterdir():
+      if path.name.isdigit() and path.is_dir():
+        checkpoint_sizes.record(path)
 
   def newest_meta(self) -> tuple[int, dict] | None:
     """(step, metadata) of the newest checkpoint whose metadata reads; None without checkpoints.
@@ -157,12 +183,14 @@ class Checkpoints:
   def wait(self) -> None:
     with writing(f"the last checkpoint under {self.directory}"):
       self.manager.wait_until_finished()
+      self._record_sizes()
 
   def close(self) -> None:
     """Waits for a save in flight, then closes the manager and its threads, also when that save
     failed (Orbax raises a failed save once per thread, so the close after it goes through)."""
     try:
       self.manager.wait_until_finished()
+      self._record_sizes()
     finally:
       self.manager.close()
 
