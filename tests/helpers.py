@@ -123,3 +123,21 @@ def on_demo_data(cfg, root: Path):
   cfg.datasets[0].folder_path = str(root / "data/media")
   cfg.datasets[0].mask_path = str(root / "data/masks")
   return cfg
+
+
+NOISE = ("Traceback", "Event loop is closed", "cannot schedule new futures", "Exception ignored",
+         "KeyboardInterrupt")
+
+
+def assert_quiet(result: subprocess.CompletedProcess, code: int, bars: bool = False) -> None:
+  """Exit code `code`, and nothing but our own lines (and progress bars if `bars`): no
+  traceback, no library noise."""
+  text = result.stdout + result.stderr
+  assert result.returncode == code, text[-3000:]
+  for noise in NOISE:
+    assert noise not in text, text[-3000:]
+  if bars:
+    return
+  for line in filter(None, result.stderr.splitlines()):  # logging's ("WARNING name: ...") or ours
+    assert line.startswith(("WARNING ", "launch.py: ", "(--traceback", "SIGTERM: ", "SIGINT: ",
+                            "stopped at once ")), text[-3000:]
