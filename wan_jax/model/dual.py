@@ -49,7 +49,13 @@ class DualWanTransformer(nnx.Module):
     return timestep_B[0].astype(jnp.float32) >= jnp.float32(self.threshold)
 
   def __call__(self, latents: jax.Array, timestep: jax.Array, context: jax.Array,
-               condition: jax.Array | None = None) -> jax.Array:
+               condition: jax.Array | None = None, *, check_batch: bool = True) -> jax.Array:
+    """The prediction of the expert that timestep[0] selects.
+
+    check_batch=False skips the straddle warning, for callers whose batch shares one timestep
+    by construction (the preview sampler): the warning is a host callback, and JAX does not
+    keep programs with host callbacks in its persistent compilation cache.
+    """
     latents_BxFxHxWxC, timestep_B, context_BxLxT = latents, timestep, context
     condition_BxFxHxWxK = condition
     graphdef, state = nnx.split((self.high_noise, self.low_noise))
@@ -63,7 +69,8 @@ class DualWanTransformer(nnx.Module):
       return branch
 
     high = self.uses_high_noise(timestep_B)
-    mixed = jnp.any((timestep_B.astype(jnp.float32) >= jnp.float32(self.threshold)) != high)
-    jax.lax.cond(mixed, lambda t: jax.debug.callback(_warn_mixed, t, self.threshold),
-                 lambda t: None, timestep_B)
+    if check_batch:
+      mixed = jnp.any((timestep_B.astype(jnp.float32) >= jnp.float32(self.threshold)) != high)
+      jax.lax.cond(mixed, lambda t: jax.debug.callback(_warn_mixed, t, self.threshold),
+                   lambda t: None, timestep_B)
     return jax.lax.cond(high, run(0), run(1), state)
