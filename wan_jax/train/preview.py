@@ -177,8 +177,8 @@ def _check_size(height: int, width: int, num_frames: int, vae: WanVAE) -> None:
                      f"{2 * temporal + 1}, ...), got {num_frames}")
 
 
-def _describe(step: int, prompts: Sequence[str], paths: Sequence[Path], settings: str) -> str:
-  lines = [f"step {step}: {settings}"]
+def _describe(header: str, prompts: Sequence[str], paths: Sequence[Path], settings: str) -> str:
+  lines = [f"{header}: {settings}"]
   lines += [f"{p.name}\t{prompt}" for p, prompt in zip(paths, prompts)]
   return "\n".join(lines) + "\n"
 
@@ -190,7 +190,8 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
                     guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
                     seed: int = 0, batch_cfg: bool = True,
                     conditions: Sequence[jax.Array | None] | None = None,
-                    images: Sequence[str] | None = None, progress: bool = False) -> list[Path]:
+                    images: Sequence[str] | None = None, progress: bool = False,
+                    stem: str | None = None) -> list[Path]:
   """Samples and decodes each prompt; writes out_dir/step_<step:06d>_<i>.mp4 (.png for 1 frame).
 
   conditions: one per prompt for an image-to-video model ([1, F', H/8, W/8, K], from
@@ -198,7 +199,8 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
   Prompt i always starts from the noise of (seed, i), so previews of different steps differ only
   by what training changed. out_dir/step_<step:06d>.txt names each file's prompt and the settings.
   Every file is written atomically. Returns the media paths in prompt order. `progress` shows a
-  bar over every sampling step of every prompt (a preview on the CPU takes minutes).
+  bar over every sampling step of every prompt (a preview on the CPU takes minutes). `stem`
+  replaces "step_<step:06d>" in the file names (the sampling command: no training step).
   """
   if len(prompts) != len(contexts):
     raise ValueError(f"{len(prompts)} prompts but {len(contexts)} contexts")
@@ -222,8 +224,10 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
   suffix = ".png" if num_frames == 1 else ".mp4"
   base = jax.random.key(seed)
   paths = []
-  bar = tqdm.tqdm(total=len(batches) * num_steps, desc=f"previews at step {step}", unit="step",
-                  disable=not progress, leave=False)
+  name = stem if stem is not None else f"step_{step:06d}"
+  bar = tqdm.tqdm(total=len(batches) * num_steps, unit="step", disable=not progress,
+                  desc=f"previews at step {step}" if stem is None else "sampling",
+                  leave=stem is not None)
   for i, context in enumerate(batches):
     if context.shape[0] != 1:
       raise ValueError(f"context {i} must hold one prompt, got {context.shape}")
@@ -232,7 +236,7 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
                              guidance=g, batch_cfg=batch_cfg, condition=conditions[i],
                              on_step=(lambda: bar.update(1)) if progress else None)
     frames = media_out.to_uint8(np.asarray(decode_latents(vae, latents))[0])
-    path = out_dir / f"step_{step:06d}_{i}{suffix}"
+    path = out_dir / f"{name}_{i}{suffix}"
     if num_frames == 1:
       media_out.write_png(frames[0], path)
     else:
@@ -244,6 +248,6 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
               f"guidance low/high {g.low_noise}/{g.high_noise}, seed {seed}")
   described = ([f"{p}\t(from {img})" for p, img in zip(prompts, images)] if images
                else prompts)
-  media_out.write_text(_describe(step, described, paths, settings),
-                       out_dir / f"step_{step:06d}.txt")
+  header = f"step {step}" if stem is None else name
+  media_out.write_text(_describe(header, described, paths, settings), out_dir / f"{name}.txt")
   return paths

@@ -1,0 +1,102 @@
+"""Rendering prompts with both experts and their LoRA files, outside training: the preview
+sampler (`render_previews`: Euler, classifier-free guidance per expert) on a run's config.
+
+Prompts are encoded with umT5 directly and trimmed to their tokens, as the prompt cache stores
+them, so a run's preview prompt gets the context its previews got. Everything is a pure function
+of the arguments: the same call gives the same pixels (the noise of prompt i is
+fold_in(key(seed), i)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from wan_jax.model.dual import DualWanTransformer
+from wan_jax.model.prompts import encode_tokens, tokenize
+from wan_jax.sampling.loras import apply_lora, check_made_for
+from wan_jax.train import models
+from wan_jax.train.experts import HIGH, LOW
+from wan_jax.train.preview import Guidance, render_previews
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What one sampling call renders (the run's `preview` block, overridable)."""
+
+  height: int
+  width: int
+  num_frames: int
+  num_steps: int
+  shift: float
+  guidance: Guidance
+  seed: int
+  negative_prompt: str = ""
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict, **overrides) -> "Settings":
+    p = cfg.preview
+    base = cls(int(p.height), int(p.width), int(p.num_frames), int(p.num_steps), float(p.shift),
+               Guidance(float(p.guidance_low_noise), float(p.guidance_high_noise)), int(p.seed),
+               str(p.negative_prompt))
+    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def encode(prompts: Sequence[str], enc: models.Encoders) -> list[jax.Array]:
+  """[1, tokens, D] float32 per prompt, trimmed to its tokens (what the prompt cache holds)."""
+  tokenizer, encoder = enc.load_text()
+  ids, mask = tokenize(list(prompts), tokenizer, enc.text_len)
+  emb = np.asarray(encode_tokens(encoder, jnp.asarray(ids), jnp.asarray(mask)), np.float32)
+  return [jnp.asarray(emb[i:i + 1, :max(1, int(mask[i].sum()))]) for i in range(len(prompts))]
+
+
+def load_dual(cfg: ml_collections.ConfigDict, loras: dict[str, Path]) -> DualWanTransformer:
+  """Both experts as `cfg` loads them, each with its LoRA file (an expert without one runs as
+  released). Files are checked against the model before the experts load."""
+  for path in loras.values():
+    check_made_for(path, str(cfg.model.arch))
+  experts = {}
+  for expert in (HIGH, LOW):
+    experts[expert] = models.load_expert(cfg, expert, remat="none")
+    if expert in loras:
+      apply_lora(experts[expert], loras[expert])
+  return DualWanTransformer(experts[HIGH], experts[LOW], float(cfg.model.boundary))
+
+
+def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequence[str],
+           images: Sequence[str], out_dir: Path, settings: Settings, *,
+           progress: bool = False) -> list[Path]:
+  """Renders each prompt to out_dir/sample_seed<seed>_<i>.mp4 (.png for one frame) and names
+  prompts and settings in out_dir/sample_seed<seed>.txt. `images`: one start image per prompt
+  for an image-to-video model, none for text-to-video."""
+  task = models.task(cfg)
+  if task.needs_preview_images and len(images) != len(prompts):
+    raise ValueError(f"{task.title} needs one start image per prompt: {len(prompts)} prompts, "
+                     f"{len(images)} images")
+  if not task.needs_preview_images and images:
+    raise ValueError(f"{cfg.model.arch} is a {task.title} model: it takes no start image")
+  for image in images:
+    if not Path(image).is_file():
+      raise FileNotFoundError(f"start image {image} does not exist")
+  dual = load_dual(cfg, loras)
+  with tempfile.TemporaryDirectory() as scratch:  # the tiny demo's tokenizer, written on use
+    enc = models.encoders(cfg, Path(scratch))
+    contexts = encode([*prompts, settings.negative_prompt], enc)
+  negative = contexts.pop()
+  vae = enc.load_vae()
+  s = settings
+  conditions = [task.preview_condition(vae, Path(image), s.height, s.width, s.num_frames)
+                for image in images] or None
+  out_dir.mkdir(parents=True, exist_ok=True)
+  return render_previews(dual, vae, list(prompts), contexts, negative, out_dir, 0,
+                         height=s.height, width=s.width, num_frames=s.num_frames,
+                         num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, seed=s.seed,
+                         conditions=conditions, images=list(images) or None, progress=progress,
+                         stem=f"sample_seed{s.seed}")
