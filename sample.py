@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     from wan_jax.train import models
     task = models.task(cfg)
     loras = _loras(args, cfg)
+    for expert in ("high", "low"):  # what goes on each expert, before the minutes of loading
+      print(f"{expert}-noise expert: {loras.get(expert, 'as released (no LoRA)')}",
+            file=sys.stderr)
     prompts, images = list(args.prompt), list(args.image)
     if not prompts:
       if args.run is None:

@@ -52,6 +52,13 @@ def launch(*args: str, devices: int | None = None, cwd: Path = REPO,
                         capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full_env)
 
 
+def sample(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+  """`python sample.py ARGS` on the CPU, as a user types it."""
+  return subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)],
+                        capture_output=True, text=True, timeout=300, cwd=cwd,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
 def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
   """`python convert/wan22.py ARGS`, the converter's command line."""
   return subprocess.run([sys.executable, str(REPO / "convert" / "wan22.py"), *map(str, args)],

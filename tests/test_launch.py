@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from helpers import launch
+from helpers import launch, sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,3 +71,17 @@ def test_the_demo_trains_and_hands_over_every_file(tmp_path):
 
   again = launch("--workdir", str(run), cache)  # finished: nothing to redo
   assert again.returncode == 0 and "resumed from step 24" in again.stdout
+
+  # Sampling with what the run handed over (`python sample.py --run runs/demo --prompt ...`, the
+  # README's command): its config and final LoRA files; the same arguments give the same bytes.
+  rendered = []
+  for i in range(2):
+    r = sample("--run", run, "--prompt", "a red ball", "--out", tmp_path / f"sampled{i}",
+               "--steps", "2", "--height", "32", "--width", "32", "--frames", "5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rendered.append(Path(r.stdout.split()[-1]))
+  assert rendered[0] == tmp_path / "sampled0/sample_seed0_0.mp4"
+  assert rendered[0].read_bytes() == rendered[1].read_bytes()  # two processes, the same bytes
+  assert iio.imread(rendered[0], plugin="pyav").shape == (5, 32, 32, 3)
+  assert "a red ball" in (tmp_path / "sampled0/sample_seed0.txt").read_text()
+  assert "demo_lora_high_noise.safetensors" in r.stderr + r.stdout  # the run's final files

@@ -1,13 +1,10 @@
 """sample.py, the sampling command: LoRA files written by the exporter (no training), read back
-onto the right expert; the command's one-line errors; T2V rendered twice in two processes (the
-same bytes) and I2V once."""
+onto the right expert; the command's one-line errors; I2V with a LoRA (T2V from a run's files,
+twice with the same bytes, is in test_launch's demo test)."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -17,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import REPO
+from helpers import REPO, sample
 from wan_jax.model.config import tiny, tiny_i2v
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.sampling.loras import apply_lora, assign, check_made_for, expert_of
@@ -118,28 +115,13 @@ def test_a_lora_for_another_model_is_refused(loras, capsys):
   assert "is a LoRA for wan-2.2-i2v-tiny-high-noise" in err and err.count("\n") == 1
 
 
-def _sample(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)],
-                        capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
 @pytest.mark.slow
-def test_same_arguments_same_pixels_t2v_and_i2v(loras, tmp_path):
-  runs = []
-  for i in range(2):
-    r = _sample("--model", "tiny", "--lora", loras[HIGH], "--lora", loras[LOW], "--prompt",
-                "a red ball", "--out", tmp_path / f"t2v{i}", *SMALL)
-    assert r.returncode == 0, r.stderr
-    runs.append(Path(r.stdout.split()[-1]))
-  assert runs[0] == tmp_path / "t2v0" / "sample_seed0_0.mp4"
-  assert runs[0].read_bytes() == runs[1].read_bytes()  # two processes, the same bytes
-  assert iio.imread(runs[0], plugin="pyav").shape == (5, 32, 32, 3)
-  assert "a red ball" in (tmp_path / "t2v0" / "sample_seed0.txt").read_text()
-
+def test_an_i2v_sample_starts_from_its_image_with_the_lora_on_its_expert(loras, tmp_path):
+  """Image-to-video through the command; text-to-video from a run (`--run`, the README's
+  command), twice with the same bytes, is in test_launch's demo test."""
   image = tmp_path / "start.png"
   iio.imwrite(image, np.full((48, 40, 3), 200, np.uint8))
-  r = _sample("--model", "tiny_i2v", "--prompt", "a ball", "--image", image, "--out",
-              tmp_path / "i2v", *SMALL, "--frames", "1")
+  r = sample("--model", "tiny_i2v", "--lora-high", loras["i2v_high"], "--prompt", "a ball",
+             "--image", image, "--out", tmp_path / "i2v", *SMALL, "--frames", "1")
   assert r.returncode == 0, r.stderr
   assert iio.imread(Path(r.stdout.split()[-1])).shape == (32, 32, 3)
