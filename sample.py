@@ -135,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     from wan_jax.train import models
     task = models.task(cfg)
     loras = _loras(args, cfg)
-    for expert in ("high", "low"):  # what goes on each expert, before the minutes of loading
-      print(f"{expert}-noise expert: {loras.get(expert, 'as released (no LoRA)')}",
-            file=sys.stderr)
     prompts, images = list(args.prompt), list(args.image)
     if not prompts:
       if args.run is None:
@@ -156,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         num_frames=args.frames, shift=args.shift, guidance=_guidance(args.guidance),
         negative_prompt=args.negative_prompt)
     out = args.out or (args.run / "samples" if args.run is not None else Path("samples"))
+    from wan_jax.sampling.loras import check_made_for
+    for expert in ("high", "low"):  # what goes on each expert, before the minutes of loading
+      if expert in loras:
+        check_made_for(loras[expert], str(cfg.model.arch))
+      print(f"{expert}-noise expert: {loras.get(expert, 'as released (no LoRA)')}",
+            file=sys.stderr)
     paths = sample(cfg, loras, prompts, images, out, settings, progress=not args.no_progress)
   except (ValueError, FileNotFoundError) as e:
     print(f"sample.py: {e}", file=sys.stderr)

@@ -336,12 +336,13 @@ def test_caption_ext_with_or_without_a_dot(tmp_path):
 
 
 def test_an_interrupted_demo_generation_is_redone_not_trained_on_half_made(tmp_path, monkeypatch):
+  from wan_jax import video
   from wan_jax.data import demo
 
   def killed(*args, **kwargs):
     raise KeyboardInterrupt  # the clip is written after the images: items exist, one is missing
   with monkeypatch.context() as m:
-    m.setattr(iio, "imwrite", killed)
+    m.setattr(video, "write", killed)
     with pytest.raises(KeyboardInterrupt):
       demo.make_demo_dataset(tmp_path / "demo_data")
   assert list(tmp_path.iterdir()) == []  # no half-made folder under the real name

@@ -379,6 +379,33 @@ def test_launch_prints_the_plan_and_trains_at_random_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_when_only_an_fp8_base_would_fit_the_refusal_proposes_it_with_a_figure(tiny):
+  """The planner never quantises on its own (it changes the model): between what the fp8 and
+  the bf16 base need, the one-line refusal names model.quantize=fp8 and predicts its peak."""
+  import re
+  fixed = {"remat_policy": "save_attention", "offload_inactive_expert": False,
+           "stream_weights": "False"}  # one plan: both experts on the device
+  resident = plan_with(tiny, 1.0, **fixed).plan.estimate.total
+  cfg, *rest = tiny
+  fp8_cfg = cfg.copy_and_resolve_references()
+  fp8_cfg.model.quantize = "fp8"
+  fp8 = plan_with((fp8_cfg, *rest), 1.0, **fixed).plan.estimate.total  # the fp8 step, compiled
+  assert fp8 < resident
+  usable = lambda n: n / 0.95 / GIB
+  with pytest.raises(DoesNotFit) as e:
+    plan_with(tiny, usable((fp8 + resident) / 2), **fixed)
+  message = str(e.value)
+  predicted = re.search(r"what would fit: model.quantize=fp8 \(predicted ([\d.]+) MiB for that "
+                        r"plan; an fp8 base changes the model's numbers a little", message)
+  assert predicted and "\n" not in message, message
+  # Predicted from the weights' bytes alone (one block's dequantised copy is not counted).
+  assert float(predicted.group(1)) == pytest.approx(fp8 / 2**20, rel=0.1)
+  with pytest.raises(DoesNotFit) as e:  # below the fp8 figure too: not proposed
+    plan_with(tiny, usable(fp8 * 0.8), **fixed)
+  assert "quantize" not in str(e.value)
+
+
+@pytest.mark.slow
 def test_the_trainer_streams_only_when_nothing_resident_fits(tiny):
   """Real compiles of the tiny step: streaming takes the block weights out of the device figure
   (the CPU counts host memory as its own; the planner takes them out as a GPU reports them), and

@@ -8,10 +8,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw
 
+from wan_jax import video
 from wan_jax.files import atomic_path, build_folder_once
 
 SIZE = (96, 64)  # width, height
@@ -57,8 +57,8 @@ def _write_demo_dataset(root: Path) -> None:
     if i != 2:  # ball2 has no caption file: default_caption applies
       (media / f"ball{i}.txt").write_text(f"a coloured ball, photo {i}")
   frames, frame_masks = zip(*(_scene(np.random.default_rng(7), shift=3 * t) for t in range(9)))
-  iio.imwrite(media / "rolling.mp4", np.stack([np.asarray(f) for f in frames]), plugin="pyav",
-              fps=16, codec="libx264")
+  video.write(np.stack([np.asarray(f) for f in frames]), media / "rolling.mp4", fps=16,
+              codec="libx264")
   (masks / "rolling").mkdir(exist_ok=True)
   for t, m in enumerate(frame_masks):
     m.save(masks / "rolling" / f"{t}.png")
@@ -87,14 +87,14 @@ def _write_clips(root: Path, width: int, height: int, frames: int, clips: int) -
     tint = rng.uniform(0.3, 1.0, 3).astype(np.float32)
     background = ((0.5 * xx / width + 0.5 * yy / height)[..., None] * 255 * tint)
     colour = rng.integers(0, 255, 3).astype(np.float32)
-    video, mask = [], []
+    clip, mask = [], []
     for t in range(frames):
       cx, cy = width * (0.25 + 0.5 * t / max(frames - 1, 1)), height / 2
       disc = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)[..., None]
-      video.append(np.where(disc, colour, background).astype(np.uint8))
+      clip.append(np.where(disc, colour, background).astype(np.uint8))
       mask.append(np.repeat(disc.astype(np.uint8) * 255, 3, axis=2))
-    iio.imwrite(media / f"clip{c}.mp4", np.stack(video), plugin="pyav", fps=16, codec="libx264")
-    iio.imwrite(masks / f"clip{c}.mp4", np.stack(mask), plugin="pyav", fps=16, codec="libx264")
+    video.write(np.stack(clip), media / f"clip{c}.mp4", fps=16, codec="libx264")
+    video.write(np.stack(mask), masks / f"clip{c}.mp4", fps=16, codec="libx264")
     (media / f"clip{c}.txt").write_text("a coloured ball rolling to the right")
 
 

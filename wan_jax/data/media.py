@@ -1,7 +1,7 @@
 """Decoding images, videos and masks into numpy arrays, with errors that name the file.
 
 Images go through Pillow (EXIF orientation applied, 16-bit scaled to 8-bit, any mode to RGB);
-videos through imageio's PyAV plugin (a real FFmpeg decoder: mp4, webm, mov, gif). Pixels come
+videos through PyAV, wan_jax.video (a real FFmpeg decoder: mp4, webm, mov, gif). Pixels come
 back uint8 [F, H, W, 3]; masks float32 [F, H, W] in [0, 1] (white = train, black = ignore).
 """
 
@@ -66,8 +66,8 @@ def _open_image(path: Path) -> Image.Image:
 
 
 def _video_frames(path: Path):
-  import imageio.v3 as iio
-  return iio.imiter(path, plugin="pyav", format="rgb24")
+  from wan_jax import video
+  return video.frames(path)
 
 
 def probe(path: Path) -> MediaInfo:
@@ -85,10 +85,10 @@ def probe(path: Path) -> MediaInfo:
       alpha = "empty" if not a.any() else "opaque" if (a == 255).all() else "partial"
     return MediaInfo(img.width, img.height, 1, None, bool(gray.any()), bool((gray < 255).any()),
                      alpha)
-  import imageio.v3 as iio
+  from wan_jax import video
   frames, height, width, nonzero, below_white = 0, 0, 0, False, False
   try:
-    meta = iio.immeta(path, plugin="pyav")
+    stated_fps, duration = video.rate_and_duration(path)
     for frame in _video_frames(path):
       if frames == 0:
         height, width = frame.shape[:2]
@@ -99,8 +99,7 @@ def probe(path: Path) -> MediaInfo:
     raise MediaError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
   if frames == 0:
     raise MediaError(f"{path}: video has no frames")
-  duration = float(meta.get("duration") or 0.0)
-  fps = frames / duration if duration > 0 else float(meta.get("fps") or 0.0) or None
+  fps = frames / duration if duration else stated_fps
   return MediaInfo(width, height, frames, fps, nonzero, below_white)
 
 

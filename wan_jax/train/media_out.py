@@ -1,4 +1,4 @@
-"""Writing previews to disk: MP4 through imageio's pyav plugin, PNG through pillow, atomically.
+"""Writing previews to disk: MP4 through PyAV (wan_jax.video), PNG through pillow, atomically.
 
 Every writer renders into a hidden temporary file beside the target and renames it into place,
 so a viewer watching the folder (or a crash mid-write) never sees half a file.
@@ -10,10 +10,10 @@ import contextlib
 from pathlib import Path
 
 import av
-import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
+from wan_jax import video
 from wan_jax.files import atomic_path
 
 FPS = 16  # Wan 2.2 A14B renders at 16 frames per second
@@ -63,7 +63,7 @@ def write_video(frames_FxHxWx3: np.ndarray, path: Path, *, fps: int = FPS) -> Pa
   for codec in _codecs():
     try:
       with atomic_path(path) as tmp:
-        iio.imwrite(tmp, frames, plugin="pyav", codec=codec, fps=fps, out_pixel_format="yuv420p")
+        video.write(frames, tmp, fps=fps, codec=codec)
       _working_codec = codec
       return Path(path)
     except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:  # try the next one

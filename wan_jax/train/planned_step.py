@@ -227,8 +227,12 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
 
     def advice(smallest: memory_plan.Estimate, room: int) -> str:
       c = smallest.candidate
+      fp8 = None
+      if str(cfg.model.quantize) == "none":  # never chosen for the user: proposed, with a figure
+        fp8 = smallest.total - _fp8_saving(cfg, names, c, tx, mesh, experts[c.remat, c.stream],
+                                           smallest.idle > 0)
       return _advice(smallest, room, bucket, experts[c.remat, c.stream],
-                     int(cfg.train.batch_size))
+                     int(cfg.train.batch_size), fp8)
 
     host_usable, host_source = memory_plan.usable_host_memory(
         float(cfg.train.host_memory_gib), float(cfg.train.memory_margin))
@@ -240,10 +244,29 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
   return PlannedStep(plan, step)
 
 
+def _fp8_saving(cfg: ml_collections.ConfigDict, names: tuple[str, ...],
+               candidate: memory_plan.Candidate, tx, mesh: jax.sharding.Mesh,
+               bf16: AbstractExpert, idle_on_device: bool) -> int:
+  """Device bytes an fp8 base would free under `candidate`: the trained expert's frozen weights
+  on the device (streamed blocks are not there) and the idle expert's when it stays there. The
+  step's other memory is taken as unchanged (one block's dequantised copy is not counted)."""
+  quantized = ml_collections.ConfigDict(cfg.to_dict())
+  quantized.model.quantize = "fp8"
+  fp8 = abstract_expert(quantized, names[0], candidate.remat, tx, mesh, candidate.stream)
+  saving = memory_plan.device_bytes(bf16.frozen) - memory_plan.device_bytes(fp8.frozen)
+  if idle_on_device:
+    idle = [abstract_expert(c, names[1], "full", tx, mesh).device_bytes() for c in (cfg, quantized)]
+    saving += idle[0] - idle[1]
+  return max(0, saving)
+
+
 def _advice(smallest: memory_plan.Estimate, usable: int, bucket: tuple[int, int, int],
-            expert: AbstractExpert, batch_size: int) -> str:
+            expert: AbstractExpert, batch_size: int, fp8_total: int | None = None) -> str:
   f, h, w = bucket
   options = []
+  if fp8_total is not None and fp8_total <= usable:
+    options.append(f"model.quantize=fp8 (predicted {memory_plan.size(fp8_total)} for that plan; "
+                   f"an fp8 base changes the model's numbers a little: docs/training.md)")
   frames = memory_plan.frames_that_fit(f, smallest, usable)
   if 0 < frames < f:
     options.append(f"about {frames} frames at {h}x{w} (datasets[*].num_frames)")

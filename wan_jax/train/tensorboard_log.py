@@ -19,9 +19,10 @@ import os
 import time
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 from PIL import Image
+
+from wan_jax import video
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif")
 DEFAULT_FPS = 16.0
@@ -31,8 +32,8 @@ def read_frames(path: Path) -> tuple[np.ndarray, float]:
   """(uint8 frames [F, H, W, 3], frames per second) of a preview file (a video or an image)."""
   path = Path(path)
   if path.suffix.lower() in VIDEO_SUFFIXES:
-    frames = np.asarray(iio.imread(path, plugin="pyav"))
-    fps = float(iio.immeta(path, plugin="pyav").get("fps") or DEFAULT_FPS)
+    frames = np.stack(list(video.frames(path)))
+    fps = video.rate_and_duration(path)[0] or DEFAULT_FPS
   else:
     with Image.open(path) as im:
       frames, fps = np.asarray(im.convert("RGB"))[None], DEFAULT_FPS
