@@ -248,12 +248,17 @@ def _fp8_saving(cfg: ml_collections.ConfigDict, names: tuple[str, ...],
                candidate: memory_plan.Candidate, tx, mesh: jax.sharding.Mesh,
                bf16: AbstractExpert, idle_on_device: bool) -> int:
   """Device bytes an fp8 base would free under `candidate`: the trained expert's frozen weights
-  on the device (streamed blocks are not there) and the idle expert's when it stays there. The
-  step's other memory is taken as unchanged (one block's dequantised copy is not counted)."""
+  on the device (streamed blocks are not there) and the idle expert's when it stays there, less
+  the one block whose weights are dequantised at a time. The step's other memory is taken as
+  unchanged."""
   quantized = ml_collections.ConfigDict(cfg.to_dict())
   quantized.model.quantize = "fp8"
   fp8 = abstract_expert(quantized, names[0], candidate.remat, tx, mesh, candidate.stream)
   saving = memory_plan.device_bytes(bf16.frozen) - memory_plan.device_bytes(fp8.frozen)
+  stored = [x for x in jax.tree.leaves(fp8.frozen) if x.dtype == jnp.float8_e4m3fn]
+  layers = models.expert_config(cfg, names[0], candidate.remat).num_layers
+  compute = jnp.dtype(cfg.model.dtype).itemsize
+  saving -= sum(x.size for x in stored) // layers * compute  # one block, dequantised
   if idle_on_device:
     idle = [abstract_expert(c, names[1], "full", tx, mesh).device_bytes() for c in (cfg, quantized)]
     saving += idle[0] - idle[1]
