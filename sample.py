@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 import ml_collections
+
+# transformers announces "PyTorch was not found" on import; only its tokenizer classes are used.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 TINY = ("tiny", "tiny_i2v")
