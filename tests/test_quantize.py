@@ -156,3 +156,25 @@ def test_quantize_settings_are_checked_and_a_run_resumes_only_on_its_own_base(tm
   cfg.model.quantize = "int4"
   with pytest.raises(ValueError, match="^model.quantize must be one of none, fp8, got 'int4'$"):
     check_run_config(cfg)
+
+
+@pytest.mark.parametrize("quantize", ["none", "fp8"])
+def test_an_expert_quantised_on_load_is_built_in_host_memory_first(monkeypatch, quantize):
+  """A bf16 expert (26.6 GiB) is whole before it becomes fp8: built on the device it would not
+  fit a 24 GB card even for a moment, so with model.quantize it is built in host memory and
+  only its fp8 weights are placed. (On this CPU-only machine both are the same memory: what
+  is checked is the choice.)"""
+  import optax
+
+  from wan_jax.train import expert_states
+  from wan_jax.train.mesh import make_mesh
+  chosen = []
+  real = expert_states._built_in_host_memory
+  monkeypatch.setattr(expert_states, "_built_in_host_memory",
+                      lambda enabled: chosen.append(enabled) or real(enabled))
+  cfg = get_config()
+  cfg.model.quantize = quantize
+  state = expert_states.build_expert_state(cfg, "high", optax.sgd(0.1), make_mesh(), "full")
+  assert chosen == [quantize == "fp8"]
+  kernels = {x.dtype for x in jax.tree.leaves(state.frozen)}
+  assert (np.dtype(jnp.float8_e4m3fn) in kernels) == (quantize == "fp8")

@@ -51,8 +51,9 @@ def move(e: ExpertState, mesh: jax.sharding.Mesh, min_size: int, memory_kind: st
 
 
 def _built_in_host_memory(enabled: bool) -> contextlib.AbstractContextManager:
-  """Builds on the CPU backend when the weights are bound for host memory: an expert that waits
-  there or is streamed may not fit the device even for a moment (27 GB on a 24 GB card)."""
+  """Builds on the CPU backend when the weights are bound for host memory, or are quantised on
+  load: an expert that waits there or is streamed, or a bf16 expert before it becomes fp8, may
+  not fit the device even for a moment (27 GB on a 24 GB card)."""
   if not enabled or jax.default_backend() == "cpu":
     return contextlib.nullcontext()
   try:
@@ -67,7 +68,8 @@ def build_expert_state(cfg: ml_collections.ConfigDict, expert: str,
   """The expert loaded (with LoRA adapters unless full fine-tuning), split into trainable and
   frozen parts, placed, with a fresh optimizer state. With `stream` the frozen block weights
   wait in pinned host memory whatever `memory_kind` says for the rest."""
-  with _built_in_host_memory(stream or memory_kind == HOST):
+  quantized = str(cfg.model.quantize) != "none"  # loaded whole, then quantised (load.py)
+  with _built_in_host_memory(stream or memory_kind == HOST or quantized):
     model = models.load_expert(cfg, expert, remat)
     if cfg.lora.enabled:
       add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets),
