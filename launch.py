@@ -21,7 +21,6 @@ jax.distributed.initialize() before anything else touches a device.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from wan_jax.config_file import load_config_file
 from wan_jax.data.config import validate as validate_dataset
 from wan_jax.files import storage_error
 from wan_jax.jobs.ai_toolkit import Job, JobError, is_job_file, load_job
@@ -58,27 +58,18 @@ def _config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
   return None, argv
 
 
-def _load_config(path: str) -> ml_collections.ConfigDict:
-  """get_config(variant) of a Python config file given as `file.py[:variant]`."""
-  file, _, variant = path.partition(":")
-  spec = importlib.util.spec_from_file_location("launch_config", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*([variant] if variant else []))
-
-
 def _python_config(variant: str = "", task: str = "t2v") -> ml_collections.ConfigDict:
   """get_config(variant) of configs/wan22_masked.py, or of configs/wan22_i2v_masked.py for task
   "i2v": the base a job file is mapped onto."""
   file = I2V_CONFIG_FILE if task == "i2v" else CONFIG_FILE
-  return _load_config(file + (f":{variant}" if variant else ""))
+  return load_config_file(file + (f":{variant}" if variant else ""))
 
 
 def _base_config(path: str) -> ml_collections.ConfigDict | None:
   """The Python config before overrides, to check them against; None if it does not load (absl
   then reports why when it loads the file itself)."""
   try:
-    return _load_config(path)
+    return load_config_file(path)
   except Exception:  # noqa: BLE001 - any failure is absl's to report, with its own message
     return None
 

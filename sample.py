@@ -17,7 +17,6 @@ the same pixels.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -68,10 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_file(name: str, variant: str = "") -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("sample_config", CONFIGS / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  from wan_jax.config_file import load_config_file
+  return load_config_file(f"{CONFIGS / name}:{variant}" if variant else str(CONFIGS / name))
 
 
 def _config(args: argparse.Namespace) -> ml_collections.ConfigDict:

@@ -230,7 +230,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
       fp8 = None
       if str(cfg.model.quantize) == "none":  # never chosen for the user: proposed, with a figure
         fp8 = smallest.total - _fp8_saving(cfg, names, c, tx, mesh, experts[c.remat, c.stream],
-                                           smallest.idle > 0)
+                                           smallest.idle)
       return _advice(smallest, room, bucket, experts[c.remat, c.stream],
                      int(cfg.train.batch_size), fp8)
 
@@ -246,12 +246,12 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
 
 def _fp8_saving(cfg: ml_collections.ConfigDict, names: tuple[str, ...],
                candidate: memory_plan.Candidate, tx, mesh: jax.sharding.Mesh,
-               bf16: AbstractExpert, idle_on_device: bool) -> int:
+               bf16: AbstractExpert, idle: int) -> int:
   """Device bytes an fp8 base would free under `candidate`: the trained expert's frozen weights
-  on the device (streamed blocks are not there) and the idle expert's when it stays there, less
-  the one block whose weights are dequantised at a time. The step's other memory is taken as
-  unchanged."""
-  quantized = ml_collections.ConfigDict(cfg.to_dict())
+  on the device (streamed blocks are not there) and the idle expert's when it stays there (its
+  planned bf16 `idle` bytes), less the one block whose weights are dequantised at a time. The
+  step's other memory is taken as unchanged."""
+  quantized = cfg.copy_and_resolve_references()
   quantized.model.quantize = "fp8"
   fp8 = abstract_expert(quantized, names[0], candidate.remat, tx, mesh, candidate.stream)
   saving = memory_plan.device_bytes(bf16.frozen) - memory_plan.device_bytes(fp8.frozen)
@@ -259,9 +259,8 @@ def _fp8_saving(cfg: ml_collections.ConfigDict, names: tuple[str, ...],
   layers = models.expert_config(cfg, names[0], candidate.remat).num_layers
   compute = jnp.dtype(cfg.model.dtype).itemsize
   saving -= sum(x.size for x in stored) // layers * compute  # one block, dequantised
-  if idle_on_device:
-    idle = [abstract_expert(c, names[1], "full", tx, mesh).device_bytes() for c in (cfg, quantized)]
-    saving += idle[0] - idle[1]
+  if idle:  # the idle expert's bytes on the device (0 when it waits in host memory)
+    saving += idle - abstract_expert(quantized, names[1], "full", tx, mesh).device_bytes()
   return max(0, saving)
 
 
