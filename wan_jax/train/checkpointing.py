@@ -77,6 +77,9 @@ class Checkpoints:
     meta = {**meta, "checksums": checksums(state)}
     # An asynchronous save's failure surfaces here, at the next one.
     with writing(f"checkpoint step {step} (or the one before it) under {self.directory}"):
+      # Orbax waits here for the save before anyway; waiting first also lets its background
+      # removal of old steps finish before a size record is written into a step folder.
+      self.manager.wait_until_finished()
       self._record_sizes()
       return self.manager.save(step, args=ocp.args.Composite(
           **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
@@ -102,7 +105,8 @@ class Checkpoints:
 
   def _record_sizes(self) -> None:
     """Records the file sizes of every committed step that has no record yet (process 0). A
-    step's folder takes its final name only once Orbax has committed it."""
+    step's folder takes its final name only once Orbax has committed it; call with no save in
+    flight (Orbax removes old steps in the save's thread)."""
     if jax.process_index() != 0:
       return
     for path in self.directory.iterdir():
