@@ -12,8 +12,8 @@ Everything is configs/wan22_masked.py's, except what image-to-video changes (ups
 `wan/configs/wan_i2v_A14B.py`): the experts switch at t = 0.900 x 1000, previews sample with shift
 5.0 and guidance 3.5 for both experts, and each preview prompt starts from an image
 (`preview.images`, one per prompt). Each clip's first frame conditions the rest (cached beside its
-latents); the loss covers every frame. Data sets train on clips: one-frame items are skipped by
-name (docs/training.md, "Image-to-video").
+latents); the loss covers every frame. Still images train too, as ai-toolkit trains them
+(`image_i2v`, below; docs/training.md, "Still images for image-to-video").
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import ml_collections
 
 from wan_jax.tasks import IMAGE_TO_VIDEO
+from wan_jax.tasks.i2v_images import image_i2v_config
 
 
 def _t2v_config(variant: str | None) -> ml_collections.ConfigDict:
@@ -47,6 +48,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                        ["the person turns and smiles, natural light"])
   # One start image per prompt; the tiny demo generates one when this is empty.
   c.preview.images = []
+  # Still images (num_frames 1) train as ai-toolkit trains them: with an empty condition, and
+  # optionally on a degraded copy of themselves or as static clips (wan_jax/tasks/i2v_images.py).
+  c.image_i2v = image_i2v_config()
   if variant == "tiny":
     c.datasets[0].num_frames = 5  # clips: the first frame conditions the other four
     c.datasets[0].default_caption = "a coloured ball rolling to the right"

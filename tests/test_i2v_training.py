@@ -1,13 +1,12 @@
 """Image-to-video training: each clip's condition is cached beside its latents (same crop, flip and
-frames), one-frame items are skipped by name, bad preview settings are one line, and the tiny
+frames), a one-frame item beside clips trains with an empty condition (tests/test_i2v_images.py has
+the other ways), bad preview settings are one line, and the tiny
 I2V demo runs end to end through launch.py (both experts, LoRA files, a preview from an image)."""
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -23,7 +22,6 @@ from wan_jax.data.caches import CacheSettings, read_variant
 from wan_jax.data.config import dataset_config
 from wan_jax.data.demo import make_demo_tokenizer
 from wan_jax.data.examples import plan_geometry, read_pixels
-from wan_jax.data.folders import DataError
 from wan_jax.data.pipeline import build_pipeline
 from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny
 from wan_jax.model.vae import WanVAE, normalize_latents
@@ -40,7 +38,7 @@ def i2v_config(variant: str = "tiny") -> ml_collections.ConfigDict:
 
 
 def make_folder(root: Path) -> tuple[Path, Path]:
-  """Two clips (one masked), and an image that image-to-video must skip."""
+  """Two clips (one masked), and an image (no condition file: its condition is empty)."""
   media, masks = root / "media", root / "masks"
   media.mkdir(parents=True)
   masks.mkdir()
@@ -77,19 +75,19 @@ def i2v_pipeline(root: Path, vae, **dataset_kw):
 @pytest.mark.slow
 def test_the_condition_is_cached_with_the_latents_crop_flip_and_frames(tmp_path, vae):
   p, ds = i2v_pipeline(tmp_path, vae, flip_prob=1.0)  # always flipped: one variant per clip
-  skipped = dict(p.report.skipped)
-  assert list(skipped) == [str(tmp_path / "data/media/still.png")]
-  assert skipped[str(tmp_path / "data/media/still.png")].startswith("image-to-video: one frame")
-  assert "skipped, image-to-video: 1" in p.report.summary()
-  assert p.cache_report.pixel_built == {"condition": 2} and p.cache_report.latents_built == 2
-  assert "built 2 latents, 2 conditions, 1 weight maps" in p.cache_report.summary()
+  assert not p.report.skipped  # the still trains too, with an empty condition
+  assert p.cache_report.pixel_built == {"condition": 2} and p.cache_report.latents_built == 3
+  assert "built 3 latents, 2 conditions, 1 weight maps" in p.cache_report.summary()
   assert len(list((tmp_path / "cache/condition").rglob("*.safetensors"))) == 2
+  still = next(i for i, e in enumerate(p.entries) if e.item.media.name == "still.png")
+  assert not read_variant(p.cache_plan, still, True)["condition"].any()
 
   # Each clip's cached row against the condition of its own first frame, cropped and flipped as
   # its latents were (both clips share a bucket: one encode of the two first frames).
-  rows = [read_variant(p.cache_plan, i, True) for i in range(len(p.entries))]
+  clips = [e for e in p.entries if e.item.num_frames > 1]
+  rows = [read_variant(p.cache_plan, p.entries.index(e), True) for e in clips]
   firsts = []
-  for e in p.entries:
+  for e in clips:
     geo = plan_geometry(e.item, e.resolution, ds, np.random.default_rng(0), flip=True)
     pixels = read_pixels(e.item, geo)
     unflipped = read_pixels(e.item, plan_geometry(e.item, e.resolution, ds,
@@ -108,18 +106,10 @@ def test_the_condition_is_cached_with_the_latents_crop_flip_and_frames(tmp_path,
     # latents there are the clip's own (normalised): the same crop, flip and first frame.
     first = normalize_latents(row["latent_mean"][:1], vcfg.latents_mean, vcfg.latents_std)
     np.testing.assert_allclose(cond[:1, ..., 4:], np.asarray(first), rtol=1e-4, atol=1e-4)
-  batch = next(iter(p.dataset))
-  assert batch["condition"].shape == (1, *rows[0]["condition"].shape)  # and it reaches a batch
-  assert sorted(e.item.media.name for e in p.entries) == ["a.mp4", "b.mp4"]
-
-
-def test_image_only_data_cannot_train_image_to_video(tmp_path, vae):
-  media = tmp_path / "data"
-  media.mkdir()
-  Image.fromarray(np.zeros((48, 80, 3), np.uint8)).save(media / "x.png")
-  ds = dataset_config(folder_path=str(media), resolution=32)
-  with pytest.raises(DataError, match="no item of the data sets can train image-to-video"):
-    build_pipeline([ds], global_batch=1, seed=0, progress=False, task=IMAGE_TO_VIDEO)
+  batches = [next(it) for it in [iter(p.dataset)] for _ in range(3)]
+  shapes = {b["form"][0]: b["condition"].shape for b in batches}
+  assert shapes["clip"] == (1, *rows[0]["condition"].shape)  # and it reaches a batch
+  assert sorted(e.item.media.name for e in p.entries) == ["a.mp4", "b.mp4", "still.png"]
 
 
 def _run(cfg, tmp_path):

@@ -6,7 +6,11 @@ rebuilds only what it touches:
            item in one geometry. Key: the media file (path, size, mtime), the bucket, the source
            frames, the resize/crop/flip, the VAE's weights (file identities) and the dtype.
   <task>   what the task derives from the same pixels (image-to-video: `condition`, the encoded
-           first frame with its mask channels). Key: as the latents'.
+           first frame with its mask channels). Key: as the latents'. Image-to-video from a
+           still image (wan_jax/tasks/i2v_images.py) adds, when turned on, degraded copies of
+           its condition (key: the latents' plus the copy's number and the recipe's version)
+           and the image as a static clip: its latents, weights and blurred condition, keyed
+           like any entry of that clip's geometry plus the blur settings.
   weights  the latent-grid weight map of a masked item. Key: the mask file, the same geometry,
            invert_mask and mask_min_value (changing mask_min_value re-reads masks, not videos).
   prompts  one caption's umT5 embedding, trimmed to its tokens. Key: the text, the encoder's and
@@ -40,6 +44,8 @@ from wan_jax.data.examples import (Geometry, SkipItem, is_masked, plan_geometry,
 from wan_jax.data.folders import DataError, Item
 from wan_jax.data.media import MediaError
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
+from wan_jax.tasks.i2v_images import (DEGRADE_VERSION, ImageTraining, clip_condition_frame, degrade,
+                                      seed_of_key)
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when what a cache file holds changes
@@ -109,6 +115,18 @@ class Variant:
   latent_key: str
   weights_key: str | None  # None: unmasked (weights are ones)
   pixel_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # task's kind -> key
+  # A still image for image-to-video: degraded copies of its condition (kind -> key, per copy),
+  # and the image as a static clip (its own geometry and files).
+  degraded_keys: tuple[dict[str, str], ...] = ()
+  clip: Variant | None = None
+
+  def files(self) -> list[tuple[str, str]]:
+    """(kind, key) of every file this variant reads, its static clip's included."""
+    out = [("latents", self.latent_key), *self.pixel_keys.items()]
+    if self.weights_key is not None:
+      out.append(("weights", self.weights_key))
+    out += [kk for copy in self.degraded_keys for kk in copy.items()]
+    return out + (self.clip.files() if self.clip is not None else [])
 
 
 @dataclasses.dataclass
@@ -121,6 +139,7 @@ class CachePlan:
   prompt_keys: dict[str, str]  # caption -> key (includes BLANK and extra prompts)
   failed: set[int] = dataclasses.field(default_factory=set)  # entries that could not be encoded
   task: Task = TEXT_TO_VIDEO
+  images: ImageTraining | None = None  # how still images train image-to-video
 
   @property
   def pixel_kinds(self) -> tuple[str, ...]:
@@ -133,23 +152,27 @@ class CachePlan:
     out: dict[str, tuple[int, bool]] = {}
     for i, by_flip in enumerate(self.variants):
       for flip, v in by_flip.items():
-        key = _key(v, kind)
-        if key is not None:
-          out.setdefault(key, (i, flip))
+        for k, key in v.files():
+          if k == kind:
+            out.setdefault(key, (i, flip))
     return out
 
   def missing(self) -> tuple[list[tuple[int, bool]], list[tuple[int, bool]], list[str]]:
     """(entry/flip pairs with a pixel-derived file missing: latents or the task's, ... whose
     weights are, captions), one pair per file to encode."""
-    lat = sorted({ef for kind in self.pixel_kinds for key, ef in self.keys(kind).items()
-                  if not self.store.has(kind, key)})
-    wts = [ef for key, ef in self.keys("weights").items() if not self.store.has("weights", key)]
+    lat, wts = set(), set()
+    for i, by_flip in enumerate(self.variants):
+      for flip, v in by_flip.items():
+        for kind, key in v.files():
+          if not self.store.has(kind, key):
+            (wts if kind == "weights" else lat).add((i, flip))
+    lat, wts = sorted(lat), sorted(wts)
     texts = [t for t, k in self.prompt_keys.items() if not self.store.has("prompts", k)]
     return lat, wts, texts
 
   def fail_shared(self) -> None:
     """Marks every entry that shares a file with a failed one (the repeats of a broken item)."""
-    files = lambda v: {_key(v, kind) for kind in (*self.pixel_kinds, "weights")} - {None}
+    files = lambda v: {key for _, key in v.files()}
     bad = {k for i in self.failed for v in self.variants[i].values() for k in files(v)}
     self.failed |= {i for i, by_flip in enumerate(self.variants)
                     if any(files(v) & bad for v in by_flip.values())}
@@ -174,18 +197,11 @@ class CachePlan:
     return self.store.read("prompts", self.prompt_keys[text])["embedding"].astype(np.float32)
 
 
-def _key(v: Variant, kind: str) -> str | None:
-  if kind == "latents":
-    return v.latent_key
-  if kind == "weights":
-    return v.weights_key
-  return v.pixel_keys[kind]
-
-
 def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collections.ConfigDict],
                 settings: CacheSettings, extra_prompts: Sequence[str] = (),
-                task: Task = TEXT_TO_VIDEO) -> CachePlan:
-  """Keys for every (item, resolution) entry and every caption; reads no media."""
+                task: Task = TEXT_TO_VIDEO, images: ImageTraining | None = None) -> CachePlan:
+  """Keys for every (item, resolution) entry and every caption; reads no media. `images`: how
+  one-frame items train a task that conditions on pixels (image-to-video)."""
   for i, cfg in enumerate(datasets):
     check_cacheable(cfg, f"datasets[{i}]")
   variants, planned = [], {}
@@ -199,20 +215,36 @@ def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collect
     by_flip = {}
     for flip in flip_variants(cfg):
       geo = plan_geometry(item, resolution, cfg, np.random.default_rng(0), flip=flip)
-      g = _geometry_json(geo)
-      lkey = digest([VERSION, "latents", media, g, settings.vae_id, settings.dtype])
-      wkey = None if mask is None else digest(
-          [VERSION, "weights", mask, g, bool(cfg.invert_mask), float(cfg.mask_min_value),
-           item.mask is None])
-      pkeys = {kind: digest([VERSION, kind, media, g, settings.vae_id, settings.dtype])
-               for kind in task.pixel_arrays}
-      by_flip[flip] = Variant(geo, lkey, wkey, pkeys)
+
+      def variant(geo: Geometry, own: Sequence[str], recipe: list) -> Variant:
+        g = _geometry_json(geo)
+        lkey = digest([VERSION, "latents", media, g, settings.vae_id, settings.dtype])
+        wkey = None if mask is None else digest(
+            [VERSION, "weights", mask, g, bool(cfg.invert_mask), float(cfg.mask_min_value),
+             item.mask is None])
+        pkeys = {kind: digest([VERSION, kind, *recipe, media, g, settings.vae_id, settings.dtype])
+                 for kind in own}
+        return Variant(geo, lkey, wkey, pkeys)
+
+      v = variant(geo, task.own_pixel_arrays(item), [])
+      if images is not None and task.pixel_arrays and item.num_frames == 1:
+        g = _geometry_json(geo)
+        v.degraded_keys = tuple(
+            {kind: digest([VERSION, kind, "degraded", DEGRADE_VERSION, j, media, g,
+                           settings.vae_id, settings.dtype]) for kind in task.pixel_arrays}
+            for j in range(images.degraded_copies))
+        if images.clip_training:
+          clip_geo = dataclasses.replace(geo, bucket=(images.clip_num_frames, *geo.bucket[1:]))
+          v.clip = variant(clip_geo, tuple(task.pixel_arrays),
+                           ["clip", images.clip_blur_sigma, images.clip_downscale_factor])
+      by_flip[flip] = v
     variants.append(by_flip)
     planned[item, resolution] = by_flip
   texts = {BLANK, *extra_prompts, *(item.caption for item, _ in items)}
   prompt_keys = {t: digest([VERSION, "prompts", t, settings.text_id, settings.text_len,
                             settings.dtype]) for t in sorted(texts)}
-  return CachePlan(CacheStore(settings.root), settings, variants, prompt_keys, task=task)
+  return CachePlan(CacheStore(settings.root), settings, variants, prompt_keys, task=task,
+                   images=images)
 
 
 @dataclasses.dataclass
@@ -258,14 +290,16 @@ def build_caches(plan: CachePlan, items: Sequence[tuple[Item, int]],
       continue
     item, _ = items[i]
     v = plan.variants[i][flip]
+    todo = [(x.geometry, x.weights_key) for x in (v, v.clip) if x is not None
+            and x.weights_key is not None and not plan.store.has("weights", x.weights_key)]
     try:
-      weights = read_weights(item, v.geometry, datasets[item.dataset])
+      maps = [(key, read_weights(item, geo, datasets[item.dataset])) for geo, key in todo]
     except (SkipItem, MediaError, ValueError, OSError) as e:
       _fail(plan, report, i, item, e)
       continue
-    plan.store.write("weights", v.weights_key, {"weights": weights},
-                     {"mask": str(item.mask or item.media)})
-    report.weights_built += 1
+    for key, weights in maps:
+      plan.store.write("weights", key, {"weights": weights}, {"mask": str(item.mask or item.media)})
+      report.weights_built += 1
   if texts:
     _build_prompts(plan, texts, load_text, report, bar)
   plan.fail_shared()
@@ -280,9 +314,29 @@ def _fail(plan: CachePlan, report: BuildReport, i: int, item: Item, e: Exception
   report.failed.append((str(item.media), str(e)))
 
 
+def _encodings(plan: CachePlan, v: Variant, video: np.ndarray
+               ) -> list[tuple[str, dict[str, str], np.ndarray]]:
+  """What to encode for one variant from its pixels [1, F, H, W, 3] in [-1, 1]: (encoder,
+  kind -> key of the files it fills, input video); 'moments' fills latents, 'task' the task's
+  arrays. A still image's degraded copies and static clip come from its one frame."""
+  out = [("moments", {"latents": v.latent_key}, video), ("task", v.pixel_keys, video)]
+  frame = video[0, 0]
+  for keys in v.degraded_keys:
+    rng = np.random.default_rng(seed_of_key(next(iter(keys.values()))))
+    out.append(("task", keys, degrade(frame, rng)[None, None]))
+  if v.clip is not None:
+    images = plan.images
+    frames = v.clip.geometry.bucket[0]
+    start = clip_condition_frame(frame, images.clip_blur_sigma, images.clip_downscale_factor)
+    out += [("moments", {"latents": v.clip.latent_key}, np.repeat(video, frames, axis=1)),
+            # The condition reads the first frame and the frame count (first frame + zeros).
+            ("task", v.clip.pixel_keys, np.repeat(start[None, None], frames, axis=1))]
+  return out
+
+
 def _build_latents(plan, items, datasets, todo, load_vae, report, bar) -> None:
-  """Encodes each (entry, flip) in `todo` once: its latents and the task's arrays, whichever
-  are missing, from one read of its pixels."""
+  """Encodes each (entry, flip) in `todo` once: its latents and the task's arrays (and a still
+  image's alternatives), whichever are missing, from one read of its pixels."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -296,25 +350,28 @@ def _build_latents(plan, items, datasets, todo, load_vae, report, bar) -> None:
   for i, flip in bar(todo, len(todo), "caching latents"):
     item, _ = items[i]
     v = plan.variants[i][flip]
-    want = [k for k in plan.pixel_kinds if not plan.store.has(k, _key(v, k))]
     try:
       pixels = read_pixels(item, v.geometry)
     except (MediaError, ValueError, OSError) as e:
       _fail(plan, report, i, item, e)
       continue
-    video = jnp.asarray(pixels[None], jnp.float32) / 127.5 - 1.0
-    files = {}
-    if "latents" in want:
-      mean, logvar = jax.device_get(moments(vae, video))
-      files["latents"] = {"mean": mean[0], "logvar": logvar[0]}
-    if len(want) > ("latents" in want):
-      files.update({k: {k: a[0]} for k, a in jax.device_get(task_arrays(vae, video)).items()
-                    if k in want})
-    if not all(np.isfinite(a).all() for arrays in files.values() for a in arrays.values()):
+    video = pixels[None].astype(np.float32) / 127.5 - 1.0
+    files = []  # (kind, key, arrays)
+    for encoder, keys, clip in _encodings(plan, v, video):
+      want = {kind: key for kind, key in keys.items() if not plan.store.has(kind, key)}
+      if not want:
+        continue
+      if encoder == "moments":
+        mean, logvar = jax.device_get(moments(vae, jnp.asarray(clip)))
+        files.append(("latents", want["latents"], {"mean": mean[0], "logvar": logvar[0]}))
+      else:
+        arrays = jax.device_get(task_arrays(vae, jnp.asarray(clip)))
+        files += [(kind, key, {kind: arrays[kind][0]}) for kind, key in want.items()]
+    if not all(np.isfinite(a).all() for _, _, arrays in files for a in arrays.values()):
       _fail(plan, report, i, item, ValueError("the VAE returned non-finite latents"))
       continue
-    for kind, arrays in files.items():
-      plan.store.write(kind, _key(v, kind), {k: a.astype(dtype) for k, a in arrays.items()},
+    for kind, key, arrays in files:
+      plan.store.write(kind, key, {k: a.astype(dtype) for k, a in arrays.items()},
                        {"media": str(item.media), "bucket": str(v.geometry.bucket)})
       if kind == "latents":
         report.latents_built += 1
@@ -343,10 +400,14 @@ def _build_prompts(plan, texts, load_text, report, bar) -> None:
   del encoder
 
 
-def read_variant(plan: CachePlan, entry: int, flip: bool) -> dict[str, np.ndarray]:
+def read_variant(plan: CachePlan, entry: int, flip: bool, clip: bool = False,
+                 degraded: int | None = None) -> dict[str, np.ndarray]:
   """(mean, logvar, weights and the task's arrays) of one cached entry as float32; CacheError
-  names a bad file."""
+  names a bad file. A still image for image-to-video reads as its static `clip`, or with its
+  `degraded` copy number n as condition; a task array the entry has no file for is zeros."""
   v = plan.variants[entry].get(flip) or next(iter(plan.variants[entry].values()))
+  if clip:
+    v = v.clip
   lat = plan.store.read("latents", v.latent_key)
   out = {"latent_mean": lat["mean"].astype(np.float32),
          "latent_logvar": lat["logvar"].astype(np.float32)}
@@ -354,9 +415,10 @@ def read_variant(plan: CachePlan, entry: int, flip: bool) -> dict[str, np.ndarra
     out["weights"] = np.ones(out["latent_mean"].shape[:3], np.float32)
   else:
     out["weights"] = plan.store.read("weights", v.weights_key)["weights"]
-  for kind, key in v.pixel_keys.items():
+  arrays = v.pixel_keys if degraded is None else v.degraded_keys[degraded]
+  for kind, key in arrays.items():
     out[kind] = plan.store.read(kind, key)[kind].astype(np.float32)
-  return out
+  return {**plan.task.empty_arrays(out["weights"].shape), **out}
 
 
 __all__ = ["BLANK", "BuildReport", "CacheError", "CachePlan", "CacheSettings", "build_caches",

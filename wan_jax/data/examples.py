@@ -83,13 +83,21 @@ def plan_geometry(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
 
 
 def read_pixels(item: Item, geo: Geometry) -> np.ndarray:
-  """uint8 [F, H, W, 3] in the bucket's shape."""
+  """uint8 [F, H, W, 3] in the bucket's shape; an image in a bucket of F > 1 frames is a static
+  clip (its frame F times)."""
   if geo.indices is None:
     pixels, _ = read_image(item.media)
   else:
     pixels = read_video(item.media, geo.indices)
   _check_size(item, pixels.shape[1:3])
-  return np.ascontiguousarray(apply_crop(pixels, geo.crop, geo.bucket[1:]))
+  return _static(np.ascontiguousarray(apply_crop(pixels, geo.crop, geo.bucket[1:])), geo)
+
+
+def _static(frames: np.ndarray, geo: Geometry) -> np.ndarray:
+  """One frame repeated to the bucket's frame count (a still image as a static clip)."""
+  if frames.shape[0] == 1 and geo.bucket[0] > 1:
+    return np.repeat(frames, geo.bucket[0], axis=0)
+  return frames
 
 
 def read_weights(item: Item, geo: Geometry, cfg: ml_collections.ConfigDict) -> np.ndarray:

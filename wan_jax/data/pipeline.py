@@ -33,10 +33,17 @@ from wan_jax.data.folders import DataError, Item, ScanReport, scan_dataset
 from wan_jax.data.weight_maps import latent_frames
 from wan_jax.data import config as dcfg
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
+from wan_jax.tasks.i2v_images import ImageTraining
 
 log = logging.getLogger(__name__)
 MAX_SUBSTITUTES = 8
 Z_DIM = 16  # latent channels of the Wan 2.1 VAE
+# How a row trained (`form`, counted in the run's summary): a clip (image-to-video: on its first
+# frame), a still image (image-to-video: with an empty condition), a degraded copy of itself, or
+# as a static clip; or nothing readable.
+FORM_CLIP, FORM_IMAGE, FORM_DEGRADED, FORM_STATIC_CLIP, FORM_NONE = (
+    "clip", "image", "image on a degraded copy", "image as a static clip", "")
+FORMS = (FORM_CLIP, FORM_IMAGE, FORM_DEGRADED, FORM_STATIC_CLIP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +110,26 @@ class Pipeline:
   cache_plan: CachePlan | None = None  # set when batches come from the caches
   cache_report: BuildReport | None = None
 
+  def buckets(self) -> list[tuple[int, int, int]]:
+    """Every (frames, height, width) a batch can have: the entries' buckets and, when still
+    images also train as static clips (image-to-video), those clips'."""
+    shapes = {e.bucket for e in self.entries}
+    images = self.cache_plan.images if self.cache_plan is not None else None
+    if images is not None and images.clip_training:
+      shapes |= {(images.clip_num_frames, *b[1:]) for b in shapes if b[0] == 1}
+    return sorted(shapes)
+
   def summary(self) -> str:
     buckets = sorted({e.bucket for e in self.entries})
     cached = f"\n  {self.cache_report.summary()}" if self.cache_report else ""
+    images = self.cache_plan.images if self.cache_plan is not None else None
+    stills = len({id(e.item) for e in self.entries if e.item.num_frames == 1})
+    task = (f"\n  {stills} of {len({id(e.item) for e in self.entries})} items are one frame: "
+            f"{images.describe()}" if images is not None and stills else "")
     return (f"{self.report.summary()}{cached}\n  {len(self.entries)} examples in {len(buckets)} "
             f"buckets (frames, height, width): {buckets[:8]}{' ...' if len(buckets) > 8 else ''}"
-            f"\n  {self.batches_per_epoch} batches per epoch of {self.local_batch} per process")
+            f"{task}\n  {self.batches_per_epoch} batches per epoch of {self.local_batch} per "
+            "process")
 
 
 class RowReader:
@@ -120,16 +141,34 @@ class RowReader:
     if plan is not None:
       self._blank = plan.prompt(BLANK)
 
-  def read(self, entry_id: int, rng: np.random.Generator) -> dict[str, Any]:
+  def as_clip(self, index: int, entry_id: int, seed: int) -> bool:
+    """Whether global batch `index` (whose rows share `entry_id`'s bucket) trains its still
+    images as static clips: drawn per batch, the same on every process (one shape per batch)."""
+    images = self.plan.images if self.plan is not None else None
+    if images is None or not images.clip_training or self.entries[entry_id].bucket[0] != 1:
+      return False
+    return bool(np.random.default_rng([seed, index, 0xC11]).random() < images.clip_training_prob)
+
+  def read(self, entry_id: int, rng: np.random.Generator, clip: bool = False,
+           condition_rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """One row; with `clip`, a still image as its static clip; `condition_rng` draws whether a
+    still image conditions on a degraded copy of itself."""
     entry = self.entries[entry_id]
     cfg = self.datasets[entry.item.dataset]
+    form = FORM_CLIP if entry.item.num_frames > 1 else FORM_IMAGE
     if self.plan is None:
       ex = load_example(entry.item, entry.resolution, cfg, rng)
       row = {"pixels": ex.pixels, "weights": ex.weights}
       caption = ex.caption
     else:
-      row = self._cached(entry_id, entry, cfg, rng)
+      degraded = self._degraded(entry_id, clip, condition_rng)
+      row = self._cached(entry_id, entry, cfg, rng, clip, degraded)
       caption = entry.item.caption
+      if clip:
+        form = FORM_STATIC_CLIP
+      elif degraded is not None:
+        form = FORM_DEGRADED
+    row["form"] = form
     if rng.random() < float(cfg.caption_dropout_rate):
       caption = BLANK
     row["caption"] = caption
@@ -138,11 +177,20 @@ class RowReader:
       row["context"] = self._context(caption)
     return row
 
-  def _cached(self, entry_id: int, entry: Entry, cfg, rng) -> dict[str, np.ndarray]:
+  def _degraded(self, entry_id: int, clip: bool,
+                rng: np.random.Generator | None) -> int | None:
+    """Which degraded copy of a still image's condition this row reads (None: its own)."""
+    copies = len(next(iter(self.plan.variants[entry_id].values())).degraded_keys)
+    if clip or not copies or rng is None or rng.random() >= self.plan.images.conditioning_prob:
+      return None
+    return int(rng.integers(copies))
+
+  def _cached(self, entry_id: int, entry: Entry, cfg, rng, clip: bool = False,
+              degraded: int | None = None) -> dict[str, np.ndarray]:
     flips = flip_variants(cfg)
     flip = flips[0] if len(flips) == 1 else bool(rng.random() < float(cfg.flip_prob))
     try:
-      return read_variant(self.plan, entry_id, flip)
+      return read_variant(self.plan, entry_id, flip, clip, degraded)
     except CacheError as e:
       log.warning("skipping %s: %s", entry.item.media, e)
       raise SkipItem(str(e)) from e
@@ -160,15 +208,18 @@ class RowReader:
     ctx[:len(emb)] = emb
     return ctx
 
-  def empty(self, entry_id: int) -> dict[str, Any]:
+  def empty(self, entry_id: int, clip: bool = False) -> dict[str, Any]:
     """A zero-weight row of the entry's bucket, for when nothing in the bucket could be read."""
     f, h, w = self.entries[entry_id].bucket
+    if clip:
+      f = self.plan.images.clip_num_frames
     weights = np.zeros((latent_frames(f), h // 8, w // 8), np.float32)
     if self.plan is None:
       return {"pixels": np.zeros((f, h, w, 3), np.uint8), "weights": weights, "caption": BLANK,
-              "loss_multiplier": 0.0}
+              "loss_multiplier": 0.0, "form": FORM_NONE}
     lat = np.zeros((*weights.shape, Z_DIM), np.float32)
     return {"latent_mean": lat, "latent_logvar": lat, "weights": weights, "caption": BLANK,
+            "form": FORM_NONE,
             "context": np.zeros((self.plan.settings.text_len, self._blank.shape[1]), np.float32),
             "loss_multiplier": 0.0, **self.plan.task.empty_arrays(weights.shape)}
 
@@ -178,6 +229,7 @@ def _decode_rows(index: int, batch: tuple[int, ...], *, reader: RowReader, bucke
   """This process's rows of global batch `index`, read; randomness from (seed, index, row)."""
   rows_per_shard = len(batch) // shard_count
   mine = batch[shard_index * rows_per_shard:(shard_index + 1) * rows_per_shard]
+  clip = reader.as_clip(index, batch[0], seed)
   rows, substituted, valid = [], [], []
   for row, entry_id in enumerate(mine):
     global_row = shard_index * rows_per_shard + row
@@ -185,21 +237,22 @@ def _decode_rows(index: int, batch: tuple[int, ...], *, reader: RowReader, bucke
     got, attempt = None, 0
     for attempt, cand in enumerate(_candidates(entry_id, bucket_members, [seed, index, global_row])):
       try:
-        got = reader.read(cand, rng)
+        got = reader.read(cand, rng, clip, np.random.default_rng([seed, index, global_row, 2]))
         break
       except SkipItem:
         continue
     if got is None:  # every candidate failed: an empty row with zero weight, never a crash
-      rows.append(reader.empty(entry_id))
+      rows.append(reader.empty(entry_id, clip))
       substituted.append(True)
       valid.append(False)
       continue
     rows.append(got)
     substituted.append(attempt > 0)
     valid.append(True)
-  out = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in ("caption",
-                                                                          "loss_multiplier")}
-  out["caption"] = np.array([r["caption"] for r in rows], dtype=object)
+  text = ("caption", "form")
+  out = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in (*text, "loss_multiplier")}
+  for k in text:
+    out[k] = np.array([r[k] for r in rows], dtype=object)
   out["loss_multiplier"] = np.array([r["loss_multiplier"] for r in rows], np.float32)
   out["substituted"] = np.array(substituted)  # a stand-in from the same bucket was used
   out["valid"] = np.array(valid)  # False: nothing in the bucket could be read; zero weight
@@ -222,7 +275,7 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
                    load_vae: Callable[[], Any] | None = None,
                    load_text: Callable[[], tuple[Any, Any]] | None = None,
                    extra_prompts: Sequence[str] = (), progress: bool = True,
-                   task: Task = TEXT_TO_VIDEO) -> Pipeline:
+                   task: Task = TEXT_TO_VIDEO, images: ImageTraining | None = None) -> Pipeline:
   """Scans every dataset (errors surface here, before training) and builds the iterator.
 
   Without `caches`, batches hold uint8 `pixels` and `weights`. With them, missing cache files
@@ -230,7 +283,9 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
   `latent_mean`, `latent_logvar` (un-normalised VAE moments), `weights` and `context` (prompt
   embeddings padded to text_len), plus the arrays `task` derives from pixels (image-to-video's
   `condition`); items that cannot be encoded are dropped and counted, and items the task cannot
-  learn from (one-frame items for image-to-video) are skipped by name.
+  learn from are skipped by name. `images`: how one-frame items train image-to-video (with
+  caches; wan_jax/tasks/i2v_images.py). Each batch also holds each row's `form` (how it
+  trained, for the run's summary).
   read_threads / prefetch_batches bound how far ahead each process (or worker) decodes: a batch
   of 81-frame clips is hundreds of MB, so Grain's default of 500 elements ahead would not fit.
   """
@@ -255,7 +310,7 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
   plan, cache_report = None, None
   if caches is not None:
     plan, cache_report, entries = _cached_entries(entries, datasets, caches, load_vae, load_text,
-                                                  extra_prompts, progress, report, task)
+                                                  extra_prompts, progress, report, task, images)
   keys = [e.bucket for e in entries]
   by_key: dict[Any, list[int]] = {}
   for i, k in enumerate(keys):
@@ -283,10 +338,11 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
 
 
 def _cached_entries(entries, datasets, settings, load_vae, load_text, extra_prompts, progress,
-                    report: ScanReport, task: Task) -> tuple[CachePlan, BuildReport, list[Entry]]:
+                    report: ScanReport, task: Task, images: ImageTraining | None
+                    ) -> tuple[CachePlan, BuildReport, list[Entry]]:
   """Plans and builds the caches; returns the plan and entries restricted to what encoded."""
   pairs = [(e.item, e.resolution) for e in entries]
-  plan = plan_caches(pairs, datasets, settings, extra_prompts, task)
+  plan = plan_caches(pairs, datasets, settings, extra_prompts, task, images)
   damaged = plan.repair_prompts([BLANK, *extra_prompts])  # needed whole: never a stand-in
   for warning in damaged:
     log.warning("%s", warning)

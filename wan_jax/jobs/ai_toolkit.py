@@ -30,6 +30,7 @@ from wan_jax.data.config import dataset_config
 from wan_jax.jobs import ai_toolkit_keys
 from wan_jax.jobs.job_file import is_job_file, read_job  # noqa: F401 (launch.py reads it here)
 from wan_jax.jobs.values import JobError, Section
+from wan_jax.tasks.i2v_images import ImageTraining, nearest_clip_frames
 
 PROCESS_TYPES = ("sd_trainer", "diffusion_trainer", "ui_trainer")
 ARCHS = {"wan22_14b": "wan22_t2v_a14b", "wan22_t2v_a14b": "wan22_t2v_a14b", "tiny": "tiny",
@@ -204,12 +205,40 @@ class _Mapper:
     if not (c.model.train_high_noise or c.model.train_low_noise):
       raise JobError(f"{kwargs.path}: train_high_noise and train_low_noise are both false; "
                      "at least one expert must train")
+    if self.i2v:
+      self._image_i2v(kwargs, c)
     self._quantize(model, c)
     if model.get("low_vram", bool, False):
       c.train.offload_inactive_expert = True
       self.notices.append(f"{model.path}.low_vram: the idle expert waits in host memory "
                           "(train.offload_inactive_expert=True, a swap at every switch); remove "
                           "it to let the memory plan keep both on the card when they fit")
+
+  def _image_i2v(self, kwargs: Section, c: ml_collections.ConfigDict) -> None:
+    """`model_kwargs.image_i2v_*` (how still images train image-to-video) onto `image_i2v.*`,
+    same names, meanings and defaults; the clip's frame count becomes 4k+1 as ai-toolkit rounds
+    it, (n // 4) * 4 + 1 (at least 5 here: one frame is the image itself)."""
+    ours = c.image_i2v
+    for name in ("conditioning", "clip_training"):
+      ours[name] = kwargs.get(f"image_i2v_{name}", bool, ours[name])
+    for name in ("conditioning_prob", "clip_training_prob", "clip_downscale_factor"):
+      value = kwargs.get(f"image_i2v_{name}", float, ours[name])
+      if not 0.0 <= value <= 1.0:
+        raise JobError(f"{kwargs.path}.image_i2v_{name} must be in [0, 1], got {value:g}")
+      ours[name] = value
+    sigma = kwargs.get("image_i2v_clip_blur_sigma", float, ours.clip_blur_sigma)
+    if sigma < 0:
+      raise JobError(f"{kwargs.path}.image_i2v_clip_blur_sigma must be >= 0, got {sigma:g}")
+    ours.clip_blur_sigma = sigma
+    asked = kwargs.get("image_i2v_clip_num_frames", int, ours.clip_num_frames)
+    ours.clip_num_frames = nearest_clip_frames(asked)
+    if ours.clip_num_frames != asked:
+      self.notices.append(f"{kwargs.path}.image_i2v_clip_num_frames {asked}: static clips have "
+                          f"{ours.clip_num_frames} frames (4k+1, at least 5)")
+    if ours.conditioning and ours.clip_training:
+      self.notices.append(f"{kwargs.path}: with image_i2v_clip_training on, images not drawn as "
+                          "clips train with an empty condition; image_i2v_conditioning is not "
+                          "used (as in ai-toolkit)")
 
   def _quantize(self, model: Section, c: ml_collections.ConfigDict) -> None:
     """`quantize: true` is an fp8 base (model.quantize=fp8): ai-toolkit's default qtype,
@@ -400,13 +429,10 @@ class _Mapper:
     c.datasets = [self._dataset(proc.item("datasets", i), trigger) for i in range(len(raw))]
     images = [f"{proc.path}.datasets[{i}]" for i, ds in enumerate(c.datasets)
               if ds.num_frames == 1]
-    if self.i2v and images:  # ai-toolkit trains an image as a clip conditioned on itself
-      if len(images) == len(c.datasets):
-        raise JobError(f"{images[0]}.num_frames is 1 (images): image-to-video trains on clips, "
-                       "each conditioned on its first frame; set num_frames to 4k+1 >= 5 "
-                       "(e.g. 33)")
-      self.notices.append(f"{_paths(images)}: num_frames 1 (images) is skipped by "
-                          "image-to-video, which trains on clips (each item is named at start-up)")
+    if self.i2v and images:  # as ai-toolkit: an empty condition unless model_kwargs say more
+      self.notices.append(f"{_paths(images)}: num_frames 1 (images) trains image-to-video as "
+                          "ai-toolkit does: " + ImageTraining.from_config(c.image_i2v).describe()
+                          .removeprefix("images train image-to-video with "))
 
   def _dataset(self, ds: Section, trigger: str | None) -> ml_collections.ConfigDict:
     if ds.get("is_reg", bool, False):

@@ -130,7 +130,8 @@ REASONS: dict[tuple[str, str], str] = {
     ("model", "assistant_lora_path"): _NOT_IMPLEMENTED,
     ("model", "inference_lora_path"): _NOT_IMPLEMENTED,
     ("model", "model_paths"): "components come from name_or_path (or vae_path)",
-    ("model_kwargs", "*"): "wan-jax reads only train_high_noise and train_low_noise here",
+    ("model_kwargs", "*"): "wan-jax reads only train_high_noise, train_low_noise and (for arch "
+                           "wan22_14b_i2v) image_i2v_* here",
     ("sample", "sampler"): "previews use wan-jax's Euler flow sampler",
     ("sample", "fps"): "previews are written at 16 fps",
     ("sample", "walk_seed"): "preview prompt i always starts from the noise of (seed, i)",

@@ -57,6 +57,11 @@ class Task:
     named in the data summary."""
     return None
 
+  def own_pixel_arrays(self, item: Any) -> tuple[str, ...]:
+    """Which `pixel_arrays` an item derives from its own pixels (cached beside its latents);
+    the others are zero for it unless another recipe fills them (wan_jax/tasks/i2v_images.py)."""
+    return tuple(self.pixel_arrays)
+
   def encode_pixels(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
     """The `pixel_arrays` of a batch of clips in [-1, 1] (traced: runs inside one jit)."""
     return {}

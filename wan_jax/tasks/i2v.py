@@ -6,8 +6,9 @@ Training: the condition of a clip is built from its own first frame, cropped, fl
 frame-selected exactly as its latents, and cached beside them (kind `condition`). The loss covers
 every latent frame, the first included: the I2V-A14B sampler denoises frame 0 like the others (it
 is steered by the condition, not replaced, unlike the 5B TI2V), so the model must learn to
-reproduce it. An item with one frame (an image, or a clip read as 1 frame) is skipped and named:
-conditioned on itself it would only teach copying, with nothing to animate.
+reproduce it. An item with one frame (an image, or a clip read as 1 frame) is not conditioned on
+itself (that would only teach copying): it trains as ai-toolkit trains it, with an empty
+condition, a degraded copy, or as a static clip (wan_jax/tasks/i2v_images.py).
 
 Previews start from `preview.images` (one image per prompt), resized and centre-cropped to the
 preview size as training crops are. Defaults from upstream `wan/configs/wan_i2v_A14B.py`:
@@ -45,11 +46,8 @@ class ImageToVideo(Task):
   def pixel_arrays(self) -> Mapping[str, int]:
     return {CONDITION: I2V_CONDITION_CHANNELS}
 
-  def skip_reason(self, item: Any) -> str | None:
-    if item.num_frames < 2:
-      return ("one frame: it learns motion from a clip's first frame, so it trains on clips only "
-              "(datasets[i].num_frames 4k+1 >= 5)")
-    return None
+  def own_pixel_arrays(self, item: Any) -> tuple[str, ...]:
+    return (CONDITION,) if item.num_frames > 1 else ()
 
   def encode_pixels(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
     return {CONDITION: i2v_condition(vae, video_BxFxHxWx3[:, 0], video_BxFxHxWx3.shape[1])}

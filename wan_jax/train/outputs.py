@@ -86,7 +86,7 @@ class Outputs:
       path = folder / f"{stem}_{CHECKPOINT_NAMES[name]}.safetensors"
       meta = weights_metadata(
           cfg, name, step=step if step is not None else int(cfg.train.steps),
-          expert_step=st.steps, buckets=[e.bucket for e in self.pipeline.entries],
+          expert_step=st.steps, buckets=self.pipeline.buckets(),
           num_items=len({str(item.media) for item in self.pipeline.report.items}))
       model = nnx.merge(st.graphdef, trainable, st.frozen)
       with writing(str(path)):

@@ -66,7 +66,7 @@ def explicit_settings(cfg: ml_collections.ConfigDict
 
 def largest_bucket(pipeline: Pipeline) -> tuple[int, int, int]:
   """(frames, height, width) of the bucket with the most tokens."""
-  return max({e.bucket for e in pipeline.entries},
+  return max(pipeline.buckets(),
              key=lambda b: (latent_frames(b[0]) * b[1] * b[2], b))
 
 

@@ -15,6 +15,7 @@ from wan_jax.data.config import resolutions
 from wan_jax.data.demo import (DEMO_CLIP_SIZE, make_clip_dataset, make_demo_dataset,
                                make_preview_image)
 from wan_jax.data.pipeline import Pipeline, build_pipeline
+from wan_jax.tasks.i2v_images import image_training
 from wan_jax.train import models
 from wan_jax.train.sharding import global_batch_from_local
 
@@ -52,8 +53,10 @@ def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encode
     raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the mesh's "
                      f"data x fsdp = {shards}")
   extra = [*cfg.preview.prompts, cfg.preview.negative_prompt] if cfg.preview.every else []
+  task = models.task(cfg)
   return build_pipeline(list(cfg.datasets), cfg.train.batch_size, cfg.seed,
-                        num_workers=cfg.data.num_workers, task=models.task(cfg),
+                        num_workers=cfg.data.num_workers, task=task,
+                        images=image_training(cfg, bool(task.pixel_arrays)),
                         caches=models.cache_settings(cfg, enc), load_vae=enc.load_vae,
                         load_text=enc.load_text, extra_prompts=extra, progress=progress)
 

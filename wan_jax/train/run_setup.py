@@ -16,6 +16,7 @@ import ml_collections
 from wan_jax.data.pipeline import Pipeline
 from wan_jax.files import atomic_path, writing
 from wan_jax.tasks import Task
+from wan_jax.tasks.i2v_images import image_training
 from wan_jax.train import models
 from wan_jax.train.checkpointing import Checkpoints
 from wan_jax.train.expert_states import Experts
@@ -84,7 +85,9 @@ def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
   with writing(f"the generated demo data under {workdir / 'demo_data'}"):
     prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
   check_preview_images(cfg, task)
-  run = Run(cfg, workdir, task, names, mesh, None, None, RunSummary())
+  image_training(cfg, bool(task.pixel_arrays))  # its settings refused here, before anything loads
+  run = Run(cfg, workdir, task, names, mesh, None, None,
+            RunSummary(count_forms=bool(task.pixel_arrays)))
   try:
     # A run to resume: the newest checkpoint whose metadata reads is checked before the caches
     # build, so a mismatched resume is refused before anything big loads (its arrays are verified

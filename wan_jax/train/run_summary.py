@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from wan_jax.data.pipeline import Pipeline
+from wan_jax.data.pipeline import FORMS, Pipeline
 
 log = logging.getLogger(__name__)
 RECENT = 20  # steps the final loss averages
@@ -26,6 +26,10 @@ class RunSummary:
   skipped_steps: int = 0
   substituted_rows: int = 0  # a broken item replaced mid-run by another of its bucket
   skipped_rows: int = 0  # nothing in the bucket could be read: the row trained with zero weight
+  # Image-to-video: rows by how they trained (a clip on its first frame, a still image with an
+  # empty condition, on a degraded copy, as a static clip); this process's rows.
+  rows_by_form: dict[str, int] = dataclasses.field(default_factory=dict)
+  count_forms: bool = False
   files: list[str] = dataclasses.field(default_factory=list)
   final_loss: float = math.nan
   recent: list[float] = dataclasses.field(default_factory=list)  # the last applied steps' losses
@@ -52,11 +56,14 @@ class RunSummary:
   def count_rows(self, batch: dict[str, np.ndarray]) -> None:
     self.substituted_rows += int(np.sum(batch["substituted"] & batch["valid"]))
     self.skipped_rows += int(np.sum(~batch["valid"]))
+    if self.count_forms:
+      for form in batch["form"][batch["valid"]]:
+        self.rows_by_form[form] = self.rows_by_form.get(form, 0) + 1
 
-  def counters(self) -> dict[str, int]:
+  def counters(self) -> dict[str, Any]:
     """The counts a checkpoint keeps, so a resumed run reports the whole run."""
     return {"skipped_steps": self.skipped_steps, "skipped_rows": self.skipped_rows,
-            "substituted_rows": self.substituted_rows}
+            "substituted_rows": self.substituted_rows, "rows_by_form": dict(self.rows_by_form)}
 
   def resume(self, meta: dict[str, Any]) -> int:
     """Takes the counts back from a checkpoint's metadata; returns its step."""
@@ -64,6 +71,7 @@ class RunSummary:
     self.skipped_steps = int(meta["skipped_steps"])
     self.skipped_rows = int(meta.get("skipped_rows", 0))
     self.substituted_rows = int(meta.get("substituted_rows", 0))
+    self.rows_by_form = {str(k): int(v) for k, v in meta.get("rows_by_form", {}).items()}
     return self.resumed_from
 
   def text(self, pipeline: Pipeline | None) -> str:
@@ -72,6 +80,8 @@ class RunSummary:
              f"  steps skipped (non-finite loss or gradients): {self.skipped_steps}",
              f"  batch rows replaced mid-run (item unreadable): {self.substituted_rows}; rows "
              f"with nothing readable (zero weight): {self.skipped_rows}",
+             *([f"  image-to-video rows by how they trained: {self.forms_text()}"]
+               if self.count_forms else []),
              "  final loss (mean of the last steps): " + (
                  f"{self.final_loss:.5f}" if math.isfinite(self.final_loss) else "n/a")]
     if pipeline is not None:
@@ -83,6 +93,13 @@ class RunSummary:
                      "run re-encodes them)")
     lines += ["  files written:"] + [f"    {f}" for f in self.files]
     return "\n".join(lines)
+
+
+  def forms_text(self) -> str:
+    """'12 clip, 30 image, 8 image on a degraded copy' (rows of this process, in that order)."""
+    known = [f for f in FORMS if f in self.rows_by_form]
+    rest = sorted(set(self.rows_by_form) - set(FORMS))
+    return ", ".join(f"{self.rows_by_form[f]} {f}" for f in known + rest) or "none yet"
 
 
 def _damaged_mid_run(pipeline: Pipeline) -> int:
