@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   _distributed()
   from wan_jax.files import WriteFailed
-  from wan_jax.train.trainer import Interrupted, train  # after distributed start-up
+  from wan_jax.train.run.trainer import Interrupted, train  # after distributed start-up
   try:
     train(cfg, workdir, cache_only=fv.cache_only, progress=fv.progress)
   except Interrupted as e:  # SIGTERM / Ctrl-C: saved (or said why not); the same command resumes

@@ -98,7 +98,7 @@ def _config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 def _loras(args: argparse.Namespace, cfg: ml_collections.ConfigDict) -> dict:
   from wan_jax.sampling.loras import assign
-  from wan_jax.train.experts import CHECKPOINT_NAMES
+  from wan_jax.train.step.experts import CHECKPOINT_NAMES
   given = args.lora or args.lora_high or args.lora_low
   if args.no_lora:
     if given:
@@ -118,7 +118,7 @@ def _loras(args: argparse.Namespace, cfg: ml_collections.ConfigDict) -> dict:
 def _guidance(text: str | None):
   if text is None:
     return None
-  from wan_jax.train.preview import Guidance
+  from wan_jax.train.outputs.preview import Guidance
   try:
     values = [float(v) for v in text.split(",")]
   except ValueError:
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     cfg = _config(args)
     from wan_jax.sampling.sampler import Settings, sample
-    from wan_jax.train import models
-    task = models.task(cfg)
+    from wan_jax.train.run import loading
+    task = loading.task(cfg)
     loras = _loras(args, cfg)
     prompts, images = list(args.prompt), list(args.image)
     if not prompts:

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 import wan_jax
-from wan_jax.train.checksums import checksums
-from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.random_weights import random_module
+from wan_jax.train.run.checksums import checksums
+from wan_jax.model.lora import FROZEN, LORA, add_lora
+from wan_jax.train.run.random_weights import random_module
 
 
 def timed(tree, repeats: int) -> float:

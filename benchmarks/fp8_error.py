@@ -56,8 +56,8 @@ def expert_error(args) -> dict:
   import jax.numpy as jnp
 
   import wan_jax
-  from wan_jax.train.flops import latent_grid
-  from wan_jax.train.random_weights import random_module
+  from flops import latent_grid
+  from wan_jax.train.run.random_weights import random_module
   from wan_jax.weights.load import quantize_model
 
   cfg = (wan_jax.tiny(remat="full") if args.reduced else

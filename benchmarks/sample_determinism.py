@@ -12,14 +12,14 @@ import jax, jax.numpy as jnp, numpy as np, ml_collections, imageio.v3 as iio
 import orbax.checkpoint as ocp
 from flax import nnx
 from wan_jax.sampling.sampler import load_dual, encode
-from wan_jax.train import models
-from wan_jax.train.experts import HIGH, LOW
-from wan_jax.train.lora import add_lora, lora_state
+from wan_jax.train.run import loading
+from wan_jax.train.step.experts import HIGH, LOW
+from wan_jax.model.lora import add_lora, lora_state
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.prompts import tokenize, encode_tokens
 from wan_jax.model.vae import decode_latents
-from wan_jax.train.preview import sample_latents, Guidance
-from wan_jax.train import media_out
+from wan_jax.train.outputs.preview import sample_latents, Guidance
+from wan_jax.train.outputs import media_out
 
 run = Path(sys.argv[1])
 cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
@@ -31,7 +31,7 @@ dual_bf16 = load_dual(cfg, files)
 state = ocp.StandardCheckpointer().restore(str(run / f"checkpoints/{cfg.train.steps}/state"))
 experts = {}
 for e in (HIGH, LOW):
-  m = models.load_expert(cfg, e, remat="none")
+  m = loading.load_expert(cfg, e, remat="none")
   add_lora(m, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets))
   ls = lora_state(m)
   def strip(d):
@@ -42,7 +42,7 @@ for e in (HIGH, LOW):
 dual_fp32 = DualWanTransformer(experts[HIGH], experts[LOW], float(cfg.model.boundary))
 
 with tempfile.TemporaryDirectory() as d:
-  enc = models.encoders(cfg, Path(d))
+  enc = loading.encoders(cfg, Path(d))
   mine = encode([p.prompts[0], ""], enc)
   tok, encoder = enc.load_text()
   batch = [p.prompts[0], ""] + [""] * 6  # the cache's batch of PROMPT_BATCH = 8

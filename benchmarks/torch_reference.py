@@ -20,7 +20,7 @@ from diffusers import WanTransformer3DModel
 from peft import LoraConfig
 
 from wan_jax.model.config import WanConfig
-from wan_jax.train.lora import DEFAULT_TARGETS
+from wan_jax.model.lora import DEFAULT_TARGETS
 from wan_jax.weights.transformer_keys import to_diffusers_key
 
 NUM_TRAIN_TIMESTEPS = 1000.0
@@ -74,7 +74,7 @@ def build_model(cfg: WanConfig, *, rank: int, alpha: float, dtype: torch.dtype,
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                multiplier: torch.Tensor) -> torch.Tensor:
-  """The reduction of `wan_jax.train.objective.masked_mse`, channels first: [B, C, F, H, W]."""
+  """The reduction of `wan_jax.train.step.objective.masked_mse`, channels first: [B, C, F, H, W]."""
   err = pred.float() - target
   w = weights[:, None].expand_as(err)
   weighted = (w * err.square()).flatten(1).sum(1)

@@ -20,7 +20,7 @@ the device allocator's peak for the whole process so far: run one case per proce
 per-case figure. Weights are random draws in their final dtype, one layer at a time, so a 14B
 expert never exists in fp32. The PyTorch side checkpoints every block whatever --plan says
 (diffusers has one policy), and none with --plan none. --plan auto runs the trainer's memory
-planner per case (wan_jax/train/memory_plan.py): the plan line is printed and reported.
+planner per case (wan_jax/train/step/memory_plan.py): the plan line is printed and reported.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ from wan_jax.model.attention import resolve_impl
 from wan_jax.model.remat import REMAT_PLANS
 from wan_jax.model.layers import matmul_precision
 from wan_jax.model.vae_config import wan21_vae
-from wan_jax.train import flops
-from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.mesh import make_mesh
-from wan_jax.train.optimizer import make_optimizer
-from wan_jax.train import memory_plan
-from wan_jax.train.random_weights import random_state
-from wan_jax.train.sharding import global_batch_from_local, streamed, tree_shardings
-from wan_jax.train.step import StepSettings, make_train_step, step_keys
+import flops
+from wan_jax.model.lora import FROZEN, LORA, add_lora
+from wan_jax.train.step.mesh import make_mesh
+from wan_jax.train.step.optimizer import make_optimizer
+from wan_jax.train.step import memory_plan
+from wan_jax.train.run.random_weights import random_state
+from wan_jax.train.step.sharding import global_batch_from_local, streamed, tree_shardings
+from wan_jax.train.step.train_step import StepSettings, make_train_step, step_keys
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the sibling scripts: forward (commit, memory), torch_reference

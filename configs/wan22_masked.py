@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from wan_jax.data.config import dataset_config
-from wan_jax.train.lora import DEFAULT_TARGETS
+from wan_jax.model.lora import DEFAULT_TARGETS
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:

@@ -72,9 +72,9 @@ def tiny_lora_step(tx, b_offset: float = 0.0):
   from flax import nnx
 
   import wan_jax
-  from wan_jax.train.lora import FROZEN, LORA, add_lora
-  from wan_jax.train.mesh import make_mesh
-  from wan_jax.train.step import StepSettings, make_train_step
+  from wan_jax.model.lora import FROZEN, LORA, add_lora
+  from wan_jax.train.step.mesh import make_mesh
+  from wan_jax.train.step.train_step import StepSettings, make_train_step
 
   model = wan_jax.WanTransformer(wan_jax.tiny(), rngs=nnx.Rngs(0))
   add_lora(model, 2, 2.0, seed=0)

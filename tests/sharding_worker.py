@@ -21,8 +21,8 @@ import optax
 from flax import nnx
 
 import wan_jax
-from wan_jax.train import mesh as mesh_lib
-from wan_jax.train import sharding
+from wan_jax.train.step import mesh as mesh_lib
+from wan_jax.train.step import sharding
 
 MESHES = {"data2_fsdp2_tensor2": (2, 2, 2), "data8": (8, 1, 1), "fsdp8": (1, 8, 1)}
 BATCH = 8  # divisible by data * fsdp of every mesh above
@@ -145,7 +145,7 @@ def grad_check() -> dict:
 def plan_checks() -> dict:
   """The memory planner's figures are per device: the compiled step's arguments and the idle
   expert's bytes shrink when the weights are sharded (fsdp8) and not when replicated (data8)."""
-  from wan_jax.train import memory_plan
+  from wan_jax.train.step import memory_plan
   cfg = wan_jax.tiny().replace(param_dtype="float32", compute_dtype="float32")
   graphdef, state = nnx.split(wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0)))
   loss = lambda st, *a: jnp.mean(forward(graphdef, st, *a) ** 2)

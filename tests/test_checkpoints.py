@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wan_jax.train import checkpoint_sizes
-from wan_jax.train.checkpointing import DAMAGED_DIR, Checkpoints, NoUsableCheckpoint
-from wan_jax.train.checksums import checksums
+from wan_jax.train.run import checkpoint_sizes
+from wan_jax.train.run.checkpointing import DAMAGED_DIR, Checkpoints, NoUsableCheckpoint
+from wan_jax.train.run.checksums import checksums
 
 from helpers import flip_bytes, largest_array_file
 
@@ -139,7 +139,7 @@ def test_with_every_checkpoint_damaged_one_line_names_the_folder_to_remove(tmp_p
 
 def test_fingerprints_of_an_offloaded_expert_are_taken_in_host_memory(monkeypatch):
   """An expert waiting in pinned host memory is summed there, with the device's arithmetic."""
-  from wan_jax.train import checksums as module
+  from wan_jax.train.run import checksums as module
   x = state(4)
   host = jax.tree.map(lambda a: jax.device_put(
       a, jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")), x)

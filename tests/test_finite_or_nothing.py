@@ -13,9 +13,9 @@ from flax import nnx
 from helpers import get_config, quiet, tiny_lora_step
 
 import wan_jax
-from wan_jax.train import export
-from wan_jax.train.lora import add_lora
-from wan_jax.train.trainer import TrainingStalled, train
+from wan_jax.weights import export
+from wan_jax.model.lora import add_lora
+from wan_jax.train.run.trainer import TrainingStalled, train
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 import wan_jax
-from wan_jax.train import flops
+import flops
 
 A14B = wan_jax.t2v_a14b()
 

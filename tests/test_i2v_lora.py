@@ -27,7 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import wan_jax
-from wan_jax.train import export, lora
+from wan_jax.weights import export
+from wan_jax.model import lora
 
 # Written out here, not taken from the code under test: the same ten block linears as T2V.
 NAMES = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",

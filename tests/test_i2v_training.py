@@ -27,8 +27,10 @@ from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny
 from wan_jax.model.vae import WanVAE, normalize_latents
 from wan_jax.model.vae_config import tiny_vae
 from wan_jax.tasks import IMAGE_TO_VIDEO
-from wan_jax.train import export, lora, models
-from wan_jax.train.trainer import train
+from wan_jax.weights import export
+from wan_jax.model import lora
+from wan_jax.train.run import loading
+from wan_jax.train.run.trainer import train
 from helpers import REPO, assert_quiet, get_config, launch
 
 
@@ -141,8 +143,8 @@ def test_a_checkpoint_of_the_other_task_is_refused_before_loading(diffusers_rele
   cfg.model.name_or_path = str(diffusers_release)  # a text-to-video release
   with pytest.raises(ValueError, match=r"trains image-to-video, but .* holds text-to-video "
                                        r"experts; set model.arch='wan22_t2v_a14b'"):
-    models.check_checkpoint_task(cfg)
-  assert models.task(cfg) is IMAGE_TO_VIDEO and cfg.model.boundary == 0.9
+    loading.check_checkpoint_task(cfg)
+  assert loading.task(cfg) is IMAGE_TO_VIDEO and cfg.model.boundary == 0.9
 
 
 @pytest.mark.slow

@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 
 import wan_jax
 from wan_jax.model.layers import Linear, LoRAParam
-from wan_jax.train import export, lora
+from wan_jax.weights import export
+from wan_jax.model import lora
 
 # Written out here, not taken from the code under test.
 NAMES = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 
-from wan_jax.train.lora_metadata import architecture, base_architecture, weights_metadata
+from wan_jax.train.outputs.lora_metadata import architecture, base_architecture, weights_metadata
 
 from helpers import get_config
 

@@ -16,10 +16,10 @@ from flax import nnx
 import wan_jax
 from wan_jax.model.remat import REMAT_PLANS, is_self_attention_kernel
 from wan_jax.model.vae_config import tiny_vae
-from wan_jax.train import memory_plan
-from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.memory_plan import GIB, Candidate, DoesNotFit, StepMemory
-from wan_jax.train.step import StepSettings, loss_and_grads, step_keys
+from wan_jax.train.step import memory_plan
+from wan_jax.model.lora import FROZEN, LORA, add_lora
+from wan_jax.train.step.memory_plan import GIB, Candidate, DoesNotFit, StepMemory
+from wan_jax.train.step.train_step import StepSettings, loss_and_grads, step_keys
 
 from helpers import tiny_batch
 
@@ -212,8 +212,8 @@ def test_streaming_candidates_come_last_and_follow_explicit_settings():
 def test_stream_weights_settings_are_checked_before_anything_loads():
   from helpers import get_config
 
-  from wan_jax.train.planned_step import explicit_settings
-  from wan_jax.train.validate import check_run_config
+  from wan_jax.train.run.planned_step import explicit_settings
+  from wan_jax.train.run.validate import check_run_config
 
   cfg = get_config()
   assert explicit_settings(cfg) == (None, None, None)
@@ -252,17 +252,17 @@ def test_explicit_settings_fix_their_part_of_the_plan():
 def tiny_run(tmp_path_factory):
   from helpers import get_config
 
-  from wan_jax.train import models
-  from wan_jax.train.mesh import make_mesh
-  from wan_jax.train.optimizer import make_optimizer
-  from wan_jax.train.run_data import build_data, prepare_datasets
+  from wan_jax.train.run import loading
+  from wan_jax.train.step.mesh import make_mesh
+  from wan_jax.train.step.optimizer import make_optimizer
+  from wan_jax.train.run.data_setup import build_data, prepare_datasets
 
   cfg = get_config()
   root = tmp_path_factory.mktemp("planned")
   cfg.cache.dir = str(root / "cache")
   prepare_datasets(cfg, root)
   mesh = make_mesh()
-  enc = models.encoders(cfg, root)
+  enc = loading.encoders(cfg, root)
   pipeline = build_data(cfg, root, enc, mesh, progress=False)
   vae = enc.vae_config
   settings = StepSettings("uniform", 1.0, 0.0, 1.0, True, tuple(vae.latents_mean),
@@ -277,7 +277,7 @@ def tiny(tmp_path_factory):
 
 
 def plan_with(tiny, gib: float | None = None, **train):
-  from wan_jax.train.planned_step import plan_train_step
+  from wan_jax.train.run.planned_step import plan_train_step
 
   cfg, tx, settings, mesh, pipeline, text_len = tiny
   cfg = cfg.copy_and_resolve_references()
@@ -314,9 +314,9 @@ def test_the_trainer_plans_by_the_compiled_step(tiny):
 def test_the_chosen_compile_trains_the_largest_bucket(tiny):
   """The step compiled while planning is the one that runs: a batch of the largest bucket
   trains without another compile; the image bucket compiles once on first use."""
-  from wan_jax.train.planned_step import abstract_expert
-  from wan_jax.train.random_weights import random_state
-  from wan_jax.train.run_data import global_batch
+  from wan_jax.train.run.planned_step import abstract_expert
+  from wan_jax.train.run.random_weights import random_state
+  from wan_jax.train.run.data_setup import global_batch
 
   cfg, tx, settings, mesh, pipeline, _ = tiny
   planned = plan_with(tiny, 1.0)
@@ -413,7 +413,7 @@ def test_the_trainer_streams_only_when_nothing_resident_fits(tiny):
   fixed = {"remat_policy": "offload_residual", "offload_inactive_expert": True}
   resident = plan_with(tiny, 1.0, stream_weights="False", **fixed).plan.estimate.step
   streamed = plan_with(tiny, 1.0, stream_weights="True", **fixed).plan.estimate.step
-  from wan_jax.train.planned_step import abstract_expert
+  from wan_jax.train.run.planned_step import abstract_expert
   cfg, tx, _, mesh, _, _ = tiny
   blocks = abstract_expert(cfg, "high", "offload_residual", tx, mesh, True).host_bytes()
   assert blocks > 0 and resident.arguments - streamed.arguments == blocks

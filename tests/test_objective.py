@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from wan_jax.train.experts import active_expert, active_expert_index
-from wan_jax.train.objective import masked_mse, noisy_latents
+from wan_jax.train.step.experts import active_expert, active_expert_index
+from wan_jax.train.step.objective import masked_mse, noisy_latents
 from wan_jax.model.flow_matching import expert_range
-from wan_jax.train.timesteps import METHODS, sample_timesteps
+from wan_jax.train.step.timesteps import METHODS, sample_timesteps
 
 N = 100_000
 KS_LIMIT = 1.95 / np.sqrt(N)  # Kolmogorov-Smirnov critical distance at alpha = 0.001

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from wan_jax.train.plot import loss_figure, save_loss_plot
+from wan_jax.train.outputs.plot import loss_figure, save_loss_plot
 
 
 def row(step: int, expert: str, loss: float, skipped: bool = False) -> dict:

@@ -14,8 +14,8 @@ from PIL import Image
 
 import wan_jax
 from wan_jax.model.vae_config import tiny_vae
-from wan_jax.train import media_out
-from wan_jax.train.preview import Guidance, flow_sigmas, render_previews, sample_latents
+from wan_jax.train.outputs import media_out
+from wan_jax.train.outputs.preview import Guidance, flow_sigmas, render_previews, sample_latents
 
 TEXT_DIM = wan_jax.tiny().text_dim
 SHAPE = (1, 2, 4, 4, 16)

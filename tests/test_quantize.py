@@ -101,9 +101,9 @@ def test_the_fp8_model_computes_with_its_dequantised_kernels():
 @pytest.mark.slow
 def test_a_tiny_fp8_run_trains_exports_loras_for_the_unquantised_base_and_resumes_exactly(
     tmp_path):
-  from wan_jax.train.export import load_lora, read_lora_config
-  from wan_jax.train.lora import add_lora, lora_state
-  from wan_jax.train.trainer import train
+  from wan_jax.weights.export import load_lora, read_lora_config
+  from wan_jax.model.lora import add_lora, lora_state
+  from wan_jax.train.run.trainer import train
 
   def config(steps: int):
     cfg = quiet(get_config(), steps)
@@ -138,8 +138,8 @@ def test_a_tiny_fp8_run_trains_exports_loras_for_the_unquantised_base_and_resume
 
 
 def test_quantize_settings_are_checked_and_a_run_resumes_only_on_its_own_base(tmp_path):
-  from wan_jax.train.resume import check_resume, resume_settings
-  from wan_jax.train.validate import check_run_config
+  from wan_jax.train.run.resume import check_resume, resume_settings
+  from wan_jax.train.run.validate import check_run_config
 
   cfg = get_config()
   saved = resume_settings(cfg)
@@ -166,8 +166,8 @@ def test_an_expert_quantised_on_load_is_built_in_host_memory_first(monkeypatch, 
   is checked is the choice.)"""
   import optax
 
-  from wan_jax.train import expert_states
-  from wan_jax.train.mesh import make_mesh
+  from wan_jax.train.run import expert_states
+  from wan_jax.train.step.mesh import make_mesh
   chosen = []
   real = expert_states._built_in_host_memory
   monkeypatch.setattr(expert_states, "_built_in_host_memory",

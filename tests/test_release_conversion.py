@@ -170,7 +170,7 @@ def test_training_from_a_converted_release(tmp_path, full_release):
   import importlib.util
 
   from wan_jax.data.demo import make_demo_dataset
-  from wan_jax.train.trainer import train
+  from wan_jax.train.run.trainer import train
   out = tmp_path / "converted"
   assert run_cli(full_release, out, "--num-heads", "4").returncode == 0
   spec = importlib.util.spec_from_file_location(

@@ -160,7 +160,7 @@ def test_a_workdir_with_brackets_is_refused_in_one_line_before_anything_is_writt
 def test_a_read_only_workdir_is_one_line(tmp_path, capsys, monkeypatch):
   """Once a traceback at .lock. As root every folder is writable, so there the kernel's answer
   to a read-only folder (EACCES) is given by os.open itself."""
-  from wan_jax.train import workdir_lock
+  from wan_jax.train.run import workdir_lock
 
   workdir = tmp_path / "run"
   workdir.mkdir()

@@ -22,8 +22,8 @@ from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
 import wan_jax
-from wan_jax.train import mesh as mesh_lib
-from wan_jax.train import sharding
+from wan_jax.train.step import mesh as mesh_lib
+from wan_jax.train.step import sharding
 
 from helpers import with_devices
 

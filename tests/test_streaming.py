@@ -15,10 +15,10 @@ from flax import nnx
 import wan_jax
 from wan_jax.model.streaming import fetch, in_host_memory
 from wan_jax.model.vae_config import tiny_vae
-from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.mesh import make_mesh
-from wan_jax.train.sharding import HOST, streamed, tree_shardings
-from wan_jax.train.step import StepSettings, loss_and_grads, make_train_step, step_keys
+from wan_jax.model.lora import FROZEN, LORA, add_lora
+from wan_jax.train.step.mesh import make_mesh
+from wan_jax.train.step.sharding import HOST, streamed, tree_shardings
+from wan_jax.train.step.train_step import StepSettings, loss_and_grads, make_train_step, step_keys
 
 from helpers import get_config, losses, quiet, tiny_batch
 
@@ -146,8 +146,8 @@ def kinds(tree) -> dict[str, set[str]]:
 
 @pytest.mark.slow
 def test_streamed_blocks_stay_in_host_memory_across_expert_switches():
-  from wan_jax.train.expert_states import Experts
-  from wan_jax.train.optimizer import make_optimizer
+  from wan_jax.train.run.expert_states import Experts
+  from wan_jax.train.step.optimizer import make_optimizer
 
   cfg = get_config()
   tx = make_optimizer(cfg.train, 10)
@@ -169,7 +169,7 @@ def test_a_streamed_run_trains_exactly_as_a_resident_one(tmp_path, capsys):
   files and preview with the block weights streamed, and the plan line says so."""
   from safetensors.numpy import load_file
 
-  from wan_jax.train.trainer import train
+  from wan_jax.train.run.trainer import train
 
   def run(name: str, stream: str):
     cfg = quiet(get_config(), 2)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from wan_jax.train.media_out import write_png, write_video
-from wan_jax.train.trackers import ExpertScalars, Trackers, preview_tag
-from wan_jax.train.validate import check_run_config
-from wan_jax.train.wandb_log import WandbUnavailable, open_wandb
+from wan_jax.train.outputs.media_out import write_png, write_video
+from wan_jax.train.outputs.trackers import ExpertScalars, Trackers, preview_tag
+from wan_jax.train.run.validate import check_run_config
+from wan_jax.train.outputs.wandb_log import WandbUnavailable, open_wandb
 
 from helpers import get_config
 

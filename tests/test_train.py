@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from wan_jax.data.config import dataset_config
-from wan_jax.train.trainer import train
+from wan_jax.train.run.trainer import train
 
 from helpers import (REPO, flip_bytes, get_config, launch, losses, on_demo_data, quiet,
                      tiny_lora_step)
@@ -163,7 +163,7 @@ def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path,
 
   from wan_jax.data.demo import make_demo_dataset
   make_demo_dataset(tmp_path / "data")
-  from wan_jax.train import expert_states
+  from wan_jax.train.run import expert_states
   train(config(False), tmp_path / "resident", progress=False)
   kinds, place = [], expert_states.place
   def recording_place(*args):
@@ -186,7 +186,7 @@ def test_offloading_the_idle_expert_changes_nothing_but_where_it_waits(tmp_path,
 
 @pytest.mark.slow
 def test_gradient_accumulation_applies_one_update_per_k_batches_and_the_schedule_warms_up():
-  from wan_jax.train.optimizer import learning_rate, make_optimizer
+  from wan_jax.train.step.optimizer import learning_rate, make_optimizer
   train_cfg = get_config().train
   train_cfg.grad_accum, train_cfg.steps, train_cfg.warmup_steps = 2, 20, 4
   train_cfg.lr_schedule = "cosine"
@@ -238,9 +238,9 @@ def test_resume_refuses_a_different_run_or_a_finished_one_and_continues_its_wand
 
 @pytest.mark.slow
 def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_path, monkeypatch):
-  from wan_jax.train import models
-  loaded, real = [], models.load_expert
-  monkeypatch.setattr(models, "load_expert",
+  from wan_jax.train.run import loading
+  loaded, real = [], loading.load_expert
+  monkeypatch.setattr(loading, "load_expert",
                       lambda cfg, e, *a: loaded.append(e) or real(cfg, e, *a))
   cfg = quiet(get_config(), 2)
   cfg.model.train_high_noise = False
@@ -254,7 +254,7 @@ def test_previews_of_a_one_expert_run_borrow_the_other_expert_as_released(tmp_pa
 def test_a_run_saved_before_a_dataset_key_existed_still_resumes(tmp_path):
   """Checkpoints keep the settings a resume must match; a key added since (trigger_word) counts
   as its default, so an upgrade does not strand a run, while a real change is still refused."""
-  from wan_jax.train.resume import check_resume, resume_settings
+  from wan_jax.train.run.resume import check_resume, resume_settings
   cfg = get_config()
   saved = resume_settings(cfg)
   for ds in saved["datasets"]:

@@ -20,9 +20,9 @@ import torch
 from flax import nnx
 
 import wan_jax
-from wan_jax.train import flops
-from wan_jax.train.lora import add_lora, count_lora_params
-from wan_jax.train.objective import masked_mse
+import flops
+from wan_jax.model.lora import add_lora, count_lora_params
+from wan_jax.train.step.objective import masked_mse
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 # The names for the ten linears per block, written out here.

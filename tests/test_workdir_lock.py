@@ -11,8 +11,8 @@ import pytest
 def test_one_run_per_workdir_and_a_dead_runs_lock_is_taken_over(tmp_path):
   from helpers import get_config
 
-  from wan_jax.train.trainer import train
-  from wan_jax.train.workdir_lock import WorkdirBusy, workdir_lock
+  from wan_jax.train.run.trainer import train
+  from wan_jax.train.run.workdir_lock import WorkdirBusy, workdir_lock
   (tmp_path / ".lock").write_text("pid 999999999 on gone-host, since 2020-01-01T00:00:00")
   with workdir_lock(tmp_path):  # a stale file from a dead run: taken over
     assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")

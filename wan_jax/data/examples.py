@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -116,6 +117,15 @@ def read_weights(item: Item, geo: Geometry, cfg: ml_collections.ConfigDict) -> n
     log.warning("skipping %s: mask %s is all black", item.media, item.mask or "(alpha)")
     raise SkipItem(f"all-black mask for {item.media}")
   return weights
+
+
+def read_start_image(path: Path, height: int, width: int) -> np.ndarray:
+  """A start image (image-to-video previews and sampling) as uint8 [height, width, 3], resized
+  and centre-cropped as training crops are."""
+  pixels, _ = read_image(Path(path))
+  crop = plan_crop(pixels.shape[1], pixels.shape[2], (height, width), np.random.default_rng(0),
+                   False, 0.0)
+  return apply_crop(pixels, crop, (height, width))[0]
 
 
 def is_masked(item: Item, cfg: ml_collections.ConfigDict) -> bool:

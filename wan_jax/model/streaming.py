@@ -1,7 +1,7 @@
 """Weights streamed from host memory: the layer scan brings each block's weights to the device.
 
 With `train.stream_weights`, the frozen block weights of the trained expert wait in pinned host
-memory (wan_jax/train/sharding.py `streamed`) and enter the compiled step there. Inside the
+memory (wan_jax/train/step/sharding.py `streamed`) and enter the compiled step there. Inside the
 scanned block, `fetch` copies that block's slice to the device before any of it is used. The
 block body runs under the checkpointing plan (remat.py), and the copy is part of the body, so
 the recomputation and the backward pass fetch the block again instead of keeping a device copy:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wan_jax.model.lora import add_lora
 from wan_jax.model.transformer import WanTransformer
-from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
-from wan_jax.train.export import load_lora, read_lora_config
-from wan_jax.train.lora import add_lora
-from wan_jax.train.lora_metadata import base_architecture
+from wan_jax.train.outputs.lora_metadata import base_architecture
+from wan_jax.train.step.experts import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.weights.export import load_lora, read_lora_config
 from wan_jax.weights.safetensors_reader import SafetensorsFile
 
 BY_NAME = {name: expert for expert, name in CHECKPOINT_NAMES.items()}  # "high_noise" -> HIGH

@@ -19,12 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wan_jax.data.examples import read_start_image
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.prompts import encode_tokens, tokenize
 from wan_jax.sampling.loras import apply_lora, check_made_for
-from wan_jax.train import models
-from wan_jax.train.experts import HIGH, LOW
-from wan_jax.train.preview import Guidance, render_previews
+from wan_jax.train.outputs.preview import Guidance, render_previews
+from wan_jax.train.run import loading
+from wan_jax.train.step.experts import HIGH, LOW
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Settings:
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def encode(prompts: Sequence[str], enc: models.Encoders) -> list[jax.Array]:
+def encode(prompts: Sequence[str], enc: loading.Encoders) -> list[jax.Array]:
   """[1, tokens, D] float32 per prompt, trimmed to its tokens (what the prompt cache holds)."""
   tokenizer, encoder = enc.load_text()
   ids, mask = tokenize(list(prompts), tokenizer, enc.text_len)
@@ -64,7 +65,7 @@ def load_dual(cfg: ml_collections.ConfigDict, loras: dict[str, Path]) -> DualWan
     check_made_for(path, str(cfg.model.arch))
   experts = {}
   for expert in (HIGH, LOW):
-    experts[expert] = models.load_expert(cfg, expert, remat="none")
+    experts[expert] = loading.load_expert(cfg, expert, remat="none")
     if expert in loras:
       apply_lora(experts[expert], loras[expert])
   return DualWanTransformer(experts[HIGH], experts[LOW], float(cfg.model.boundary))
@@ -76,7 +77,7 @@ def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequ
   """Renders each prompt to out_dir/sample_seed<seed>_<i>.mp4 (.png for one frame) and names
   prompts and settings in out_dir/sample_seed<seed>.txt. `images`: one start image per prompt
   for an image-to-video model, none for text-to-video."""
-  task = models.task(cfg)
+  task = loading.task(cfg)
   if task.needs_preview_images and len(images) != len(prompts):
     raise ValueError(f"{task.title} needs one start image per prompt: {len(prompts)} prompts, "
                      f"{len(images)} images")
@@ -87,13 +88,13 @@ def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequ
       raise FileNotFoundError(f"start image {image} does not exist")
   dual = load_dual(cfg, loras)
   with tempfile.TemporaryDirectory() as scratch:  # the tiny demo's tokenizer, written on use
-    enc = models.encoders(cfg, Path(scratch))
+    enc = loading.encoders(cfg, Path(scratch))
     contexts = encode([*prompts, settings.negative_prompt], enc)
   negative = contexts.pop()
   vae = enc.load_vae()
   s = settings
-  conditions = [task.preview_condition(vae, Path(image), s.height, s.width, s.num_frames)
-                for image in images] or None
+  conditions = [task.preview_condition(vae, read_start_image(Path(image), s.height, s.width),
+                                       s.num_frames) for image in images] or None
   out_dir.mkdir(parents=True, exist_ok=True)
   return render_previews(dual, vae, list(prompts), contexts, negative, out_dir, 0,
                          height=s.height, width=s.width, num_frames=s.num_frames,

@@ -12,7 +12,6 @@ A new task (first-last frame, the 5B TI2V) is one new file in this package and o
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -73,9 +72,11 @@ class Task:
   # Previews.
   needs_preview_images: bool = False
 
-  def preview_condition(self, vae: Any, image: Path | None, height: int, width: int,
+  def preview_condition(self, vae: Any, image: np.ndarray | None,
                         num_frames: int) -> jax.Array | None:
-    """The condition one preview samples with, [1, F', H/8, W/8, C] (None for text-to-video)."""
+    """The condition one preview samples with, [1, F', H/8, W/8, C] (None for text-to-video),
+    from its start image as uint8 pixels [H, W, 3] already at the preview's size (the caller
+    reads and crops it: wan_jax.data.examples.read_start_image)."""
     return None
 
   def empty_arrays(self, latent_grid: tuple[int, int, int]) -> dict[str, np.ndarray]:

@@ -18,7 +18,6 @@ boundary 0.900, sample shift 5.0, guidance (3.5, 3.5).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -55,19 +54,12 @@ class ImageToVideo(Task):
   def model_condition(self, batch: Mapping[str, jax.Array]) -> jax.Array:
     return batch[CONDITION]
 
-  def preview_condition(self, vae: Any, image: Path | None, height: int, width: int,
+  def preview_condition(self, vae: Any, image: np.ndarray | None,
                         num_frames: int) -> jax.Array:
-    from wan_jax.data.buckets import apply_crop, plan_crop
-    from wan_jax.data.media import read_image
-
     if image is None:
       raise ValueError("an image-to-video preview needs an image: set preview.images, one path "
                        "per prompt")
-    pixels, _ = read_image(Path(image))
-    crop = plan_crop(pixels.shape[1], pixels.shape[2], (height, width),
-                     np.random.default_rng(0), False, 0.0)
-    frame = apply_crop(pixels, crop, (height, width))
-    start = jnp.asarray(frame, jnp.float32) / 127.5 - 1.0
+    start = jnp.asarray(image, jnp.float32)[None] / 127.5 - 1.0
     return encode_condition(vae, start, num_frames)
 
 

@@ -4,9 +4,9 @@
 holds checkpoints resumes from the newest intact one: same weights, optimizer state, step,
 expert schedule and data position, so the losses continue exactly as without the interruption.
 
-This file is the loop, read top to bottom; the parts live beside it: run_setup.py (everything
-before the first step), run_data.py (data and caches), expert_states.py (each expert's state and
-placement), resume.py, outputs.py (metrics, LoRA files, previews, plot), run_summary.py. The
+This file is the loop, read top to bottom; the parts live beside it: setup.py (everything
+before the first step), data_setup.py (data and caches), expert_states.py (each expert's state and
+placement), resume.py, writer.py (metrics, LoRA files, previews, plot), summary.py. The
 task (text- or image-to-video, wan_jax/tasks) decides what a batch holds. Workdir layout:
 checkpoints/ (Orbax), lora/ (or weights/), previews/, metrics.jsonl, tensorboard/, wandb/ (when
 configured), loss.png, config.json (docs/training.md, "What a run writes").
@@ -25,17 +25,17 @@ import tqdm
 
 from wan_jax.files import writing
 from wan_jax.model.flow_matching import expert_range
-from wan_jax.train import models
-from wan_jax.train.experts import HIGH, LOW, active_expert
-from wan_jax.train.optimizer import learning_rate
-from wan_jax.train.resume import resume_settings
-from wan_jax.train.run_data import global_batch
-from wan_jax.train.run_setup import Run, set_up
-from wan_jax.train.run_summary import RunSummary, TrainingStalled
-from wan_jax.train.step import step_keys
-from wan_jax.train.stop import Interrupted, StopRequest
-from wan_jax.train.validate import check_run_config, check_workdir
-from wan_jax.train.workdir_lock import workdir_lock
+from wan_jax.train.run import loading
+from wan_jax.train.run.data_setup import global_batch
+from wan_jax.train.run.resume import resume_settings
+from wan_jax.train.run.setup import Run, set_up
+from wan_jax.train.run.stop import Interrupted, StopRequest
+from wan_jax.train.run.summary import RunSummary, TrainingStalled
+from wan_jax.train.run.validate import check_run_config, check_workdir
+from wan_jax.train.run.workdir_lock import workdir_lock
+from wan_jax.train.step.experts import HIGH, LOW, active_expert
+from wan_jax.train.step.optimizer import learning_rate
+from wan_jax.train.step.train_step import step_keys
 
 log = logging.getLogger(__name__)
 __all__ = ["Interrupted", "TrainingStalled", "train"]
@@ -49,7 +49,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
   `Interrupted` is raised (stop.py); the same call resumes.
   """
   check_run_config(cfg)  # before anything is written or loaded
-  models.check_arch(cfg)
+  loading.check_arch(cfg)
   workdir = Path(workdir).absolute()
   check_workdir(workdir)
   with writing(f"the run folder {workdir}"):

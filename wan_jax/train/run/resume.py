@@ -10,8 +10,8 @@ from typing import Any
 import ml_collections
 
 from wan_jax.data.config import dataset_config
-from wan_jax.train.checkpointing import Checkpoints
-from wan_jax.train.expert_states import Experts
+from wan_jax.train.run.checkpointing import Checkpoints
+from wan_jax.train.run.expert_states import Experts
 
 # A resume with other values would silently continue a different run (another data order, LoRA
 # shape or expert schedule), so it is refused.

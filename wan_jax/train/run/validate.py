@@ -15,13 +15,13 @@ import ml_collections
 from wan_jax.data.config import resolutions
 from wan_jax.data.media import IMAGE_EXTS, MediaError, is_image, probe
 from wan_jax.model.config import ATTENTION_IMPLS
+from wan_jax.model.lora import resolve_targets
 from wan_jax.model.quantize import QUANTIZE
 from wan_jax.model.remat import REMAT_PLANS
 from wan_jax.tasks import Task
-from wan_jax.train.lora import resolve_targets
-from wan_jax.train.optimizer import SCHEDULES
-from wan_jax.train.timesteps import METHODS
-from wan_jax.train.wandb_log import check_available
+from wan_jax.train.outputs.wandb_log import check_available
+from wan_jax.train.step.optimizer import SCHEDULES
+from wan_jax.train.step.timesteps import METHODS
 
 
 def _number(cfg: ml_collections.ConfigDict, key: str) -> float:

@@ -25,11 +25,15 @@ from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny, umt5_xxl
 from wan_jax.model.vae import WanVAE
 from wan_jax.model.vae_config import VAEConfig, tiny_vae, wan21_vae
 from wan_jax.tasks import TASKS, Task
-from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
-from wan_jax.train.random_weights import random_module
+from wan_jax.train.run.random_weights import random_module
+from wan_jax.train.step.experts import CHECKPOINT_NAMES, HIGH, LOW
 from wan_jax.weights.load import expert_arch, load_transformer, task_of
-from wan_jax.weights.load_encoders import (component_location, load_text_encoder, load_tokenizer,
-                                           load_vae)
+from wan_jax.weights.load_encoders import (
+  component_location,
+  load_text_encoder,
+  load_tokenizer,
+  load_vae,
+)
 
 # model.arch -> (task, the expert's sizes for random or tiny weights). "tiny*" are the CPU demos.
 ARCHS = {"wan22_t2v_a14b": ("t2v", t2v_a14b), "wan22_i2v_a14b": ("i2v", i2v_a14b),

@@ -18,9 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wan_jax.model.quantize import GROUP, is_fp8
-from wan_jax.train.sharding import LAYER_AXIS_PARENTS, path_names
-
-
+from wan_jax.train.step.sharding import LAYER_AXIS_PARENTS, path_names
 
 
 def init_rule(path: tuple[str, ...], shape: tuple[int, ...], stacked: bool) -> tuple[float, float]:

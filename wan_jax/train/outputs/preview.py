@@ -37,7 +37,7 @@ from wan_jax.model import flow_matching
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
 from wan_jax.model.vae import WanVAE, decode_latents
-from wan_jax.train import media_out
+from wan_jax.train.outputs import media_out
 
 F32 = jnp.float32
 PATCH = 2  # the transformer's spatial patch on the latent grid

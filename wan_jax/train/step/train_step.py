@@ -20,10 +20,16 @@ from flax import nnx
 
 from wan_jax.model.vae import normalize_latents, sample_posterior
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
-from wan_jax.train.objective import masked_mse, noisy_latents
-from wan_jax.train.sharding import (MIN_SHARD_SIZE, batch_sharding, replicated, streamed,
-                                    tree_shardings)
-from wan_jax.train.timesteps import sample_timesteps
+from wan_jax.train.step.objective import masked_mse, noisy_latents
+from wan_jax.train.step.sharding import (
+  MIN_SHARD_SIZE,
+  batch_sharding,
+  replicated,
+  streamed,
+  tree_shardings,
+)
+from wan_jax.train.step.timesteps import sample_timesteps
+
 
 @dataclasses.dataclass(frozen=True)
 class StepSettings:

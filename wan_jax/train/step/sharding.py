@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wan_jax.train.mesh import batch_axes
+from wan_jax.train.step.mesh import batch_axes
 
 MeshLike = Mesh | AbstractMesh
 

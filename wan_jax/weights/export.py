@@ -25,14 +25,14 @@ import numpy as np
 from flax import nnx
 
 from wan_jax.files import atomic_path
-from wan_jax.model.transformer import WanTransformer
-from wan_jax.train.lora import (
+from wan_jax.model.lora import (
   DEFAULT_TARGETS,
   FROZEN,
   block_linear,
   lora_settings,
   merged_kernel,
 )
+from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights.convert import numpy_dtype
 from wan_jax.weights.safetensors_reader import DTYPES, SafetensorsFile
 from wan_jax.weights.transformer_keys import parameter_map

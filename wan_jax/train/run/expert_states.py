@@ -13,11 +13,17 @@ import ml_collections
 import optax
 from flax import nnx
 
-from wan_jax.train import models
-from wan_jax.train.checkpointing import abstract_like
-from wan_jax.train.experts import HIGH
-from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.sharding import DEVICE, HOST, shard_state, streamed, tree_shardings
+from wan_jax.model.lora import FROZEN, LORA, add_lora
+from wan_jax.train.run import loading
+from wan_jax.train.run.checkpointing import abstract_like
+from wan_jax.train.step.experts import HIGH
+from wan_jax.train.step.sharding import (
+  DEVICE,
+  HOST,
+  shard_state,
+  streamed,
+  tree_shardings,
+)
 
 
 @dataclasses.dataclass
@@ -70,7 +76,7 @@ def build_expert_state(cfg: ml_collections.ConfigDict, expert: str,
   wait in pinned host memory whatever `memory_kind` says for the rest."""
   quantized = str(cfg.model.quantize) != "none"  # loaded whole, then quantised (load.py)
   with _built_in_host_memory(stream or memory_kind == HOST or quantized):
-    model = models.load_expert(cfg, expert, remat)
+    model = loading.load_expert(cfg, expert, remat)
     if cfg.lora.enabled:
       add_lora(model, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets),
                seed=cfg.seed + (0 if expert == HIGH else 1))

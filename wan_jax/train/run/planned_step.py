@@ -21,13 +21,14 @@ from flax import nnx
 
 from wan_jax.data.pipeline import Pipeline
 from wan_jax.data.weight_maps import latent_frames
+from wan_jax.model.lora import FROZEN, LORA, add_lora
 from wan_jax.model.transformer import WanTransformer
-from wan_jax.train import memory_plan, models
-from wan_jax.train.lora import FROZEN, LORA, add_lora
-from wan_jax.train.sharding import batch_sharding, streamed, tree_shardings
-from wan_jax.train.validate import auto_or_bool
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
-from wan_jax.train.step import StepSettings, make_train_step, step_keys
+from wan_jax.train.run import loading
+from wan_jax.train.run.validate import auto_or_bool
+from wan_jax.train.step import memory_plan
+from wan_jax.train.step.sharding import batch_sharding, streamed, tree_shardings
+from wan_jax.train.step.train_step import StepSettings, make_train_step, step_keys
 
 log = logging.getLogger(__name__)
 LATENT_CHANNELS = 16
@@ -110,7 +111,7 @@ def _with_shardings(tree: Any, mesh, min_size: int) -> Any:
 
 def abstract_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str, tx,
                     mesh: jax.sharding.Mesh, stream: bool = False) -> AbstractExpert:
-  model_cfg = models.expert_config(cfg, expert, remat)
+  model_cfg = loading.expert_config(cfg, expert, remat)
 
   def build() -> WanTransformer:
     model = WanTransformer(model_cfg, rngs=nnx.Rngs(0))
@@ -209,7 +210,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
     if "offload_residual" in plan_remat:  # each block's fp32 input, per device, in host memory
       lat = batch["latent_mean"]
       rows, frames, height, width, _ = lat.sharding.shard_shape(lat.shape)
-      cfg_m = models.expert_config(cfg, names[0], plan_remat)
+      cfg_m = loading.expert_config(cfg, names[0], plan_remat)
       pt, ph, pw = cfg_m.patch_size
       tokens = (frames // pt) * (height // ph) * (width // pw)
       residuals = cfg_m.num_layers * rows * tokens * cfg_m.dim * 4
@@ -256,7 +257,7 @@ def _fp8_saving(cfg: ml_collections.ConfigDict, names: tuple[str, ...],
   fp8 = abstract_expert(quantized, names[0], candidate.remat, tx, mesh, candidate.stream)
   saving = memory_plan.device_bytes(bf16.frozen) - memory_plan.device_bytes(fp8.frozen)
   stored = [x for x in jax.tree.leaves(fp8.frozen) if x.dtype == jnp.float8_e4m3fn]
-  layers = models.expert_config(cfg, names[0], candidate.remat).num_layers
+  layers = loading.expert_config(cfg, names[0], candidate.remat).num_layers
   compute = jnp.dtype(cfg.model.dtype).itemsize
   saving -= sum(x.size for x in stored) // layers * compute  # one block, dequantised
   if idle:  # the idle expert's bytes on the device (0 when it waits in host memory)

@@ -17,19 +17,20 @@ import ml_collections
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from wan_jax.data.examples import read_start_image
 from wan_jax.data.pipeline import Pipeline
 from wan_jax.files import stray_temporaries, writing
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.flow_matching import threshold
-from wan_jax.train import models
-from wan_jax.train.expert_states import Experts
-from wan_jax.train.experts import CHECKPOINT_NAMES, HIGH, LOW
-from wan_jax.train.export import save_full, save_lora
-from wan_jax.train.lora_metadata import weights_metadata
-from wan_jax.train.metrics_log import MetricsLog
-from wan_jax.train.plot import save_loss_plot
-from wan_jax.train.preview import Guidance, render_previews
-from wan_jax.train.trackers import Trackers
+from wan_jax.train.outputs.lora_metadata import weights_metadata
+from wan_jax.train.outputs.metrics_log import MetricsLog
+from wan_jax.train.outputs.plot import save_loss_plot
+from wan_jax.train.outputs.preview import Guidance, render_previews
+from wan_jax.train.outputs.trackers import Trackers
+from wan_jax.train.run import loading
+from wan_jax.train.run.expert_states import Experts
+from wan_jax.train.step.experts import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.weights.export import save_full, save_lora
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 class Outputs:
   """Files users take away, written by process 0 only."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path, enc: loading.Encoders,
                pipeline: Pipeline, progress: bool = False):
     self.cfg, self.workdir, self.enc, self.pipeline = cfg, workdir, enc, pipeline
     self.main = jax.process_index() == 0
@@ -113,10 +114,10 @@ class Outputs:
     plan = self.pipeline.cache_plan
     contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
     negative = jnp.asarray(plan.prompt(cfg.negative_prompt))[None]
-    task = models.task(self.cfg)  # image-to-video: each prompt's image, encoded
+    task = loading.task(self.cfg)  # image-to-video: each prompt's image, encoded
     images = list(cfg.get("images", [])) if task.needs_preview_images else []
-    conditions = [task.preview_condition(vae, Path(image), cfg.height, cfg.width, cfg.num_frames)
-                  for image in images] or None
+    conditions = [task.preview_condition(vae, read_start_image(Path(image), cfg.height, cfg.width),
+                                         cfg.num_frames) for image in images] or None
     with contextlib.ExitStack() as stack:
       out_dir = (self.workdir / "previews" if self.main else
                  Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -151,7 +152,7 @@ class Outputs:
       (trained, model), = models_by_name.items()
       idle = LOW if trained == HIGH else HIGH
       try:
-        models_by_name[idle] = models.load_expert(self.cfg, idle)
+        models_by_name[idle] = loading.load_expert(self.cfg, idle)
       except (ValueError, OSError) as e:  # e.g. a checkpoint converted with one expert only
         log.warning("previews use the trained %s-noise expert for every step: the %s-noise "
                     "expert could not be loaded (%s)", trained, idle, e)

@@ -12,12 +12,16 @@ import ml_collections
 import numpy as np
 
 from wan_jax.data.config import resolutions
-from wan_jax.data.demo import (DEMO_CLIP_SIZE, make_clip_dataset, make_demo_dataset,
-                               make_preview_image)
+from wan_jax.data.demo import (
+  DEMO_CLIP_SIZE,
+  make_clip_dataset,
+  make_demo_dataset,
+  make_preview_image,
+)
 from wan_jax.data.pipeline import Pipeline, build_pipeline
 from wan_jax.tasks.i2v_images import image_training
-from wan_jax.train import models
-from wan_jax.train.sharding import global_batch_from_local
+from wan_jax.train.run import loading
+from wan_jax.train.step.sharding import global_batch_from_local
 
 
 def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -25,18 +29,18 @@ def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
   clips only for image-to-video), and previews an image-to-video model from a generated image;
   random real-size models on generated clips at the data set's largest resolution and frame
   count."""
-  if not models.is_tiny(cfg) and not models.random_weights(cfg):
+  if not loading.is_tiny(cfg) and not loading.random_weights(cfg):
     return
-  task = models.task(cfg)
+  task = loading.task(cfg)
   if task.needs_preview_images and cfg.preview.every and not list(cfg.preview.images):
     cfg.preview.images = [str(make_preview_image(workdir / "demo_data", cfg.preview.width,
                                                  cfg.preview.height))] * len(cfg.preview.prompts)
   for ds in cfg.datasets:
     if ds.folder_path:
       continue
-    if not models.random_weights(cfg) and not task.pixel_arrays:
+    if not loading.random_weights(cfg) and not task.pixel_arrays:
       media, masks = make_demo_dataset(workdir / "demo_data")
-    elif not models.random_weights(cfg):  # clips whose first frame conditions the rest
+    elif not loading.random_weights(cfg):  # clips whose first frame conditions the rest
       media, masks = make_clip_dataset(workdir / "demo_data", *DEMO_CLIP_SIZE,
                                        max(int(ds.num_frames), 5), clips=3)
     else:
@@ -46,18 +50,18 @@ def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     ds.folder_path, ds.mask_path = str(media), str(masks)
 
 
-def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: models.Encoders,
+def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: loading.Encoders,
                mesh: jax.sharding.Mesh, progress: bool) -> Pipeline:
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if cfg.train.batch_size % shards:
     raise ValueError(f"train.batch_size {cfg.train.batch_size} must be a multiple of the mesh's "
                      f"data x fsdp = {shards}")
   extra = [*cfg.preview.prompts, cfg.preview.negative_prompt] if cfg.preview.every else []
-  task = models.task(cfg)
+  task = loading.task(cfg)
   return build_pipeline(list(cfg.datasets), cfg.train.batch_size, cfg.seed,
                         num_workers=cfg.data.num_workers, task=task,
                         images=image_training(cfg, bool(task.pixel_arrays)),
-                        caches=models.cache_settings(cfg, enc), load_vae=enc.load_vae,
+                        caches=loading.cache_settings(cfg, enc), load_vae=enc.load_vae,
                         load_text=enc.load_text, extra_prompts=extra, progress=progress)
 
 

@@ -27,8 +27,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from wan_jax.files import writing
-from wan_jax.train import checkpoint_sizes
-from wan_jax.train.checksums import checksums, mismatches
+from wan_jax.train.run import checkpoint_sizes
+from wan_jax.train.run.checksums import checksums, mismatches
 
 STATE, META, DATA = "state", "meta", "data"
 DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/, so Orbax never lists them as steps

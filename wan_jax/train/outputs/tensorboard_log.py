@@ -62,7 +62,9 @@ class TensorBoardLog:
 
   def _open(self, step: int):
     if self._writer is None:
-      from tensorboardX import SummaryWriter  # imported when used: it pulls in torch if present
+      from tensorboardX import (
+        SummaryWriter,  # imported when used: it pulls in torch if present
+      )
       self.logdir.mkdir(parents=True, exist_ok=True)
       # The name's time has whole seconds: the suffix keeps two runs of one second apart, and
       # in order (the viewer reads the files sorted by name).

@@ -17,19 +17,19 @@ from wan_jax.data.pipeline import Pipeline
 from wan_jax.files import atomic_path, writing
 from wan_jax.tasks import Task
 from wan_jax.tasks.i2v_images import image_training
-from wan_jax.train import models
-from wan_jax.train.checkpointing import Checkpoints
-from wan_jax.train.expert_states import Experts
-from wan_jax.train.experts import HIGH, LOW, batches_per_expert
-from wan_jax.train.mesh import make_mesh
-from wan_jax.train.optimizer import make_optimizer
-from wan_jax.train.outputs import Outputs
-from wan_jax.train.planned_step import PlannedStep, plan_train_step
-from wan_jax.train.resume import check_resume, restore
-from wan_jax.train.run_data import build_data, prepare_datasets
-from wan_jax.train.run_summary import RunSummary
-from wan_jax.train.step import StepSettings
-from wan_jax.train.validate import check_preview_images
+from wan_jax.train.run import loading
+from wan_jax.train.run.checkpointing import Checkpoints
+from wan_jax.train.run.data_setup import build_data, prepare_datasets
+from wan_jax.train.run.expert_states import Experts
+from wan_jax.train.run.planned_step import PlannedStep, plan_train_step
+from wan_jax.train.run.resume import check_resume, restore
+from wan_jax.train.run.summary import RunSummary
+from wan_jax.train.run.validate import check_preview_images
+from wan_jax.train.run.writer import Outputs
+from wan_jax.train.step.experts import HIGH, LOW, batches_per_expert
+from wan_jax.train.step.mesh import make_mesh
+from wan_jax.train.step.optimizer import make_optimizer
+from wan_jax.train.step.train_step import StepSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Run:
   task: Task
   names: tuple[str, ...]  # the trained experts
   mesh: jax.sharding.Mesh
-  enc: models.Encoders | None
+  enc: loading.Encoders | None
   pipeline: Pipeline | None
   summary: RunSummary
   ckpt: Checkpoints | None = None  # None: --cache_only stops after the caches
@@ -66,10 +66,10 @@ class Run:
 
 def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
            progress: bool) -> Run:
-  models.check_arch(cfg)
-  models.check_checkpoint_task(cfg)
-  task = models.task(cfg)
-  names = models.trained_experts(cfg)
+  loading.check_arch(cfg)
+  loading.check_checkpoint_task(cfg)
+  task = loading.task(cfg)
+  names = loading.trained_experts(cfg)
   if jax.process_count() > 1 and not cfg.lora.enabled and cfg.save.every:
     raise ValueError("exporting a full fine-tune from a multi-host run is not supported yet: set "
                      "save.every=0 and export from the Orbax checkpoint on one host")
@@ -98,7 +98,7 @@ def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
     found = None if run.ckpt is None else run.ckpt.newest_meta()
     if found is not None:
       check_resume(found[1].get("settings"), cfg, int(found[1]["step"]), workdir)
-    run.enc = models.encoders(cfg, workdir)
+    run.enc = loading.encoders(cfg, workdir)
     with writing("the latent and prompt caches"):
       run.pipeline = build_data(cfg, workdir, run.enc, mesh, progress)
     print(f"data:\n  {run.pipeline.summary()}", flush=True)

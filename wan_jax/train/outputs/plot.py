@@ -20,8 +20,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wan_jax.files import atomic_path
-from wan_jax.train.trackers import (AVERAGE_WINDOW, ExpertScalars, applied, expert_label,
-                                    latest_rows)
+from wan_jax.train.outputs.trackers import (
+  AVERAGE_WINDOW,
+  ExpertScalars,
+  applied,
+  expert_label,
+  latest_rows,
+)
 
 EXPERT_ORDER = ("high_noise", "low_noise")
 RAW, AVERAGE, LR, SKIPPED = "#7aa6e0", "#17468f", "#888888", "#d62728"
