@@ -205,8 +205,9 @@ def optimizer_config() -> ml_collections.ConfigDict:
 
 def step_settings() -> StepSettings:
   vae = wan21_vae()
-  return StepSettings("shift", 5.0, 0.0, 1.0, True, tuple(vae.latents_mean),
-                      tuple(vae.latents_std))
+  return StepSettings(sampling="shift", shift=5.0, logit_mean=0.0, logit_std=1.0,
+                      sample_posterior=True, latents_mean=tuple(vae.latents_mean),
+                      latents_std=tuple(vae.latents_std))
 
 
 def progress(side: str, case: str, r: dict[str, Any]) -> None:

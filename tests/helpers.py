@@ -81,7 +81,8 @@ def tiny_lora_step(tx, b_offset: float = 0.0):
   graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
   trainable = jax.tree.map(lambda x: x + b_offset, trainable)
   opt_state = tx.init(trainable)
-  settings = StepSettings("uniform", 1.0, 0.0, 1.0, False, (0.0,) * 16, (1.0,) * 16)
+  settings = StepSettings(sampling="uniform", shift=1.0, logit_mean=0.0, logit_std=1.0,
+                          sample_posterior=False, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)
   step = make_train_step(graphdef, tx, settings, make_mesh(), trainable, opt_state, frozen)
   batch = {"latent_mean": jnp.ones((1, 2, 4, 6, 16)), "latent_logvar": jnp.zeros((1, 2, 4, 6, 16)),
            "weights": jnp.ones((1, 2, 4, 6)), "context": jnp.ones((1, 24, 48)),

@@ -31,8 +31,9 @@ def step_result(plan: str) -> tuple[float, list[np.ndarray]]:
   add_lora(model, 4, 8.0, seed=0)
   graphdef, trainable, frozen = nnx.split(model, LORA, FROZEN)
   vae = tiny_vae()
-  settings = StepSettings("uniform", 1.0, 0.0, 1.0, True, tuple(vae.latents_mean),
-                          tuple(vae.latents_std))
+  settings = StepSettings(sampling="uniform", shift=1.0, logit_mean=0.0, logit_std=1.0,
+                          sample_posterior=True, latents_mean=tuple(vae.latents_mean),
+                          latents_std=tuple(vae.latents_std))
   fn = jax.jit(lambda tr, fr, b, k: loss_and_grads(graphdef, tr, fr, b, k, jnp.float32(0.0),
                                                    jnp.float32(1000.0), settings))
   loss, _, grads = fn(trainable, frozen, tiny_batch(), step_keys(0, 3))
@@ -260,13 +261,14 @@ def tiny_run(tmp_path_factory):
   cfg = get_config()
   root = tmp_path_factory.mktemp("planned")
   cfg.cache.dir = str(root / "cache")
-  prepare_datasets(cfg, root)
+  cfg = prepare_datasets(cfg, root)
   mesh = make_mesh()
   enc = loading.encoders(cfg, root)
   pipeline = build_data(cfg, root, enc, mesh, progress=False)
   vae = enc.vae_config
-  settings = StepSettings("uniform", 1.0, 0.0, 1.0, True, tuple(vae.latents_mean),
-                          tuple(vae.latents_std))
+  settings = StepSettings(sampling="uniform", shift=1.0, logit_mean=0.0, logit_std=1.0,
+                          sample_posterior=True, latents_mean=tuple(vae.latents_mean),
+                          latents_std=tuple(vae.latents_std))
   tx = make_optimizer(cfg.train, 10)
   return cfg, tx, settings, mesh, pipeline, enc.text_len
 

@@ -54,6 +54,14 @@ def test_every_way_out_of_a_run_is_its_last_line_with_nothing_left_open(tmp_path
       in finished.stderr
   assert sorted(p.name for p in (tmp_path / "run/lora").iterdir()) == [
       "demo_lora_000002_high_noise.safetensors", "demo_lora_high_noise.safetensors"]
+  # The same command again: the run is done; it says so and writes nothing (it once exported
+  # the files and rendered previews again). Only the workdir's lock file is touched.
+  before = _tree(tmp_path / "run")
+  again = launch(*tiny(tmp_path, "run", 4, "--config.checkpoint.every=2", "--config.save.every=2"))
+  assert_quiet(again, 0)
+  assert f"the run in {tmp_path / 'run'} is done: its checkpoint at step 4 is the final one" in (
+      again.stdout)
+  assert "trained 4 steps" not in again.stdout and _tree(tmp_path / "run") == before
   refused = launch(*tiny(tmp_path, "run", 6, "--config.seed=1"))  # a resume of another run
   assert_quiet(refused, 2)
   assert "was trained with other settings for seed" in refused.stderr
@@ -82,6 +90,12 @@ def test_every_way_out_of_a_run_is_its_last_line_with_nothing_left_open(tmp_path
   assert_quiet(resumed, 0)
   assert "is missing): moved to" in resumed.stderr
   assert "trained 8 steps (resumed from step 4)" in resumed.stdout
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+  """Every file under `root` but the lock: (size, mtime in ns)."""
+  return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def _stop_when(process: subprocess.Popen, metrics: Path, rows: int, signals: list[int],

@@ -27,8 +27,9 @@ PLANS = ("full", "save_attention", "offload_residual", "save_attention+offload_r
 
 def settings() -> StepSettings:
   vae = tiny_vae()
-  return StepSettings("uniform", 1.0, 0.0, 1.0, True, tuple(vae.latents_mean),
-                      tuple(vae.latents_std))
+  return StepSettings(sampling="uniform", shift=1.0, logit_mean=0.0, logit_std=1.0,
+                      sample_posterior=True, latents_mean=tuple(vae.latents_mean),
+                      latents_std=tuple(vae.latents_std))
 
 
 def split(plan: str):

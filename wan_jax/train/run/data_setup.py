@@ -3,6 +3,7 @@ each batch as global arrays on the mesh."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Iterable
@@ -24,13 +25,15 @@ from wan_jax.train.run import loading
 from wan_jax.train.step.sharding import global_batch_from_local
 
 
-def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
-  """The tiny demo trains on a generated data set unless a folder was given (images and a clip;
-  clips only for image-to-video), and previews an image-to-video model from a generated image;
-  random real-size models on generated clips at the data set's largest resolution and frame
-  count."""
+def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+  """The run's config with generated data where it names none (a copy: the caller's config is
+  never written to). The tiny demo trains on a generated data set unless a folder was given
+  (images and a clip; clips only for image-to-video), and previews an image-to-video model from
+  a generated image; random real-size models on generated clips at the data set's largest
+  resolution and frame count."""
   if not loading.is_tiny(cfg) and not loading.random_weights(cfg):
-    return
+    return cfg
+  cfg = copy.deepcopy(cfg)
   task = loading.task(cfg)
   if task.needs_preview_images and cfg.preview.every and not list(cfg.preview.images):
     cfg.preview.images = [str(make_preview_image(workdir / "demo_data", cfg.preview.width,
@@ -48,6 +51,7 @@ def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
       width, height = 16 * math.ceil(side * 4 / 3 / 16), 16 * math.ceil(side * 3 / 4 / 16)
       media, masks = make_clip_dataset(workdir / "demo_data", width, height, int(ds.num_frames))
     ds.folder_path, ds.mask_path = str(media), str(masks)
+  return cfg
 
 
 def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: loading.Encoders,

@@ -25,7 +25,7 @@ from wan_jax.train.run.planned_step import PlannedStep, plan_train_step
 from wan_jax.train.run.resume import check_resume, restore
 from wan_jax.train.run.summary import RunSummary
 from wan_jax.train.run.validate import check_preview_images
-from wan_jax.train.run.writer import Outputs
+from wan_jax.train.run.writer import Outputs, exports_weight_files
 from wan_jax.train.step.experts import HIGH, LOW, batches_per_expert
 from wan_jax.train.step.mesh import make_mesh
 from wan_jax.train.step.optimizer import make_optimizer
@@ -51,6 +51,7 @@ class Run:
   iterator: Iterator[dict[str, Any]] | None = None
   start: int = 0  # the first step to run (a resumed run's checkpoint step)
   outputs: Outputs | None = None  # opened before the weights load: a W&B refusal costs nothing
+  finished: int | None = None  # the workdir's run is done: the step of its final checkpoint
 
   def close(self) -> None:
     """Closes the outputs and the checkpoints on a failure (the first error is the one to
@@ -70,9 +71,11 @@ def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
   loading.check_checkpoint_task(cfg)
   task = loading.task(cfg)
   names = loading.trained_experts(cfg)
-  if jax.process_count() > 1 and not cfg.lora.enabled and cfg.save.every:
-    raise ValueError("exporting a full fine-tune from a multi-host run is not supported yet: set "
-                     "save.every=0 and export from the Orbax checkpoint on one host")
+  if not exports_weight_files(cfg, jax.process_count()):
+    log.warning("a full fine-tune on %d processes writes no weight files (save.every and the "
+                "final export are skipped: each expert is too big to gather onto one host); its "
+                "weights are in the Orbax checkpoints under %s", jax.process_count(),
+                workdir / "checkpoints")
   idle = [n for n, count in batches_per_expert(int(cfg.train.steps), HIGH in names, LOW in names,
                                                 int(cfg.train.switch_boundary_every)).items()
           if n in names and count == 0]
@@ -83,7 +86,7 @@ def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
                 int(cfg.train.switch_boundary_every), idle[0], idle[0])
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   with writing(f"the generated demo data under {workdir / 'demo_data'}"):
-    prepare_datasets(cfg, workdir)  # the demo's generated folders are part of what a resume checks
+    cfg = prepare_datasets(cfg, workdir)  # the demo's folders are part of what a resume checks
   check_preview_images(cfg, task)
   image_training(cfg, bool(task.pixel_arrays))  # its settings refused here, before anything loads
   run = Run(cfg, workdir, task, names, mesh, None, None,
@@ -98,6 +101,10 @@ def set_up(cfg: ml_collections.ConfigDict, workdir: Path, cache_only: bool,
     found = None if run.ckpt is None else run.ckpt.newest_meta()
     if found is not None:
       check_resume(found[1].get("settings"), cfg, int(found[1]["step"]), workdir)
+      if int(found[1]["step"]) >= int(cfg.train.steps) and not cache_only:
+        run.finished = int(found[1]["step"])  # done: nothing to train, export or render again
+        run.summary.resume(found[1])
+        return run
     run.enc = loading.encoders(cfg, workdir)
     with writing("the latent and prompt caches"):
       run.pipeline = build_data(cfg, workdir, run.enc, mesh, progress)
@@ -131,11 +138,7 @@ def _prepare_training(run: Run, found: tuple[int, dict] | None, progress: bool) 
   run.horizon = max(batches_per_expert(int(cfg.train.steps), HIGH in names, LOW in names,
                                        int(cfg.train.switch_boundary_every)).values())
   tx = make_optimizer(cfg.train, run.horizon)
-  vae = run.enc.vae_config
-  settings = StepSettings(cfg.train.timestep_sampling, float(cfg.train.shift),
-                          float(cfg.train.logit_mean), float(cfg.train.logit_std),
-                          bool(cfg.train.sample_posterior), tuple(vae.latents_mean),
-                          tuple(vae.latents_std), run.task)
+  settings = StepSettings.from_config(cfg.train, run.enc.vae_config, run.task)
   # Before any big weights load: how the run fits the device, and its compiled step.
   run.planned = plan_train_step(cfg, names, tx, settings, mesh, run.pipeline, run.enc.text_len,
                                 progress)

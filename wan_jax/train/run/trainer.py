@@ -60,7 +60,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     if cache_only:
       print(f"caches are complete under {run.pipeline.cache_plan.store.root}", flush=True)
       return run.summary
+    if run.finished is not None:
+      return _already_done(run)
     return _loop(run, progress, stop)
+
+
+def _already_done(run: Run) -> RunSummary:
+  """A finished workdir run again: says so and writes nothing (raise train.steps to go on)."""
+  run.close()
+  run.summary.steps = run.finished
+  print(f"the run in {run.workdir} is done: its checkpoint at step {run.finished} is the final "
+        f"one (train.steps={int(run.cfg.train.steps)}); nothing was trained or written. Its "
+        f"files are under {run.workdir}; raise train.steps to train further", flush=True)
+  return run.summary
 
 
 def _loop(run: Run, progress: bool, stop: StopRequest) -> RunSummary:

@@ -35,6 +35,14 @@ from wan_jax.weights.export import save_full, save_lora
 log = logging.getLogger(__name__)
 
 
+def exports_weight_files(cfg: ml_collections.ConfigDict, process_count: int) -> bool:
+  """The one multi-host export rule: LoRA weights (megabytes) are gathered from every process
+  and process 0 writes the files, numbered and final; a full fine-tune on several processes
+  writes none (gathering each 27 GB expert onto one host would not fit): its weights are the
+  Orbax checkpoints'. One process always writes its files."""
+  return bool(cfg.lora.enabled) or process_count == 1
+
+
 class Outputs:
   """Files users take away, written by process 0 only."""
 
@@ -66,9 +74,8 @@ class Outputs:
     Every process calls this (gathering sharded LoRA weights is collective); process 0 writes.
     """
     cfg, out = self.cfg, []
-    if jax.process_count() > 1 and not cfg.lora.enabled:
-      raise NotImplementedError("exporting a full fine-tune from a multi-host run is not "
-                                "supported yet; export from the Orbax checkpoint on one host")
+    if not exports_weight_files(cfg, jax.process_count()):  # said once at start (setup.py)
+      return out
     folder = self.workdir / ("lora" if cfg.lora.enabled else "weights")
     for name, st in experts.items():
       if st.steps == 0:  # the same on every process: the gather below is skipped by all

@@ -112,12 +112,6 @@ def param_spec(path: tuple[str, ...], shape: tuple[int, ...], mesh: MeshLike, *,
   return P(*([None] * lead + entries))
 
 
-def tree_specs(tree: Any, mesh: MeshLike, *, min_size: int = MIN_SHARD_SIZE) -> Any:
-  """param_spec for every leaf of any pytree (params, optimizer state, abstract shapes)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda kp, x: param_spec(path_names(kp), np.shape(x), mesh, min_size=min_size), tree)
-
-
 def tree_shardings(tree: Any, mesh: Mesh, *, min_size: int = MIN_SHARD_SIZE) -> Any:
   """NamedSharding for every leaf of any pytree; its structure matches `tree` (device_put-able).
 

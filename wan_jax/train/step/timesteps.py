@@ -19,28 +19,15 @@ up to the threshold (which would route it to the other expert).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr, ndtri
 
 from wan_jax.model import flow_matching
 from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
-
-METHODS = ("uniform", "logit_normal", "shift")
-
-
-def _check(low: object, high: object, method: str, shift: object, logit_std: object) -> None:
-  """Validates what is concrete; traced bounds (inside jit) are the caller's responsibility."""
-  if method not in METHODS:
-    raise ValueError(f"timestep method must be one of {METHODS}, got {method!r}")
-  concrete = isinstance(low, (int, float)) and isinstance(high, (int, float))
-  if concrete and not 0.0 <= low < high <= NUM_TRAIN_TIMESTEPS:
-    raise ValueError(f"need 0 <= low < high <= {NUM_TRAIN_TIMESTEPS}, got [{low}, {high})")
-  if method == "shift" and isinstance(shift, (int, float)) and not shift > 0:
-    raise ValueError(f"shift must be > 0, got {shift}")
-  if method == "logit_normal" and isinstance(logit_std, (int, float)) and not logit_std > 0:
-    raise ValueError(f"logit_std must be > 0, got {logit_std}")
-
 
 def _truncated_uniform(key: jax.Array, batch: int, a: jax.Array, b: jax.Array) -> jax.Array:
   return jax.random.uniform(key, (batch,), jnp.float32, minval=a, maxval=b)
@@ -62,31 +49,79 @@ def _logit(s: jax.Array) -> jax.Array:
   return jnp.log(s) - jnp.log1p(-s)  # -inf at 0 and +inf at 1, never NaN
 
 
+@dataclasses.dataclass(frozen=True)
+class Params:
+  """The methods' parameters (train.shift, train.logit_mean, train.logit_std); may be traced."""
+
+  shift: float | jax.Array = 5.0
+  logit_mean: float | jax.Array = 0.0
+  logit_std: float | jax.Array = 1.0
+
+
+def _uniform(key: jax.Array, batch: int, s_lo: jax.Array, s_hi: jax.Array,
+             p: Params) -> jax.Array:
+  """s ~ U(0, 1)."""
+  return _truncated_uniform(key, batch, s_lo, s_hi)
+
+
+def _shift(key: jax.Array, batch: int, s_lo: jax.Array, s_hi: jax.Array, p: Params) -> jax.Array:
+  """s = k u / (1 + (k - 1) u), u ~ U(0, 1), k = shift (k > 1 favours high noise)."""
+  k = jnp.asarray(p.shift, jnp.float32)
+  u = _truncated_uniform(key, batch, flow_matching.unshift(s_lo, k),  # the shifted s's CDF
+                         flow_matching.unshift(s_hi, k))
+  return flow_matching.shift(u, k)
+
+
+def _logit_normal(key: jax.Array, batch: int, s_lo: jax.Array, s_hi: jax.Array,
+                  p: Params) -> jax.Array:
+  """s = sigmoid(logit_mean + logit_std * z), z ~ N(0, 1)."""
+  mean = jnp.asarray(p.logit_mean, jnp.float32)
+  std = jnp.asarray(p.logit_std, jnp.float32)
+  z = _truncated_normal(key, batch, (_logit(s_lo) - mean) / std, (_logit(s_hi) - mean) / std)
+  return jax.nn.sigmoid(mean + std * z)
+
+
+def _positive(name: str) -> Callable[[Params], str | None]:
+  def check(p: Params) -> str | None:
+    value = getattr(p, name)
+    if isinstance(value, (int, float)) and not value > 0:
+      return f"{name} must be > 0, got {value}"
+    return None
+  return check
+
+
+# train.timestep_sampling -> (draw s in [s_lo, s_hi), check of its concrete parameters). A new
+# method is one entry: a monotone map of a base variable truncated by inverse CDF, as above.
+SAMPLERS: dict[str, tuple[Callable[..., jax.Array], Callable[[Params], str | None]]] = {
+    "uniform": (_uniform, lambda p: None),
+    "logit_normal": (_logit_normal, _positive("logit_std")),
+    "shift": (_shift, _positive("shift")),
+}
+METHODS = tuple(SAMPLERS)
+
+
+def _check(low: object, high: object, method: str, params: Params) -> None:
+  """Validates what is concrete; traced bounds (inside jit) are the caller's responsibility."""
+  if method not in SAMPLERS:
+    raise ValueError(f"timestep method must be one of {METHODS}, got {method!r}")
+  concrete = isinstance(low, (int, float)) and isinstance(high, (int, float))
+  if concrete and not 0.0 <= low < high <= NUM_TRAIN_TIMESTEPS:
+    raise ValueError(f"need 0 <= low < high <= {NUM_TRAIN_TIMESTEPS}, got [{low}, {high})")
+  problem = SAMPLERS[method][1](params)
+  if problem:
+    raise ValueError(problem)
+
+
 def sample_timesteps(key: jax.Array, batch: int, low: float | jax.Array, high: float | jax.Array,
                      method: str = "uniform", *, shift: float = 5.0, logit_mean: float = 0.0,
                      logit_std: float = 1.0) -> jax.Array:
-  """[batch] float32 timesteps, each in [low, high), from `method` conditioned on that range.
-
-  uniform:      s ~ U(0, 1)
-  logit_normal: s = sigmoid(logit_mean + logit_std * z), z ~ N(0, 1)
-  shift:        s = k u / (1 + (k - 1) u), u ~ U(0, 1), k = shift (k > 1 favours high noise)
-  `batch` and `method` are static; the bounds and parameters may be traced.
-  """
-  _check(low, high, method, shift, logit_std)
+  """[batch] float32 timesteps, each in [low, high), from `method` (SAMPLERS) conditioned on that
+  range. `batch` and `method` are static; the bounds and parameters may be traced."""
+  params = Params(shift, logit_mean, logit_std)
+  _check(low, high, method, params)
   low_t = jnp.asarray(low, jnp.float32)
   high_t = jnp.asarray(high, jnp.float32)
-  s_lo, s_hi = low_t / NUM_TRAIN_TIMESTEPS, high_t / NUM_TRAIN_TIMESTEPS
-  if method == "uniform":
-    s = _truncated_uniform(key, batch, s_lo, s_hi)
-  elif method == "shift":
-    k = jnp.asarray(shift, jnp.float32)
-    u = _truncated_uniform(key, batch, flow_matching.unshift(s_lo, k),  # the shifted s's CDF
-                           flow_matching.unshift(s_hi, k))
-    s = flow_matching.shift(u, k)
-  else:
-    mean = jnp.asarray(logit_mean, jnp.float32)
-    std = jnp.asarray(logit_std, jnp.float32)
-    z = _truncated_normal(key, batch, (_logit(s_lo) - mean) / std, (_logit(s_hi) - mean) / std)
-    s = jax.nn.sigmoid(mean + std * z)
+  s = SAMPLERS[method][0](key, batch, low_t / NUM_TRAIN_TIMESTEPS, high_t / NUM_TRAIN_TIMESTEPS,
+                          params)
   t = s * NUM_TRAIN_TIMESTEPS
   return jnp.clip(t, low_t, jnp.nextafter(high_t, jnp.float32(-jnp.inf)))

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
@@ -41,6 +42,16 @@ class StepSettings:
   latents_mean: tuple[float, ...]  # the VAE's latent normalisation (from its config)
   latents_std: tuple[float, ...]
   task: Task = TEXT_TO_VIDEO  # what the model reads besides the latents (its batch keys)
+
+  @classmethod
+  def from_config(cls, train: ml_collections.ConfigDict, vae: Any,
+                  task: Task = TEXT_TO_VIDEO) -> StepSettings:
+    """From the config's `train` section and the VAE's config (its latent normalisation)."""
+    return cls(sampling=str(train.timestep_sampling), shift=float(train.shift),
+               logit_mean=float(train.logit_mean), logit_std=float(train.logit_std),
+               sample_posterior=bool(train.sample_posterior),
+               latents_mean=tuple(vae.latents_mean), latents_std=tuple(vae.latents_std),
+               task=task)
 
 
 def step_keys(seed: int, step: int) -> jax.Array:
