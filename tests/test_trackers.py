@@ -107,3 +107,37 @@ def test_wandb_failures_are_one_line_and_stop_the_run_unless_told_otherwise(tmp_
   assert open_wandb(cfg, tmp_path) is None
   assert "training goes on without W&B" in caplog.text
   assert not (tmp_path / "wandb_run_id").exists()
+
+
+def test_a_new_tracker_is_one_entry_and_gets_every_row_preview_and_the_config(tmp_path,
+                                                                              monkeypatch):
+  """Trackers speak to each destination through one interface (metrics.jsonl first)."""
+  import json
+
+  from wan_jax.train.outputs import trackers
+
+  seen: list[tuple] = []
+
+  class Recorder:
+    def row(self, step, row, scalars):
+      seen.append(("row", step, row["loss"], scalars.get("loss/high_noise")))
+
+    def media(self, step, tag, path, caption=""):
+      seen.append(("media", step, tag, caption))
+
+    def text(self, step, tag, markdown):
+      seen.append(("text", step, tag))
+
+    def close(self, failed=False):
+      seen.append(("close", failed))
+
+  monkeypatch.setattr(trackers, "OPENERS", (*trackers.OPENERS, lambda cfg, workdir: Recorder()))
+  t = Trackers(get_config(), tmp_path)
+  t.log(1, ROWS[0])
+  t.previews(1, [write_png(np.zeros((16, 16, 3), np.uint8), tmp_path / "previews/step_000001_0.png")],
+             ["a ball"])
+  t.close(failed=True)
+  assert seen == [("text", 1, "config"), ("row", 1, 0.4, 0.4),
+                  ("media", 1, "preview/0", "a ball"), ("close", True)]
+  rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows == [ROWS[0]]  # metrics.jsonl is a tracker too: the row as logged

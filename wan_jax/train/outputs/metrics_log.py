@@ -33,6 +33,7 @@ def repair_torn_tail(path: Path) -> bool:
 
 
 class MetricsLog:
+  """The `Tracker` that keeps every row as written (trackers.py): the run's own record."""
 
   def __init__(self, path: Path):
     self.path = Path(path)
@@ -55,5 +56,16 @@ class MetricsLog:
         log.warning("%s line %d is not JSON; skipped", self.path, number)
     return out
 
-  def close(self) -> None:
-    os.close(self._fd)
+  def row(self, step: int, row: dict[str, Any], scalars: dict[str, float]) -> None:
+    self.append(row)
+
+  def media(self, step: int, tag: str, path: Path, caption: str = "") -> None:
+    pass  # the preview files themselves are the record
+
+  def text(self, step: int, tag: str, markdown: str) -> None:
+    pass  # the run's config is config.json beside it
+
+  def close(self, failed: bool = False) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None

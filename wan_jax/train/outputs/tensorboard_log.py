@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,9 @@ class TensorBoardLog:
                                    filename_suffix=suffix)
     return self._writer
 
+  def row(self, step: int, row: dict[str, Any], scalars: dict[str, float]) -> None:
+    self.scalars(step, scalars)
+
   def scalars(self, step: int, values: dict[str, float]) -> None:
     writer = self._open(step)
     for tag, value in values.items():
@@ -84,7 +88,7 @@ class TensorBoardLog:
     writer.add_text(tag, markdown, step)
     writer.flush()
 
-  def media(self, step: int, tag: str, path: Path) -> None:
+  def media(self, step: int, tag: str, path: Path, caption: str = "") -> None:
     """A preview file at its step: one frame as an image, several as an animated GIF."""
     frames, fps = read_frames(path)
     writer = self._open(step)
@@ -98,7 +102,7 @@ class TensorBoardLog:
       writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
     writer.flush()
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
     if self._writer is not None:
       self._writer.close()
       self._writer = None

@@ -1,5 +1,6 @@
-"""What the dashboards show: each metrics row as per-expert scalars, the previews and the config,
-sent to TensorBoard (always) and W&B (when logging.wandb_project is set).
+"""Where a run's metrics, previews and config go: every destination is a `Tracker`, opened by
+one entry of OPENERS: metrics.jsonl (the rows as written), TensorBoard (always) and W&B (when
+logging.wandb_project is set). A new tracker is one file with the four methods and one entry.
 
 The two experts see different noise levels, so their losses differ in scale: each expert has its
 own curves (`loss/high_noise`, `loss/low_noise`, their moving averages `loss_avg/...`, and `lr/`,
@@ -16,10 +17,11 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ml_collections
 
+from wan_jax.train.outputs.metrics_log import MetricsLog
 from wan_jax.train.outputs.tensorboard_log import TensorBoardLog
 from wan_jax.train.outputs.wandb_log import open_wandb
 from wan_jax.train.step.experts import CHECKPOINT_NAMES
@@ -79,19 +81,52 @@ def preview_tag(path: Path) -> str:
   return "preview/" + re.sub(r"^step_\d+_", "", Path(path).stem)
 
 
-class Trackers:
-  """TensorBoard under <workdir>/tensorboard and, if configured, a W&B run (process 0 only).
+class Tracker(Protocol):
+  """One destination of what a run reports."""
 
-  `earlier_rows` returns the metrics rows already written (metrics.jsonl): at the first row the
-  averages and the skipped count start from those of earlier steps.
+  def row(self, step: int, row: dict[str, Any], scalars: dict[str, float]) -> None:
+    """A metrics row as logged, and the per-expert scalars the dashboards plot from it."""
+
+  def media(self, step: int, tag: str, path: Path, caption: str = "") -> None:
+    """A preview file (MP4, or PNG for one frame)."""
+
+  def text(self, step: int, tag: str, markdown: str) -> None:
+    """Text once per run (the config)."""
+
+  def close(self, failed: bool = False) -> None:
+    """Flushes and closes; `failed`: the run ends with an error."""
+
+
+# (cfg, workdir) -> a tracker, or None when not configured. Order: metrics.jsonl first, so a
+# row is on disk before any dashboard sees it.
+OPENERS: tuple[Callable[[ml_collections.ConfigDict, Path], Tracker | None], ...] = (
+    lambda cfg, workdir: MetricsLog(workdir / "metrics.jsonl"),
+    lambda cfg, workdir: TensorBoardLog(workdir / "tensorboard"),
+    open_wandb,
+)
+
+
+class Trackers:
+  """Every configured tracker (process 0 only), fed through one interface.
+
+  At the first row the moving averages and the skipped count start from the rows metrics.jsonl
+  already holds (`earlier_rows`, default: that file's rows), so a resumed run's curves continue.
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: Path,
-               earlier_rows: Callable[[], list[dict[str, Any]]]):
+               earlier_rows: Callable[[], list[dict[str, Any]]] | None = None):
     self.cfg = cfg
-    self.tensorboard = TensorBoardLog(Path(workdir) / "tensorboard")
-    self.wandb = open_wandb(cfg, Path(workdir))
-    self._earlier_rows = earlier_rows
+    self.trackers: list[Tracker] = []
+    try:
+      for opener in OPENERS:
+        tracker = opener(cfg, Path(workdir))
+        if tracker is not None:
+          self.trackers.append(tracker)
+    except BaseException:
+      self.close(failed=True)
+      raise
+    self.metrics = next(t for t in self.trackers if isinstance(t, MetricsLog))
+    self._earlier_rows = earlier_rows or self.metrics.rows
     self._scalars: ExpertScalars | None = None
 
   def _start(self, step: int) -> ExpertScalars:
@@ -100,30 +135,32 @@ class Trackers:
       for row in latest_rows(self._earlier_rows()):
         if row["step"] < step:
           self._scalars(row)
-      self.tensorboard.text(step, "config", config_markdown(self.cfg))
+      for tracker in self.trackers:
+        tracker.text(step, "config", config_markdown(self.cfg))
     return self._scalars
 
   def log(self, step: int, row: dict[str, Any]) -> None:
-    values = self._start(step)(row)
-    self.tensorboard.scalars(step, values)
-    if self.wandb is not None:
-      self.wandb.scalars(step, values)
+    scalars = self._start(step)(row)
+    for tracker in self.trackers:
+      tracker.row(step, row, scalars)
 
   def previews(self, step: int, paths: Sequence[Path], prompts: Sequence[str] = ()) -> None:
     self._start(step)
     for i, path in enumerate(paths):
-      tag = preview_tag(path)
-      self.tensorboard.media(step, tag, path)
-      if self.wandb is not None:
-        self.wandb.media(step, tag, path, prompts[i] if i < len(prompts) else "")
+      for tracker in self.trackers:
+        tracker.media(step, preview_tag(path), path, prompts[i] if i < len(prompts) else "")
 
   def close(self, failed: bool = False) -> None:
-    try:
-      self.tensorboard.close()
-    finally:
-      if self.wandb is not None:
-        self.wandb.close(failed)
-        self.wandb = None
+    """Closes every tracker, each even if another fails (the first error is raised)."""
+    errors = []
+    for tracker in self.trackers:
+      try:
+        tracker.close(failed)
+      except Exception as e:  # noqa: BLE001 - collected, the first re-raised below
+        errors.append(e)
+    self.trackers = []
+    if errors:
+      raise errors[0]
 
 
 def config_markdown(cfg: ml_collections.ConfigDict) -> str:

@@ -88,6 +88,12 @@ class WandbLog:
   def id(self) -> str:
     return self.run.id
 
+  def row(self, step: int, row: dict[str, Any], scalars: dict[str, float]) -> None:
+    self.scalars(step, scalars)
+
+  def text(self, step: int, tag: str, markdown: str) -> None:
+    pass  # the config is the W&B run's own config (set at start)
+
   def scalars(self, step: int, values: dict[str, float]) -> None:
     self.run.log({**values, STEP_KEY: step})
 

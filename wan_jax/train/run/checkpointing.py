@@ -70,6 +70,10 @@ class Checkpoints:
   def latest(self) -> int | None:
     return self.manager.latest_step()
 
+  def due(self, step: int) -> bool:
+    """Whether `save(step, ...)` would save (without `force`)."""
+    return step % self.every == 0
+
   def save(self, step: int, state: Any, meta: dict, iterator: Any, force: bool = False) -> bool:
     """Saves when `step` is due (or `force`); returns whether a save started."""
     if not force and step % self.every:

@@ -14,6 +14,7 @@ configured), loss.png, config.json (docs/training.md, "What a run writes").
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import tqdm
 from wan_jax.files import writing
 from wan_jax.model.flow_matching import expert_range
 from wan_jax.train.run import loading
+from wan_jax.train.run.expert_states import ExpertState
 from wan_jax.train.run.data_setup import global_batch
 from wan_jax.train.run.resume import resume_settings
 from wan_jax.train.run.setup import Run, set_up
@@ -65,6 +67,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, cache_only: bo
     return _loop(run, progress, stop)
 
 
+@dataclasses.dataclass
+class _Pending:
+  """A step queued on the device whose metrics are not read yet."""
+
+  done: int  # the step's number (1-based)
+  name: str  # its expert
+  expert: ExpertState
+  metrics: dict[str, jax.Array]
+  tokens: int
+  queued: float  # perf_counter() when it was queued
+
+
 def _already_done(run: Run) -> RunSummary:
   """A finished workdir run again: says so and writes nothing (raise train.steps to go on)."""
   run.close()
@@ -86,6 +100,28 @@ def _loop(run: Run, progress: bool, stop: StopRequest) -> RunSummary:
     return {"step": step, "settings": resume_settings(cfg), "expert_steps": experts.steps(),
             "seed": int(cfg.seed), **summary.counters()}
 
+  # A step's metrics are read one step late: the host queues step i+1 before it waits for step
+  # i's loss, so the device never idles while the host logs. Before anything that needs them
+  # (a checkpoint's counts, exported files, previews, the end) they are read at once.
+  pending: _Pending | None = None
+  clock = [time.perf_counter()]  # when the last step's metrics were read
+
+  def report(p: _Pending) -> None:
+    loss, finite = float(p.metrics["loss"]), bool(p.metrics["finite"])  # waits for that step
+    now = time.perf_counter()
+    seconds, clock[0] = now - max(clock[0], p.queued), now
+    p.expert.steps += finite  # the optimizer's own count: a skipped step does not advance it
+    lr = float(schedule(max(0, (p.expert.steps - 1) // int(cfg.train.grad_accum))))
+    if p.done % int(cfg.train.log_every) == 0 or p.done == steps:
+      outputs.log(p.done, {"loss": loss, "lr": lr, "grad_norm": float(p.metrics["grad_norm"]),
+                           "step_time": seconds, "tokens_per_s": p.tokens / seconds,
+                           "t_mean": float(p.metrics["t_mean"]), "expert": p.name,
+                           "skipped": not finite})
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", expert=p.name, s_step=f"{seconds:.2f}",
+                    tok_s=f"{p.tokens / seconds:.0f}")
+    bar.update(1)
+    summary.record(p.done, loss, finite, int(cfg.train.max_skipped_in_a_row))
+
   stop.deferring = True  # from here a signal lets the step in flight finish, then saves
   done = run.start
   try:
@@ -98,32 +134,30 @@ def _loop(run: Run, progress: bool, stop: StopRequest) -> RunSummary:
       batch = next(run.iterator)
       summary.count_rows(batch)
       t_low, t_high = expert_range(name, float(cfg.model.boundary))
-      tic = time.perf_counter()
+      queued = time.perf_counter()
       e.trainable, e.opt_state, m = run.planned.step(
           e.trainable, e.opt_state, e.frozen,
           global_batch(batch, run.mesh, run.task.batch_ndims), step_keys(cfg.seed, step),
           jnp.float32(t_low), jnp.float32(t_high))
-      loss, finite = float(m["loss"]), bool(m["finite"])  # waits for the step
-      seconds = time.perf_counter() - tic
-      e.steps += finite  # the optimizer's own count: a skipped step does not advance it
+      if pending is not None:
+        report(pending)  # the step before, while this one runs
       done = step + 1
       lat = batch["latent_mean"].shape
       tokens = cfg.train.batch_size * lat[1] * (lat[2] // 2) * (lat[3] // 2)
-      lr = float(schedule(max(0, (e.steps - 1) // int(cfg.train.grad_accum))))
-      if done % int(cfg.train.log_every) == 0 or done == steps:
-        outputs.log(done, {"loss": loss, "lr": lr, "grad_norm": float(m["grad_norm"]),
-                           "step_time": seconds, "tokens_per_s": tokens / seconds,
-                           "t_mean": float(m["t_mean"]), "expert": name, "skipped": not finite})
-      bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", expert=name, s_step=f"{seconds:.2f}",
-                      tok_s=f"{tokens / seconds:.0f}")
-      bar.update(1)
-      summary.record(done, loss, finite, int(cfg.train.max_skipped_in_a_row))
-      if done < steps:
+      pending = _Pending(done, name, e, m, tokens, queued)
+      saves = cfg.save.every and done % int(cfg.save.every) == 0
+      previews = cfg.preview.every and done % int(cfg.preview.every) == 0
+      if done < steps and (ckpt.due(done) or saves or previews):
+        report(pending)
+        pending = None
         ckpt.save(done, experts.tree(), meta(done), run.iterator)
-        if cfg.save.every and done % int(cfg.save.every) == 0:
+        if saves:
           summary.files += map(str, outputs.weights(experts, done))
-        if cfg.preview.every and done % int(cfg.preview.every) == 0:
+        if previews:
           summary.files += map(str, outputs.previews(experts, done))
+    if pending is not None:
+      report(pending)
+      pending = None
     bar.close()
     if stop.signum is not None and done < steps:  # stopped on request: save, then say so
       if done > run.start and ckpt.latest() != done:

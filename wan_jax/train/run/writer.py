@@ -23,7 +23,6 @@ from wan_jax.files import stray_temporaries, writing
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.flow_matching import threshold
 from wan_jax.train.outputs.lora_metadata import weights_metadata
-from wan_jax.train.outputs.metrics_log import MetricsLog
 from wan_jax.train.outputs.plot import save_loss_plot
 from wan_jax.train.outputs.preview import Guidance, render_previews
 from wan_jax.train.outputs.trackers import Trackers
@@ -51,9 +50,9 @@ class Outputs:
     self.cfg, self.workdir, self.enc, self.pipeline = cfg, workdir, enc, pipeline
     self.main = jax.process_index() == 0
     self.progress = progress and self.main  # a bar over the preview sampler's steps
-    self.metrics = MetricsLog(workdir / "metrics.jsonl") if self.main else None
-    # TensorBoard, and W&B when logging.wandb_project is set (a failure to open it is one line)
-    self.trackers = Trackers(cfg, workdir, self.metrics.rows) if self.main else None
+    # metrics.jsonl, TensorBoard, and W&B when logging.wandb_project is set (a failure to open
+    # it is one line)
+    self.trackers = Trackers(cfg, workdir) if self.main else None
     if self.main:  # temporaries of files being written when an earlier run was killed
       for folder in (workdir, workdir / "lora", workdir / "weights", workdir / "previews"):
         for stray in stray_temporaries(folder):
@@ -63,8 +62,7 @@ class Outputs:
   def log(self, step: int, values: dict[str, float | str | bool]) -> None:
     if self.main:
       row = {"step": step, **values}
-      with writing(f"the metrics ({self.metrics.path} and tensorboard/)"):
-        self.metrics.append(row)
+      with writing(f"the metrics ({self.trackers.metrics.path} and tensorboard/)"):
         self.trackers.log(step, row)
 
   def weights(self, experts: Experts, step: int | None) -> list[Path]:
@@ -171,13 +169,10 @@ class Outputs:
     if not self.main:
       return None
     with writing(str(self.workdir / "loss.png")):
-      return save_loss_plot(self.metrics.rows(), self.workdir / "loss.png")
+      return save_loss_plot(self.trackers.metrics.rows(), self.workdir / "loss.png")
 
   def close(self) -> None:
     """Closes the metrics and trackers; called while an exception is handled, the W&B run is
     marked failed."""
     if self.main:
-      try:
-        self.metrics.close()
-      finally:
-        self.trackers.close(failed=sys.exc_info()[0] is not None)
+      self.trackers.close(failed=sys.exc_info()[0] is not None)
