@@ -230,3 +230,20 @@ def test_images_are_planned_with_their_own_files_only_when_asked(tmp_path):
   assert both.variants[0][False].clip.geometry.bucket == (9, *plain.variants[0][False].geometry.bucket[1:])
   # The same image keeps its latents' key whichever way it also trains.
   assert len({p.variants[0][False].latent_key for p in (plain, both, degraded)}) == 1
+
+
+def test_a_resume_with_other_image_settings_is_refused(tmp_path):
+  """They change which files rows read and what is drawn: another run, not this one resumed."""
+  from helpers import get_config
+  from wan_jax.train.run.resume import check_resume, resume_settings
+
+  i2v, t2v = get_config("tiny", file="wan22_i2v_masked.py"), get_config("tiny")
+  saved = resume_settings(i2v)
+  check_resume(saved, i2v, 1, tmp_path)
+  # Runs saved before the section existed: image-to-video ones had its defaults, others none.
+  check_resume({k: v for k, v in saved.items() if k != "image_i2v"}, i2v, 1, tmp_path)
+  check_resume({k: v for k, v in resume_settings(t2v).items() if k != "image_i2v"}, t2v, 1,
+               tmp_path)
+  i2v.image_i2v.clip_training = True
+  with pytest.raises(ValueError, match="other settings for image_i2v"):
+    check_resume(saved, i2v, 1, tmp_path)

@@ -10,16 +10,20 @@ from typing import Any
 import ml_collections
 
 from wan_jax.data.config import dataset_config
+from wan_jax.tasks.i2v_images import image_i2v_config
 from wan_jax.train.run.checkpointing import Checkpoints
+from wan_jax.train.run.loading import ARCHS
 from wan_jax.train.run.expert_states import Experts
 
 # A resume with other values would silently continue a different run (another data order, LoRA
 # shape or expert schedule), so it is refused.
 RESUME_KEYS = ("seed", "model.arch", "model.name_or_path", "model.quantize",
                "model.train_high_noise", "model.train_low_noise", "lora", "train.batch_size",
-               "train.grad_accum", "train.switch_boundary_every", "datasets", "mesh")
+               "train.grad_accum", "train.switch_boundary_every", "datasets", "mesh",
+               "image_i2v")
+OPTIONAL_KEYS = ("image_i2v",)  # sections only some configs have (image-to-video's); None if absent
 # Keys added after runs were saved, and the value those runs had.
-LATER_KEYS = {"model.quantize": "none"}
+LATER_KEYS = {"model.quantize": "none", "image_i2v": None}
 
 
 def _plain(value: Any) -> Any:
@@ -37,7 +41,7 @@ def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   for key in RESUME_KEYS:
     value = cfg
     for part in key.split("."):
-      value = value[part]
+      value = value.get(part) if key in OPTIONAL_KEYS else value[part]
     out[key] = _plain(value)
   return out
 
@@ -45,6 +49,8 @@ def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 def _with_new_dataset_keys(saved: dict[str, Any]) -> dict[str, Any]:
   """Settings saved before a dataset key existed (e.g. trigger_word) compare as its default."""
   saved = {**LATER_KEYS, **saved}
+  if saved["image_i2v"] is None and ARCHS.get(saved.get("model.arch"), ("",))[0] == "i2v":
+    saved["image_i2v"] = _plain(image_i2v_config())  # saved before the section: its defaults
   if not isinstance(saved.get("datasets"), list):
     return saved
   base = _plain(dataset_config())
