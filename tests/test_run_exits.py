@@ -222,3 +222,15 @@ def test_a_checkpoint_save_that_fails_for_space_is_one_line_not_orbaxs_traceback
   assert "then run again (a run resumes from its last checkpoint)" in ours[0]
   for orbax in ("ERROR absl", "_SignalingThread", "Failed to run", "orbax/checkpoint"):
     assert orbax not in full.stderr, full.stderr[-3000:]
+
+
+def test_one_multi_host_export_rule():
+  """LoRA files are written from any number of processes; a full fine-tune's only from one
+  (a multi-host one writes none and says so at start, instead of failing after training)."""
+  from wan_jax.train.run.writer import exports_weight_files
+  from helpers import get_config
+
+  lora, full = get_config("tiny"), get_config("tiny")
+  full.lora.enabled = False
+  assert exports_weight_files(lora, 1) and exports_weight_files(lora, 4)
+  assert exports_weight_files(full, 1) and not exports_weight_files(full, 2)
