@@ -251,3 +251,23 @@ def test_a_file_with_no_known_tensors_is_named(tmp_path):
   save_file({}, str(path))
   with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: neither a Wan"):
     convert_checkpoint(path, tmp_path / "out")
+
+
+def test_one_detection_interface_names_every_component_and_naming():
+  from wan_jax.weights.components import detect
+  from wan_jax.weights.layouts import Layout
+
+  cases = {
+      ("patch_embedding.weight", "head.head.weight"): Layout("transformer", "original"),
+      ("model.diffusion_model.patch_embedding.weight", "model.diffusion_model.head.head.weight"):
+          Layout("transformer", "original", "model.diffusion_model."),
+      ("patch_embedding.weight", "proj_out.weight"): Layout("transformer", "diffusers"),
+      ("encoder.conv1.weight", "conv1.weight"): Layout("vae", "original"),
+      ("encoder.conv_in.weight", "quant_conv.weight"): Layout("vae", "diffusers"),
+      ("token_embedding.weight", "blocks.0.attn.q.weight"): Layout("text_encoder", "wan"),
+      ("encoder.block.0.layer.0.SelfAttention.q.weight",): Layout("text_encoder", "hf"),
+  }
+  for keys, want in cases.items():
+    assert detect(keys) == want, keys
+  with pytest.raises(CheckpointError, match="neither a Wan transformer, a Wan VAE nor a umT5"):
+    detect(["unet.conv_in.weight"])

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from wan_jax.weights import transformer_keys, umt5_keys, vae_keys
+from wan_jax.weights.layouts import Layout
 from wan_jax.weights.safetensors_reader import CheckpointError, read_json
 from wan_jax.weights.sources import RELEASE_LAYOUTS
 from wan_jax.weights.tensor_files import PTH_SUFFIXES, open_tensors
@@ -26,17 +28,26 @@ VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
 TEXT_ENCODER_FILES = ("models_t5_umt5-xxl-enc-bf16.pth",)
 TOKENIZER_FOLDERS = ("google/umt5-xxl", "tokenizer")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
-def kind_of(keys: list[str]) -> str:
-  """"transformer", "vae" or "text_encoder", from tensor names alone."""
-  for kind, detect in (("vae", vae_keys.detect_layout), ("text_encoder", umt5_keys.detect_layout),
-                       ("transformer", transformer_keys.detect_key_layout)):
-    try:
-      detect(keys)
-      return kind
-    except (CheckpointError, ValueError):
-      continue
+# Each key module's `layout_of`, asked in turn: the VAE's and umT5's names are specific, a
+# transformer is what is left. A new component is one key module and one entry here.
+DETECTORS: tuple[Callable[[Iterable[str]], Layout | None], ...] = (
+    vae_keys.layout_of, umt5_keys.layout_of, transformer_keys.layout_of)
+
+
+def detect(keys: Iterable[str]) -> Layout:
+  """The layout of a checkpoint's keys; CheckpointError naming a few keys when none matches."""
+  keys = list(keys)
+  for layout_of in DETECTORS:
+    layout = layout_of(keys)
+    if layout is not None:
+      return layout
   raise CheckpointError("neither a Wan transformer, a Wan VAE nor a umT5 text encoder; "
                         f"first keys: {sorted(keys)[:8]}")
+
+
+def kind_of(keys: list[str]) -> str:
+  """"transformer", "vae" or "text_encoder", from tensor names alone (layouts.detect)."""
+  return detect(keys).component
 
 
 @dataclasses.dataclass

@@ -8,11 +8,12 @@ stacked over layers). ComfyUI single files use the original keys behind `model.d
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from wan_jax.model.config import WanConfig
+from wan_jax.weights.layouts import Layout
 from wan_jax.weights.safetensors_reader import CheckpointError
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -91,14 +92,23 @@ def parameter_map(num_layers: int) -> dict[str, tuple[str, str]]:
   return out
 
 
-def detect_key_layout(keys: list[str]) -> tuple[str, str]:
-  """(prefix, "original" | "diffusers") from the key names; an error for anything else."""
+def layout_of(keys: Iterable[str]) -> Layout | None:
+  """The transformer's layout (original or diffusers naming, ComfyUI prefix), or None."""
+  keys = list(keys)
   prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
   stripped = {k[len(prefix):] for k in keys if k.startswith(prefix)}
   if "patch_embedding.weight" in stripped and "head.head.weight" in stripped:
-    return prefix, "original"
+    return Layout("transformer", "original", prefix)
   if "patch_embedding.weight" in stripped and "proj_out.weight" in stripped:
-    return prefix, "diffusers"
+    return Layout("transformer", "diffusers", prefix)
+  return None
+
+
+def detect_key_layout(keys: list[str]) -> tuple[str, str]:
+  """(prefix, "original" | "diffusers") from the key names; an error for anything else."""
+  layout = layout_of(keys)
+  if layout is not None:
+    return layout.prefix, layout.naming
   sample = sorted(keys)[:8]
   raise CheckpointError("unknown transformer key layout: expected Wan original keys "
                         "(patch_embedding.weight, head.head.weight), diffusers keys "

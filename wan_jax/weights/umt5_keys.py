@@ -16,6 +16,7 @@ from flax import nnx
 
 from wan_jax.model.umt5 import UMT5Config, UMT5Encoder
 from wan_jax.weights.assemble import assemble
+from wan_jax.weights.layouts import Layout
 from wan_jax.weights.safetensors_reader import CheckpointError
 
 LAYOUTS = ("wan", "hf")
@@ -61,13 +62,22 @@ class Store(Protocol):
   def read(self, key: str) -> np.ndarray: ...
 
 
+def layout_of(keys) -> Layout | None:
+  """The text encoder's layout: "wan" or "hf" (UMT5EncoderModel) naming, or None."""
+  keys = set(keys)
+  if "token_embedding.weight" in keys and any(k.startswith("blocks.") for k in keys):
+    return Layout("text_encoder", "wan")
+  if any(k.startswith("encoder.block.") for k in keys):
+    return Layout("text_encoder", "hf")
+  return None
+
+
 def detect_layout(keys) -> str:
   """"wan" or "hf" from the key names; a ValueError naming a few keys otherwise."""
   keys = set(keys)
-  if "token_embedding.weight" in keys and any(k.startswith("blocks.") for k in keys):
-    return "wan"
-  if any(k.startswith("encoder.block.") for k in keys):
-    return "hf"
+  layout = layout_of(keys)
+  if layout is not None:
+    return layout.naming
   raise ValueError("unknown umT5 key layout: expected Wan keys (token_embedding.weight, "
                    "blocks.N.*) or Hugging Face UMT5EncoderModel keys (encoder.block.N.*); "
                    f"first keys: {sorted(keys)[:8]}")

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from wan_jax.model.vae_config import LATENTS_MEAN, LATENTS_STD, VAEConfig
+from wan_jax.weights.layouts import Layout
 from wan_jax.weights.safetensors_reader import CheckpointError
 
 _RESIDUAL = {"residual.0.gamma": "norm1.gamma", "residual.2": "conv1", "residual.3.gamma":
@@ -22,13 +23,22 @@ _MIDDLE = {"0": "mid_block.resnets.0", "1": "mid_block.attentions.0", "2": "mid_
 _HEAD = {"head.0.gamma": "norm_out.gamma", "head.2": "conv_out"}
 
 
+def layout_of(keys: Iterable[str]) -> Layout | None:
+  """The VAE's layout: "original" (Wan's own .pth) or "diffusers" naming, or None."""
+  keys = set(keys)
+  if "encoder.conv1.weight" in keys and "conv1.weight" in keys:
+    return Layout("vae", "original")
+  if "encoder.conv_in.weight" in keys and "quant_conv.weight" in keys:
+    return Layout("vae", "diffusers")
+  return None
+
+
 def detect_layout(keys: Iterable[str]) -> str:
   """"original" (Wan's own .pth) or "diffusers"; anything else is an error."""
   keys = set(keys)
-  if "encoder.conv1.weight" in keys and "conv1.weight" in keys:
-    return "original"
-  if "encoder.conv_in.weight" in keys and "quant_conv.weight" in keys:
-    return "diffusers"
+  layout = layout_of(keys)
+  if layout is not None:
+    return layout.naming
   raise CheckpointError("not a Wan VAE checkpoint: expected encoder.conv1.weight (Wan) or "
                         f"encoder.conv_in.weight (diffusers); first keys: {sorted(keys)[:8]}")
 
