@@ -107,12 +107,28 @@ def trained_experts(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertRuntime:
+  """The choices a run makes for an expert that its checkpoint does not fix (WanConfig's fields
+  outside ARCH_FIELDS), read once from the config."""
+
+  param_dtype: str
+  compute_dtype: str
+  attention: str
+  remat: str
+  quantize: str
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict, remat: str) -> ExpertRuntime:
+    dtype = str(cfg.model.dtype)
+    return cls(param_dtype=dtype, compute_dtype=dtype, attention=str(cfg.model.attention),
+               remat=remat, quantize=str(cfg.model.quantize))
+
+
 def expert_config(cfg: ml_collections.ConfigDict, expert: str, remat: str) -> WanConfig:
   """The expert's architecture and runtime settings, read without loading its weights."""
   check_arch(cfg)
-  dtype = cfg.model.dtype
-  runtime = {"param_dtype": dtype, "compute_dtype": dtype, "attention": cfg.model.attention,
-             "remat": remat, "quantize": str(cfg.model.quantize)}
+  runtime = dataclasses.asdict(ExpertRuntime.from_config(cfg, remat))
   if is_tiny(cfg) or random_weights(cfg):
     return ARCHS[cfg.model.arch][1](**runtime)
   return WanConfig.from_arch_dict(expert_arch(cfg.model.name_or_path, CHECKPOINT_NAMES[expert]),
