@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,31 @@ def read_expert(path: Path) -> dict[str, np.ndarray]:
     warnings.simplefilter("ignore")
     tree = ocp.load_pytree(absolute(path))
   return flatten(tree)
+
+
+def read_expert_blocks(path: Path, stacked: str = "blocks") -> Iterator[tuple[str, np.ndarray]]:
+  """One converted expert's tensors (per-layer names) group by group, as `write_expert` wrote
+  them: the top level, then each block in order, each group read on its own (Orbax partial
+  loads), so host memory holds one block at a time, not the whole expert in its stored dtype."""
+  ocp = _ocp()
+  path = absolute(path)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    tree = ocp.pytree_metadata(path).metadata
+  blocks = tree.get(stacked, {})
+  groups = [{k: v for k, v in tree.items() if k != stacked}]
+  groups += [{stacked: {i: blocks[i]}} for i in sorted(blocks, key=int)]
+  context = ocp.Context()
+  context.pytree.loading.partial_load = True
+  for group in groups:
+    if not group:
+      continue
+    with warnings.catch_warnings(), context:
+      warnings.simplefilter("ignore")
+      tensors = flatten(ocp.load_pytree(path, group))
+    while tensors:
+      name = next(iter(tensors))
+      yield name, tensors.pop(name)
 
 
 def unfinished(path: Path) -> list[Path]:
