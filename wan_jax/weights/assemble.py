@@ -64,7 +64,7 @@ def assemble(make: Callable[[], M], params: Tensors, *, stacked: str | None = No
       raise CheckpointError(f"{name}: {array.dtype} values for a float8_e4m3fn leaf (quantise "
                             "them with their scales first)")
     if target not in buffers:
-      buffers[target] = np.empty(leaf.shape, leaf.dtype)
+      buffers[target] = host_buffer(leaf.shape, leaf.dtype)
       filled[target] = np.zeros(num_layers if stacked_leaf else 1, bool)
     buffers[target][layer if stacked_leaf else ...] = array
     filled[target][layer if stacked_leaf else 0] = True
@@ -77,11 +77,23 @@ def assemble(make: Callable[[], M], params: Tensors, *, stacked: str | None = No
                             f"{f'{stacked}.{missing}.{rest}' if rest else target!r}")
   if unused:
     raise CheckpointError(f"checkpoint has tensors the model does not use: {sorted(unused)[:20]}")
-  # One leaf at a time into JAX arrays, each host buffer freed once converted.
+  # Into JAX arrays leaf by leaf: on the CPU backend the buffers themselves (no copy), on a
+  # device one leaf in flight while the host buffers are dropped as they are sent.
   pure = jax.tree_util.tree_map_with_path(
       lambda p, _: jax.device_put(buffers.pop(_dotted(p)), may_alias=True), pure)
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
+
+
+def host_buffer(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+  """An uninitialised array whose data starts on an `align`-byte boundary: XLA's CPU client
+  takes such an array without copying it (`device_put(..., may_alias=True)`); numpy's own large
+  allocations start 16 bytes into a page, and each leaf would be copied once more."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(nbytes + align, np.uint8)
+  start = -raw.ctypes.data % align
+  return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _is_fp8(dtype) -> bool:
