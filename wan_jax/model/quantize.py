@@ -55,16 +55,22 @@ def dequantize(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
 
 
 def quantize_numpy(kernel: np.ndarray, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """`quantize` on the host, one array at a time (loading and conversion)."""
+  """`quantize` on the host, one array at a time (loading and conversion), the same values.
+
+  One fp32 copy of the kernel is the only temporary (divided and clipped in place; the largest
+  magnitude from max and min, not from an array of absolute values): loading and the converter
+  run it on several kernels at once, and each fp32 temporary of a 14B ffn kernel is 270 MiB.
+  """
   import ml_dtypes
 
   *lead, fan_in, fan_out = kernel.shape
   g = group_size(fan_in) if group is None else group
-  k = np.asarray(kernel, np.float32).reshape(*lead, fan_in // g, g, fan_out)
-  amax = np.abs(k).max(axis=-2)
+  k = np.array(kernel, np.float32).reshape(*lead, fan_in // g, g, fan_out)  # a copy: changed below
+  amax = np.maximum(k.max(axis=-2), -k.min(axis=-2))
   scale = np.where(amax > 0, amax * INV_MAX, np.float32(1.0)).astype(np.float32)
-  q = np.clip(k / scale[..., None, :], -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
-  return q.reshape(kernel.shape), scale
+  np.divide(k, scale[..., None, :], out=k)
+  np.clip(k, -FP8_MAX, FP8_MAX, out=k)
+  return k.astype(ml_dtypes.float8_e4m3fn).reshape(kernel.shape), scale
 
 
 def is_fp8(x) -> bool:

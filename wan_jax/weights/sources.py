@@ -188,7 +188,7 @@ def _fp8_scales(by_original: dict[str, str]) -> dict[str, str]:
   """Takes ComfyUI's fp8-scaled side tensors out of `by_original`; returns weight -> scale key.
 
   `scale_input` (activation scales for fp8 matmuls) and the `scaled_fp8` marker carry nothing
-  a dequantised model needs.
+  a dequantised model, or our fp8 base (weights/fp8.py), needs.
   """
   aux = [k for k in by_original if k == "scaled_fp8" or k.endswith(FP8_AUX_SUFFIXES)]
   scales = {k[:-len(".scale_weight")] + ".weight": by_original[k]
@@ -196,7 +196,8 @@ def _fp8_scales(by_original: dict[str, str]) -> dict[str, str]:
   for k in aux:
     del by_original[k]
   if aux:
-    log.info("fp8-scaled checkpoint: %d weights dequantised with their scale_weight", len(scales))
+    log.info("fp8-scaled checkpoint: %d weights carry a scale_weight (dequantised with it, or "
+             "kept in fp8 where an fp8 base can hold them)", len(scales))
   return scales
 
 
