@@ -1,6 +1,6 @@
 """Convert Wan 2.2 PyTorch checkpoints to wan-jax (Orbax) checkpoints.
 
-  python convert/wan22.py SRC OUT [--dtype bfloat16|float32|float16] [--only vae,text_encoder]
+  python convert/wan22.py SRC OUT [--dtype bfloat16|float32|float16|fp8] [--only vae,text_encoder]
 
 SRC is detected, not declared: an official release folder (high_noise_model/, low_noise_model/,
 Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/), a diffusers release folder
@@ -14,6 +14,9 @@ OUT receives one Orbax checkpoint per component, the tokenizer, and manifest.jso
 can be converted into the same OUT later. Load with wan_jax.load_dual_transformer(OUT),
 load_vae(OUT), load_text_encoder(OUT), load_tokenizer(OUT).
 Memory stays near one transformer block (~1.4 GB for the 14B in fp32) or one umT5 layer.
+--dtype fp8 writes the experts as `model.quantize=fp8` holds them (block kernels float8_e4m3fn
+with one fp32 scale per 64 inputs, the rest bfloat16; a ComfyUI fp8 file's own fp8 values kept
+where its scales allow): about half the disk of bfloat16, loadable only with model.quantize=fp8.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ try:
 except ImportError:  # run from a source checkout without `pip install -e .`
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wan_jax.weights.convert import COMPONENTS, PARAM_DTYPES, convert_checkpoint  # noqa: E402
+from wan_jax.weights.convert import (COMPONENTS, EXPERT_DTYPES, PARAM_DTYPES,  # noqa: E402
+                                     convert_checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +40,13 @@ def main(argv: list[str] | None = None) -> int:
                                    epilog=__doc__.split("\n\n", 2)[2])
   parser.add_argument("src", type=Path, help="release folder, component folder or file")
   parser.add_argument("out", type=Path, help="output folder")
-  parser.add_argument("--dtype", default="bfloat16", choices=PARAM_DTYPES,
-                      help="the transformers' parameter dtype (default: bfloat16)")
-  parser.add_argument("--vae-dtype", default="float32", choices=PARAM_DTYPES,
+  parser.add_argument("--dtype", default="bfloat16", choices=EXPERT_DTYPES,
+                      help="the transformers' parameter dtype, or fp8: quantised block kernels "
+                           "for model.quantize=fp8 (default: bfloat16)")
+  # No argparse choices: "fp8" here gets our one-line refusal rather than a usage dump.
+  parser.add_argument("--vae-dtype", default="float32", metavar="|".join(PARAM_DTYPES),
                       help="the VAE's parameter dtype (default: float32, as released)")
-  parser.add_argument("--text-encoder-dtype", default="bfloat16", choices=PARAM_DTYPES,
+  parser.add_argument("--text-encoder-dtype", default="bfloat16", metavar="|".join(PARAM_DTYPES),
                       help="umT5's parameter dtype (default: bfloat16, as released)")
   parser.add_argument("--only", default=None,
                       help=f"comma-separated components to convert: {', '.join(COMPONENTS)} "

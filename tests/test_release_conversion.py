@@ -164,15 +164,17 @@ def test_an_encoders_cache_identity_ignores_the_rest_of_the_release(tmp_path, fu
 
 
 @pytest.mark.slow
-def test_training_from_a_converted_release(tmp_path, full_release):
+@pytest.mark.parametrize("dtype", ["bfloat16", "fp8"])
+def test_training_from_a_converted_release(tmp_path, full_release, dtype):
   """The real path users take: convert, then train LoRAs on the converted folder (caches built
-  with the converted VAE, umT5 and tokenizer; previews decoded by that VAE)."""
+  with the converted VAE, umT5 and tokenizer; previews decoded by that VAE); with --dtype fp8,
+  on the fp8 base as converted (model.quantize=fp8)."""
   import importlib.util
 
   from wan_jax.data.demo import make_demo_dataset
   from wan_jax.train.run.trainer import train
   out = tmp_path / "converted"
-  assert run_cli(full_release, out, "--num-heads", "4").returncode == 0
+  assert run_cli(full_release, out, "--num-heads", "4", "--dtype", dtype).returncode == 0
   spec = importlib.util.spec_from_file_location(
       "wan22_masked", Path(__file__).resolve().parents[1] / "configs/wan22_masked.py")
   module = importlib.util.module_from_spec(spec)
@@ -181,6 +183,7 @@ def test_training_from_a_converted_release(tmp_path, full_release):
   media, masks = make_demo_dataset(tmp_path / "data")
   cfg.model.name_or_path = str(out)
   cfg.model.dtype = "float32"
+  cfg.model.quantize = "fp8" if dtype == "fp8" else "none"
   cfg.lora.rank, cfg.lora.alpha = 2, 2.0
   cfg.train.steps, cfg.train.switch_boundary_every = 2, 1
   cfg.checkpoint.every, cfg.save.every, cfg.preview.every = 2, 0, 2

@@ -14,7 +14,11 @@ the fp8 bytes); 32 gains 0.11-0.14 points more for twice the overhead.
 A fan-in that 64 does not divide (the tiny test model) falls back to one scale per column.
 
 Scales map each group's largest magnitude to 448, e4m3's largest finite value; values are
-rounded to nearest. LoRA adapters, norms, modulation, embeddings and head are not quantised.
+rounded to nearest. Values are multiplied by the scale's reciprocal, not divided by the scale:
+XLA's CPU compiler turns a quotient by a broadcast into that product anyway, which differs from
+numpy's quotient in the last bit of about a quarter of the values (measured on a 1024x2048
+kernel) and so, at an fp8 rounding tie, in the fp8 value; spelt out as a product, `quantize`
+and `quantize_numpy` agree bit for bit. LoRA adapters, norms, modulation, embeddings and head are not quantised.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def quantize(kernel: jax.Array, group: int | None = None) -> tuple[jax.Array, ja
   k = jnp.asarray(kernel, jnp.float32).reshape(*lead, fan_in // g, g, fan_out)
   amax = jnp.max(jnp.abs(k), axis=-2)
   scale = jnp.where(amax > 0, amax * INV_MAX, 1.0)
-  q = jnp.clip(k / scale[..., None, :], -FP8_MAX, FP8_MAX).astype(FP8)
+  q = jnp.clip(k * (1.0 / scale)[..., None, :], -FP8_MAX, FP8_MAX).astype(FP8)
   return q.reshape(kernel.shape), scale
 
 
@@ -55,16 +59,22 @@ def dequantize(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
 
 
 def quantize_numpy(kernel: np.ndarray, group: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """`quantize` on the host, one array at a time (loading and conversion)."""
+  """`quantize` on the host, one array at a time (loading and conversion), the same values.
+
+  One fp32 copy of the kernel is the only temporary (scaled and clipped in place; the largest
+  magnitude from max and min, not from an array of absolute values): loading and the converter
+  run it on several kernels at once, and each fp32 temporary of a 14B ffn kernel is 270 MiB.
+  """
   import ml_dtypes
 
   *lead, fan_in, fan_out = kernel.shape
   g = group_size(fan_in) if group is None else group
-  k = np.asarray(kernel, np.float32).reshape(*lead, fan_in // g, g, fan_out)
-  amax = np.abs(k).max(axis=-2)
+  k = np.array(kernel, np.float32).reshape(*lead, fan_in // g, g, fan_out)  # a copy: changed below
+  amax = np.maximum(k.max(axis=-2), -k.min(axis=-2))
   scale = np.where(amax > 0, amax * INV_MAX, np.float32(1.0)).astype(np.float32)
-  q = np.clip(k / scale[..., None, :], -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
-  return q.reshape(kernel.shape), scale
+  np.multiply(k, (np.float32(1.0) / scale)[..., None, :], out=k)
+  np.clip(k, -FP8_MAX, FP8_MAX, out=k)
+  return k.astype(ml_dtypes.float8_e4m3fn).reshape(kernel.shape), scale
 
 
 def is_fp8(x) -> bool:

@@ -23,12 +23,15 @@ from wan_jax.model.vae import WanVAE
 from wan_jax.weights import checkpoint, umt5_keys, vae_keys
 from wan_jax.weights.assemble import check_tensors, expected_shapes
 from wan_jax.weights.components import Components, config_json, find_components
+from wan_jax.weights.fp8 import fp8_kernels
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import find_experts
 from wan_jax.weights.tasks import TASK_NAMES, common_task, task_of_entry
 from wan_jax.weights.tensor_files import open_tensors
 
 PARAM_DTYPES = ("bfloat16", "float32", "float16")
+FP8 = "fp8"  # experts only: block kernels in float8_e4m3fn + fp32 scales, the rest bfloat16
+EXPERT_DTYPES = (*PARAM_DTYPES, FP8)
 COMPONENTS = ("transformers", "vae", "text_encoder", "tokenizer")
 
 
@@ -124,12 +127,21 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
                        overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
   """Converts every component found in `src` (or those in `only`) into `out`; returns the manifest.
 
-  dtype: the transformers' parameter dtype; the VAE stays float32 and umT5 bfloat16 (as released)
-  unless told otherwise. Memory holds about one transformer block or one umT5 layer at a time.
+  dtype: the transformers' parameter dtype, or "fp8": the block kernels quantised as
+  `model.quantize=fp8` stores them (fp8 values and scales, the same numbers as quantising a
+  bfloat16 conversion on load: a ComfyUI fp8 file's own values where its scales allow), the rest
+  in bfloat16; half the disk and load time, and it loads only with model.quantize=fp8. The VAE
+  stays float32 and umT5 bfloat16 (as released) unless told otherwise; fp8 is not for them.
+  Memory holds about one transformer block or one umT5 layer at a time.
   """
   src, out = Path(src).expanduser().resolve(), checkpoint.absolute(out)
-  dtypes = {"transformers": dtype_name(dtype), "vae": dtype_name(vae_dtype),
-            "text_encoder": dtype_name(text_encoder_dtype)}
+  for flag, value in (("--vae-dtype", vae_dtype), ("--text-encoder-dtype", text_encoder_dtype)):
+    if str(value) == FP8:
+      raise ValueError(f"{flag} fp8: fp8 is for the transformer experts only (--dtype fp8); "
+                       f"{flag} takes {', '.join(PARAM_DTYPES)}")
+  quantize = FP8 if str(dtype) == FP8 else "none"
+  dtypes = {"transformers": "bfloat16" if quantize == FP8 else dtype_name(dtype),
+            "vae": dtype_name(vae_dtype), "text_encoder": dtype_name(text_encoder_dtype)}
   try:
     components = find_components(src)
   except CheckpointError as e:  # every refusal names what the user pointed at
@@ -169,7 +181,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, dtype: str = "bfloat16"
   for name in selected:
     writer = _Writer(out, log)
     try:
-      entries = list(_convert_one(name, components, dtypes, experts, writer, log))
+      entries = list(_convert_one(name, components, dtypes, experts, writer, log, quantize))
     except BaseException:
       writer.undo()
       raise
@@ -208,8 +220,10 @@ def _refuse_other_task(out: Path, manifest: dict, experts: dict, src: Path) -> N
 
 def _convert_one(name: str, components: Components, dtypes: dict[str, str],
                  experts: tuple[str, dict] | None, writer: _Writer,
-                 log) -> Iterator[tuple[str, dict]]:
-  """Converts one component; yields its manifest entries (one per expert for transformers)."""
+                 log, quantize: str = "none") -> Iterator[tuple[str, dict]]:
+  """Converts one component; yields its manifest entries (one per expert for transformers).
+  quantize="fp8": the experts' fp8 kernels written quantised; the entry says so ("quantize"),
+  which is how loading knows (absent: "none")."""
   path = getattr(components, name)
   if name == "tokenizer":
     writer.tokenizer(path)
@@ -222,12 +236,13 @@ def _convert_one(name: str, components: Components, dtypes: dict[str, str],
     log(f"transformers: {layout} layout, {TASK_NAMES[task]}, experts: {', '.join(sources)}")
     for expert_name, expert in sources.items():
       cfg = expert.config
+      fp8 = fp8_kernels(cfg) if quantize == FP8 else frozenset()
       log(f"{expert_name}: {expert.description}: {cfg.num_layers} layers, dim {cfg.dim}, "
-          f"{cfg.num_heads} heads ({dtype})")
-      writer.params(expert_name, expert.converted(np.dtype(numpy_dtype(dtype))))
-      yield f"experts.{expert_name}", {"path": expert_name, "source": expert.description,
-                                       "layout": layout, "task": expert.task,
-                                       "dtype": dtype, "config": cfg.arch_dict()}
+          f"{cfg.num_heads} heads ({dtype}{', block kernels in fp8' if fp8 else ''})")
+      writer.params(expert_name, expert.converted(np.dtype(numpy_dtype(dtype)), fp8=fp8))
+      entry = {"path": expert_name, "source": expert.description, "layout": layout,
+               "task": expert.task, "dtype": dtype, "config": cfg.arch_dict()}
+      yield f"experts.{expert_name}", entry | ({"quantize": quantize} if fp8 else {})
     return
   source = vae_source if name == "vae" else text_encoder_source
   store, cfg, params = source(path, dtype)

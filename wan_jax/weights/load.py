@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -19,8 +19,10 @@ from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.quantize import is_fp8, quantize
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import checkpoint
+from wan_jax.weights.assemble import Tensors
 from wan_jax.weights.assemble import assemble as fill_model
 from wan_jax.weights.convert import dtype_name, numpy_dtype
+from wan_jax.weights.fp8 import fp8_kernels, quantize_tensors, scale_name
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import ExpertSource, find_experts
 from wan_jax.weights.tasks import BOUNDARIES, common_task, task_of_entry
@@ -28,12 +30,12 @@ from wan_jax.weights.tasks import BOUNDARIES, common_task, task_of_entry
 log = logging.getLogger(__name__)
 
 
-def assemble(cfg: WanConfig, params: dict[str, np.ndarray]) -> WanTransformer:
-  """Builds the model around per-layer tensors (consumed from `params` to free host memory);
-  with `cfg.quantize` the block kernels are quantised after they are placed."""
-  model = fill_model(lambda: WanTransformer(cfg.replace(quantize="none"), rngs=nnx.Rngs(0)),
-                     params, stacked="blocks", num_layers=cfg.num_layers)
-  return model if cfg.quantize == "none" else quantize_model(model, cfg)
+def assemble(cfg: WanConfig, tensors: Tensors) -> WanTransformer:
+  """Builds the model around per-layer tensors (a dict, consumed to free host memory, or pairs
+  read block by block); with `cfg.quantize` the fp8 kernels must come with their scales
+  (weights/fp8.py quantises them as they are read)."""
+  return fill_model(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), tensors, stacked="blocks",
+                    num_layers=cfg.num_layers)
 
 
 @jax.jit
@@ -43,7 +45,9 @@ def _quantize_stack(kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def quantize_model(model: WanTransformer, cfg: WanConfig) -> WanTransformer:
   """`model` (unquantised) as the model `cfg` describes (`cfg.quantize`): every kernel the
-  quantised model stores in fp8 is quantised here, layer by layer; the rest is shared."""
+  quantised model stores in fp8 is quantised here, layer by layer; the rest is shared. Loading
+  quantises as it reads instead (weights/fp8.py, the same values); this is the reference for
+  that, and quantises models built in memory (benchmarks)."""
   graphdef, state = nnx.split(nnx.eval_shape(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0))))
   source = {jax.tree_util.keystr(k): v for k, v in
             jax.tree_util.tree_flatten_with_path(nnx.state(model).to_pure_dict())[0]}
@@ -86,22 +90,31 @@ class _Opened:
       raise CheckpointError(f"{self.path} holds no transformer (it holds {', '.join(held)})")
     return names
 
-  def params(self, name: str, dtype: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(arch dict, per-layer tensors in `dtype`) of one expert."""
-    np_dtype = numpy_dtype(dtype)
+  def tensors(self, name: str, cfg: WanConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """One expert's per-layer tensors in `cfg.param_dtype`, read block by block; with
+    `cfg.quantize` the fp8 kernels and their scales: stored ones as they are, others quantised
+    as they are read, so host memory never holds the whole expert unquantised."""
+    np_dtype = numpy_dtype(cfg.param_dtype)
+    fp8 = fp8_kernels(cfg) if cfg.quantize == "fp8" else frozenset()
     if self.manifest is None:
       source = self.experts[name]
-      log.info("converting %s on the fly (%s)", source.description, dtype)
-      return source.config.arch_dict(), dict(source.converted(np_dtype))
+      log.info("converting %s on the fly (%s%s)", source.description, cfg.param_dtype,
+               ", fp8 kernels quantised as read" if fp8 else "")
+      return source.converted(np_dtype, fp8=fp8)
     entry = self.manifest["experts"][name]
-    stored = entry["dtype"]
+    stored, stored_quantize = entry["dtype"], entry.get("quantize", "none")
+    if stored_quantize != cfg.quantize and stored_quantize != "none":
+      raise CheckpointError(
+          f"{self.path}: expert {name} holds an fp8 base (converted with --dtype fp8: its "
+          f"weights are already rounded to fp8); load it with model.quantize=fp8, or convert "
+          f"the release again with --dtype bfloat16 for model.quantize={cfg.quantize}")
     if np_dtype.itemsize > numpy_dtype(stored).itemsize:
       log.warning("%s was converted in %s; loading as %s cannot restore the lost precision",
-                  self.path, stored, dtype)
-    params = checkpoint.read_expert(self.path / entry["path"])
-    for key in list(params):  # one tensor at a time: never two copies of the model on the host
-      params[key] = params.pop(key).astype(np_dtype, copy=False)
-    return entry["config"], params
+                  self.path, stored, cfg.param_dtype)
+    keep = fp8 | {scale_name(k) for k in fp8} if stored_quantize == "fp8" else frozenset()
+    tensors = ((k, v if k in keep else v.astype(np_dtype, copy=False))
+               for k, v in checkpoint.read_expert_blocks(self.path / entry["path"]))
+    return tensors if stored_quantize == "fp8" else quantize_tensors(tensors, fp8)
 
   def arch(self, name: str) -> dict[str, Any]:
     """The expert's architecture fields, without reading its tensors."""
@@ -132,9 +145,9 @@ class _Opened:
                          "(or use load_dual_transformer)")
       name = names[0]
     self._check(name)
-    arch, params = self.params(name, dtype)
     runtime = {"compute_dtype": dtype, **runtime}
-    return assemble(WanConfig.from_arch_dict(arch, param_dtype=dtype, **runtime), params)
+    cfg = WanConfig.from_arch_dict(self.arch(name), param_dtype=dtype, **runtime)
+    return assemble(cfg, self.tensors(name, cfg))
 
 
 def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str | None = None,
@@ -145,7 +158,9 @@ def load_transformer(path: str | Path, dtype: str = "bfloat16", *, expert: str |
   dtype: the parameter dtype ("bfloat16", "float32", "float16"); also the compute dtype unless
     `compute_dtype` says otherwise, so "float32" gives full-precision results.
   expert: "high_noise" / "low_noise" when the path holds both.
-  runtime: WanConfig runtime fields (compute_dtype, attention, attention_chunk_size, remat).
+  runtime: WanConfig runtime fields (compute_dtype, attention, attention_chunk_size, remat,
+    quantize). quantize="fp8": the block kernels in fp8, quantised block by block as they are
+    read (a folder converted with --dtype fp8 is read as stored, and loads only so).
   """
   return _Opened.of(path, num_heads).build(expert, dtype_name(dtype), runtime)
 

@@ -23,14 +23,17 @@ import numpy as np
 from flax import nnx
 
 from wan_jax.model.config import WanConfig
+from wan_jax.model.quantize import quantize_numpy
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import transformer_keys as tk
+from wan_jax.weights.fp8 import scale_name, stored_scales
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore, read_json
 from wan_jax.weights.tasks import check_declared, common_task
 from wan_jax.weights.tensor_files import PthStore, open_tensors
 
 log = logging.getLogger(__name__)
 CONVERT_THREADS = max(1, min(4, os.cpu_count() or 1))
+KEPT = "kept"  # a file's fp8 kernel kept as stored
 
 # Folder names of each release layout -> our expert names.
 RELEASE_LAYOUTS = {
@@ -59,38 +62,72 @@ class ExpertSource:
     key = tk.to_diffusers_key(original) if self.key_layout == "diffusers" else original
     return self.prefix + key
 
-  def converted(self, dtype: np.dtype, workers: int = CONVERT_THREADS
-                ) -> Iterator[tuple[str, np.ndarray]]:
-    """(our per-layer name, tensor in `dtype`) for every parameter, in order, shapes checked.
+  def converted(self, dtype: np.dtype, workers: int = CONVERT_THREADS,
+                fp8: frozenset[str] = frozenset()) -> Iterator[tuple[str, np.ndarray]]:
+    """(our per-layer name, tensor in `dtype`) for every parameter, in order, shapes checked;
+    the kernels named in `fp8` as fp8 values plus their `kernel_scale` (weights/fp8.py): a
+    ComfyUI fp8 file's own values where its scales allow, else quantised as read.
 
     `workers` threads convert ahead (numpy's copies release the GIL); at most 2 * workers + 1
     tensors are in memory at once.
     """
     expected = expected_shapes(self.config)
+    kept, requantised = 0, collections.Counter()
     with ThreadPoolExecutor(workers) as pool:
       window: collections.deque = collections.deque()
+
+      def done() -> Iterator[tuple[str, np.ndarray]]:
+        nonlocal kept
+        pairs, note = window.popleft().result()
+        if note == KEPT:
+          kept += 1
+        elif note:
+          requantised[note] += 1
+        yield from pairs
+
       for ours, (original, kind) in tk.parameter_map(self.config.num_layers).items():
-        window.append((ours, pool.submit(self._convert, ours, original, kind, dtype, expected)))
+        window.append(pool.submit(self._convert, ours, original, kind, dtype, expected,
+                                  ours in fp8))
         if len(window) > 2 * workers:
-          name, future = window.popleft()
-          yield name, future.result()
+          yield from done()
       while window:
-        name, future = window.popleft()
-        yield name, future.result()
+        yield from done()
+    if kept or requantised:  # once per expert: what became of the file's own fp8 values
+      log.info("%s: kept the file's fp8 values of %d kernels (per-tensor or per-channel "
+               "scales)%s", self.store.description, kept,
+               "".join(f"; requantised {n} from their dequantised weights ({why})"
+                       for why, n in requantised.items()))
 
   def _convert(self, ours: str, original: str, kind: str, dtype: np.dtype,
-               expected: dict[str, tuple[int, ...]]) -> np.ndarray:
+               expected: dict[str, tuple[int, ...]], quantized: bool = False
+               ) -> tuple[list[tuple[str, np.ndarray]], str | None]:
+    """([(name, tensor)], note): note is KEPT, why a file's fp8 kernel was quantised again,
+    or None."""
     key = self.source_key(original)
     raw = self.store.read(key)
-    if original in self.scales:  # ComfyUI "fp8 scaled": weight = fp8 value * scale_weight
-      raw = raw.astype(np.float32) * self.store.read(self.scales[original]).astype(np.float32)
+    scale = self.store.read(self.scales[original]) if original in self.scales else None
+    in_fp8 = scale is not None or raw.dtype.name.startswith("float8")
+    stored = stored_scales(raw, scale) if quantized and in_fp8 else None
+    if isinstance(stored, np.ndarray):  # the file's fp8 values as they are (transposed: exact)
+      values = tk.transform_for(kind)(raw)
+      self._check_shape(ours, key, values.shape, expected)
+      return [(ours, values), (scale_name(ours), stored)], KEPT
+    if scale is not None:  # ComfyUI "fp8 scaled": weight = fp8 value * scale_weight
+      raw = raw.astype(np.float32) * scale.astype(np.float32)
     # Cast first: transposing the (often smaller) target dtype is the cheaper copy.
     array = tk.transform_for(kind)(raw.astype(dtype, copy=False))
-    if array.shape != expected[ours]:
+    self._check_shape(ours, key, array.shape, expected)
+    if not quantized:
+      return [(ours, array)], None
+    q, s = quantize_numpy(array)
+    return [(ours, q), (scale_name(ours), s)], stored
+
+  def _check_shape(self, ours: str, key: str, shape: tuple[int, ...],
+                   expected: dict[str, tuple[int, ...]]) -> None:
+    if shape != expected[ours]:
       raise CheckpointError(f"{self.store.description}: tensor {key!r} has shape "
-                            f"{self.store.shape(key)}, which gives {array.shape} but the model "
+                            f"{self.store.shape(key)}, which gives {shape} but the model "
                             f"needs {expected[ours]} for {ours}")
-    return array
 
 
 def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
@@ -151,7 +188,7 @@ def _fp8_scales(by_original: dict[str, str]) -> dict[str, str]:
   """Takes ComfyUI's fp8-scaled side tensors out of `by_original`; returns weight -> scale key.
 
   `scale_input` (activation scales for fp8 matmuls) and the `scaled_fp8` marker carry nothing
-  a dequantised model needs.
+  a dequantised model, or our fp8 base (weights/fp8.py), needs.
   """
   aux = [k for k in by_original if k == "scaled_fp8" or k.endswith(FP8_AUX_SUFFIXES)]
   scales = {k[:-len(".scale_weight")] + ".weight": by_original[k]
@@ -159,7 +196,8 @@ def _fp8_scales(by_original: dict[str, str]) -> dict[str, str]:
   for k in aux:
     del by_original[k]
   if aux:
-    log.info("fp8-scaled checkpoint: %d weights dequantised with their scale_weight", len(scales))
+    log.info("fp8-scaled checkpoint: %d weights carry a scale_weight (dequantised with it, or "
+             "kept in fp8 where an fp8 base can hold them)", len(scales))
   return scales
 
 

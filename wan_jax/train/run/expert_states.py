@@ -74,7 +74,9 @@ def build_expert_state(cfg: ml_collections.ConfigDict, expert: str,
   """The expert loaded (with LoRA adapters unless full fine-tuning), split into trainable and
   frozen parts, placed, with a fresh optimizer state. With `stream` the frozen block weights
   wait in pinned host memory whatever `memory_kind` says for the rest."""
-  quantized = str(cfg.model.quantize) != "none"  # loaded whole, then quantised (load.py)
+  # fp8: still built on the host and placed once; since loading quantises block by block
+  # (weights/fp8.py) no bf16 expert is whole anywhere, so this is no longer needed for memory.
+  quantized = str(cfg.model.quantize) != "none"
   with _built_in_host_memory(stream or memory_kind == HOST or quantized):
     model = loading.load_expert(cfg, expert, remat)
     if cfg.lora.enabled:
