@@ -98,7 +98,7 @@ def _config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 def _loras(args: argparse.Namespace, cfg: ml_collections.ConfigDict) -> dict:
   from wan_jax.sampling.loras import assign
-  from wan_jax.train.step.experts import CHECKPOINT_NAMES
+  from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES
   given = args.lora or args.lora_high or args.lora_low
   if args.no_lora:
     if given:

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from wan_jax.sampling.sampler import load_dual, encode
 from wan_jax.train.run import loading
-from wan_jax.train.step.experts import HIGH, LOW
+from wan_jax.train.step.expert_schedule import HIGH, LOW
 from wan_jax.model.lora import add_lora, lora_state
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.prompts import tokenize, encode_tokens

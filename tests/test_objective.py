@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from wan_jax.train.step.experts import active_expert, active_expert_index
+from wan_jax.train.step.expert_schedule import active_expert, active_expert_index
 from wan_jax.train.step.objective import masked_mse, noisy_latents
 from wan_jax.model.flow_matching import expert_range
 from wan_jax.train.step.timesteps import METHODS, sample_timesteps

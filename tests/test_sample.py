@@ -18,7 +18,7 @@ from helpers import REPO, sample
 from wan_jax.model.config import tiny, tiny_i2v
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.sampling.loras import apply_lora, assign, check_made_for, expert_of
-from wan_jax.train.step.experts import HIGH, LOW
+from wan_jax.train.step.expert_schedule import HIGH, LOW
 from wan_jax.weights.export import save_lora
 from wan_jax.model.lora import add_lora, block_linear, lora_targets
 

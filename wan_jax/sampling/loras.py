@@ -16,7 +16,7 @@ from pathlib import Path
 from wan_jax.model.lora import add_lora
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.train.outputs.lora_metadata import base_architecture
-from wan_jax.train.step.experts import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES, HIGH, LOW
 from wan_jax.weights.export import load_lora, read_lora_config
 from wan_jax.weights.safetensors_reader import SafetensorsFile
 

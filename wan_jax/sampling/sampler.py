@@ -25,7 +25,7 @@ from wan_jax.model.prompts import encode_tokens, tokenize
 from wan_jax.sampling.loras import apply_lora, check_made_for
 from wan_jax.train.outputs.preview import Guidance, render_previews
 from wan_jax.train.run import loading
-from wan_jax.train.step.experts import HIGH, LOW
+from wan_jax.train.step.expert_schedule import HIGH, LOW
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from wan_jax.weights.safetensors_reader import read_json
-from wan_jax.weights.tasks import task_of_entry
+from wan_jax.weights.checkpoint_tasks import task_of_entry
 from wan_jax.weights.transformer_keys import LAYER_RE
 
 MANIFEST = "manifest.json"

@@ -26,7 +26,7 @@ from wan_jax.weights.components import Components, config_json, find_components
 from wan_jax.weights.fp8 import fp8_kernels
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import find_experts
-from wan_jax.weights.tasks import TASK_NAMES, common_task, task_of_entry
+from wan_jax.weights.checkpoint_tasks import TASK_NAMES, common_task, task_of_entry
 from wan_jax.weights.tensor_files import open_tensors
 
 PARAM_DTYPES = ("bfloat16", "float32", "float16")

@@ -25,7 +25,7 @@ from wan_jax.weights.convert import dtype_name, numpy_dtype
 from wan_jax.weights.fp8 import fp8_kernels, quantize_tensors, scale_name
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import ExpertSource, find_experts
-from wan_jax.weights.tasks import BOUNDARIES, common_task, task_of_entry
+from wan_jax.weights.checkpoint_tasks import BOUNDARIES, common_task, task_of_entry
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import transformer_keys as tk
 from wan_jax.weights.fp8 import scale_name, stored_scales
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore, read_json
-from wan_jax.weights.tasks import check_declared, common_task
+from wan_jax.weights.checkpoint_tasks import check_declared, common_task
 from wan_jax.weights.tensor_files import PthStore, open_tensors
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import ml_collections
 
 from wan_jax.data.config import resolutions
 from wan_jax.model.flow_matching import expert_range
-from wan_jax.train.step.experts import CHECKPOINT_NAMES
+from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES
 
 MODELSPEC_VERSION = "1.0.0"
 IMPLEMENTATION = "https://github.com/Wan-Video/Wan2.2"  # the key layout the files use

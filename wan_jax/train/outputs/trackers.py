@@ -24,7 +24,7 @@ import ml_collections
 from wan_jax.train.outputs.metrics_log import MetricsLog
 from wan_jax.train.outputs.tensorboard_log import TensorBoardLog
 from wan_jax.train.outputs.wandb_log import open_wandb
-from wan_jax.train.step.experts import CHECKPOINT_NAMES
+from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES
 
 AVERAGE_WINDOW = 20  # as the run summary's final loss
 

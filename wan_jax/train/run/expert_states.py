@@ -16,7 +16,7 @@ from flax import nnx
 from wan_jax.model.lora import FROZEN, LORA, add_lora
 from wan_jax.train.run import loading
 from wan_jax.train.run.checkpointing import abstract_like
-from wan_jax.train.step.experts import HIGH
+from wan_jax.train.step.expert_schedule import HIGH
 from wan_jax.train.step.sharding import (
   DEVICE,
   HOST,

@@ -26,7 +26,7 @@ from wan_jax.model.vae import WanVAE
 from wan_jax.model.vae_config import VAEConfig, tiny_vae, wan21_vae
 from wan_jax.tasks import TASKS, Task
 from wan_jax.train.run.random_weights import random_module
-from wan_jax.train.step.experts import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES, HIGH, LOW
 from wan_jax.weights.load import expert_arch, load_transformer, task_of
 from wan_jax.weights.load_encoders import (
   component_location,

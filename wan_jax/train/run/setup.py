@@ -26,7 +26,7 @@ from wan_jax.train.run.resume import check_resume, restore
 from wan_jax.train.run.summary import RunSummary
 from wan_jax.train.run.validate import check_preview_images
 from wan_jax.train.run.writer import Outputs, exports_weight_files
-from wan_jax.train.step.experts import HIGH, LOW, batches_per_expert
+from wan_jax.train.step.expert_schedule import HIGH, LOW, batches_per_expert
 from wan_jax.train.step.mesh import make_mesh
 from wan_jax.train.step.optimizer import make_optimizer
 from wan_jax.train.step.train_step import StepSettings

@@ -35,7 +35,7 @@ from wan_jax.train.run.stop import Interrupted, StopRequest
 from wan_jax.train.run.summary import RunSummary, TrainingStalled
 from wan_jax.train.run.validate import check_run_config, check_workdir
 from wan_jax.train.run.workdir_lock import workdir_lock
-from wan_jax.train.step.experts import HIGH, LOW, active_expert
+from wan_jax.train.step.expert_schedule import HIGH, LOW, active_expert
 from wan_jax.train.step.optimizer import learning_rate
 from wan_jax.train.step.train_step import step_keys
 

@@ -28,7 +28,7 @@ from wan_jax.train.outputs.preview import Guidance, render_previews
 from wan_jax.train.outputs.trackers import Trackers
 from wan_jax.train.run import loading
 from wan_jax.train.run.expert_states import Experts
-from wan_jax.train.step.experts import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES, HIGH, LOW
 from wan_jax.weights.export import save_full, save_lora
 
 log = logging.getLogger(__name__)
