@@ -35,7 +35,28 @@ def one_masked_image(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_tiny_model_overfits_one_masked_example(tmp_path, one_masked_image):
+def test_the_tiny_model_overfits_one_masked_example(tmp_path, one_masked_image, monkeypatch):
+  """Also: the loop reads each step's loss one step late (it queues step k+1 first), so the
+  device never waits on the host's logging."""
+  from wan_jax.train.run.planned_step import CompiledStep
+
+  events: list[tuple[str, int]] = []
+  queue = CompiledStep.__call__
+
+  class Loss:  # the step's loss, noting when the host reads it
+    def __init__(self, value, n):
+      self.value, self.n = value, n
+
+    def __float__(self):
+      events.append(("read", self.n))
+      return float(self.value)
+
+  def queued(self, *args):
+    trainable, opt_state, m = queue(self, *args)
+    events.append(("queue", sum(kind == "queue" for kind, _ in events) + 1))
+    return trainable, opt_state, {**m, "loss": Loss(m["loss"], events[-1][1])}
+
+  monkeypatch.setattr(CompiledStep, "__call__", queued)
   cfg = quiet(get_config(), 120)
   cfg.datasets = [dataset_config(folder_path=str(one_masked_image / "media"),
                                  mask_path=str(one_masked_image / "masks"), resolution=[48],
@@ -45,12 +66,15 @@ def test_the_tiny_model_overfits_one_masked_example(tmp_path, one_masked_image):
   cfg.model.train_low_noise = False
   cfg.train.learning_rate = 3e-3
   cfg.train.sample_posterior = False
+  cfg.checkpoint.every = 1000  # the final checkpoint only
   cfg.cache.dir = str(tmp_path / "cache")
   summary = train(cfg, tmp_path / "run", progress=False)
   got = list(losses(tmp_path / "run").values())
   assert len(got) == 120 and summary.skipped_steps == 0
   assert np.mean(got[-10:]) < 0.5 * np.mean(got[:5]), (got[:5], got[-10:])
   assert (tmp_path / "run/weights/demo_lora_high_noise.safetensors").is_file()  # full export
+  want = [("queue", 1)] + [e for k in range(1, 120) for e in (("queue", k + 1), ("read", k))]
+  assert events == want + [("read", 120)]  # no checkpoint, export or preview until the end
 
 
 @pytest.mark.slow

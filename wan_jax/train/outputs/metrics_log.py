@@ -49,6 +49,8 @@ class MetricsLog:
   def rows(self) -> list[dict[str, Any]]:
     """Every row that parses; a damaged line is named in a warning and skipped."""
     out = []
+    if not self.path.is_file():  # e.g. a link to a device: nothing to read back (never ends)
+      return out
     for number, line in enumerate(self.path.read_text().splitlines(), 1):
       try:
         out.append(json.loads(line))

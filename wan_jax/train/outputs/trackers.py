@@ -140,9 +140,13 @@ class Trackers:
     return self._scalars
 
   def log(self, step: int, row: dict[str, Any]) -> None:
+    """metrics.jsonl first: the row is on disk (or the disk's error raised) before the earlier
+    rows are read back for the averages and before any dashboard sees it."""
+    self.metrics.row(step, row, {})
     scalars = self._start(step)(row)
     for tracker in self.trackers:
-      tracker.row(step, row, scalars)
+      if tracker is not self.metrics:
+        tracker.row(step, row, scalars)
 
   def previews(self, step: int, paths: Sequence[Path], prompts: Sequence[str] = ()) -> None:
     self._start(step)
