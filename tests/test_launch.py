@@ -69,8 +69,10 @@ def test_the_demo_trains_and_hands_over_every_file(tmp_path):
   assert [e.step for e in events.Scalars("loss_avg/low_noise")] == sorted({*range(1, 25)} - {*high})
   assert [e.step for e in events.Images("preview/0")] == [12, 24]  # the clips, as GIFs
 
-  again = launch("--workdir", str(run), cache)  # finished: nothing to redo
-  assert again.returncode == 0 and "resumed from step 24" in again.stdout
+  stamps = {p: p.stat().st_mtime_ns for p in [*(run / "lora").iterdir(), *videos]}
+  again = launch("--workdir", str(run), cache)  # finished: nothing to redo, nothing written
+  assert again.returncode == 0 and f"the run in {run} is done" in again.stdout
+  assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
   # Sampling with what the run handed over (`python sample.py --run runs/demo --prompt ...`, the
   # README's command): its config and final LoRA files; the same arguments give the same bytes.
