@@ -114,9 +114,9 @@ class Pipeline:
     """Every (frames, height, width) a batch can have: the entries' buckets and, when still
     images also train as static clips (image-to-video), those clips'."""
     shapes = {e.bucket for e in self.entries}
-    images = self.cache_plan.images if self.cache_plan is not None else None
-    if images is not None and images.clip_training:
-      shapes |= {(images.clip_num_frames, *b[1:]) for b in shapes if b[0] == 1}
+    if self.cache_plan is not None:  # the static clips the plan holds files for
+      shapes |= {v.clip.geometry.bucket for by_flip in self.cache_plan.variants
+                 for v in by_flip.values() if v.clip is not None}
     return sorted(shapes)
 
   def summary(self) -> str:

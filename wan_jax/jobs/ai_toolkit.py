@@ -431,8 +431,7 @@ class _Mapper:
               if ds.num_frames == 1]
     if self.i2v and images:  # as ai-toolkit: an empty condition unless model_kwargs say more
       self.notices.append(f"{_paths(images)}: num_frames 1 (images) trains image-to-video as "
-                          "ai-toolkit does: " + ImageTraining.from_config(c.image_i2v).describe()
-                          .removeprefix("images train image-to-video with "))
+                          "ai-toolkit does: " + ImageTraining.from_config(c.image_i2v).ways())
 
   def _dataset(self, ds: Section, trigger: str | None) -> ml_collections.ConfigDict:
     if ds.get("is_reg", bool, False):

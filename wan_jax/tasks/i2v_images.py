@@ -96,6 +96,10 @@ class ImageTraining:
 
   def describe(self) -> str:
     """One line for the data summary."""
+    return "images train image-to-video with " + self.ways()
+
+  def ways(self) -> str:
+    """How images train: 'an empty condition, or ...'."""
     ways = ["an empty condition"]
     if self.degraded_copies:
       ways.append(f"a degraded copy of itself ({self.conditioning_prob:.0%} of rows, "
@@ -103,7 +107,7 @@ class ImageTraining:
     if self.clip_training:
       ways.append(f"a static {self.clip_num_frames}-frame clip on a blurred copy "
                   f"({self.clip_training_prob:.0%} of batches)")
-    return "images train image-to-video with " + ", or ".join(ways)
+    return ", or ".join(ways)
 
 
 def image_training(cfg: ml_collections.ConfigDict, conditions_on_pixels: bool

@@ -104,12 +104,13 @@ def _loop(run: Run, progress: bool, stop: StopRequest) -> RunSummary:
   # i's loss, so the device never idles while the host logs. Before anything that needs them
   # (a checkpoint's counts, exported files, previews, the end) they are read at once.
   pending: _Pending | None = None
-  clock = [time.perf_counter()]  # when the last step's metrics were read
+  last_read = time.perf_counter()  # when the last step's metrics were read
 
   def report(p: _Pending) -> None:
+    nonlocal last_read
     loss, finite = float(p.metrics["loss"]), bool(p.metrics["finite"])  # waits for that step
     now = time.perf_counter()
-    seconds, clock[0] = now - max(clock[0], p.queued), now
+    seconds, last_read = now - max(last_read, p.queued), now
     p.expert.steps += finite  # the optimizer's own count: a skipped step does not advance it
     lr = float(schedule(max(0, (p.expert.steps - 1) // int(cfg.train.grad_accum))))
     if p.done % int(cfg.train.log_every) == 0 or p.done == steps:
