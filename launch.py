@@ -36,15 +36,14 @@ from wan_jax.data.config import validate as validate_dataset
 from wan_jax.files import storage_error
 from wan_jax.jobs.ai_toolkit import Job, JobError, is_job_file, load_job
 from wan_jax.jobs.overrides import OverrideError, apply_lists, split_overrides
+from wan_jax.variants import VARIANTS
 
 # The memory planner sizes the run against the allocator's limit; JAX's default of 75% of the
 # card would refuse plans that fit. Set before JAX starts its backend; the user's value wins.
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
 CONFIG_FILE = str(Path(__file__).parent / "configs" / "wan22_masked.py")
-I2V_CONFIG_FILE = str(Path(__file__).parent / "configs" / "wan22_i2v_masked.py")
 DEFAULT_CONFIG = CONFIG_FILE + ":tiny"
-DEMO_WORKDIRS = {"tiny": "runs/demo", "tiny_i2v": "runs/demo_i2v"}  # the CPU demos' default
 MULTI_HOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
@@ -58,11 +57,10 @@ def _config_arg(argv: list[str]) -> tuple[str | None, list[str]]:
   return None, argv
 
 
-def _python_config(variant: str = "", task: str = "t2v") -> ml_collections.ConfigDict:
-  """get_config(variant) of configs/wan22_masked.py, or of configs/wan22_i2v_masked.py for task
-  "i2v": the base a job file is mapped onto."""
-  file = I2V_CONFIG_FILE if task == "i2v" else CONFIG_FILE
-  return load_config_file(file + (f":{variant}" if variant else ""))
+def _python_config(config_file: str) -> ml_collections.ConfigDict:
+  """A model variant's config ("configs/wan22_masked.py:tiny", relative to this folder): the
+  base a job file is mapped onto."""
+  return load_config_file(str(Path(__file__).parent / config_file))
 
 
 def _base_config(path: str) -> ml_collections.ConfigDict | None:
@@ -94,7 +92,7 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
                                     "ai-toolkit job (.yaml)", flag_values=fv, sys_argv=argv,
                                     lock_config=False)
   flags.DEFINE_string("workdir", None, "run folder (checkpoints, LoRA files, previews, logs); "
-                      "default runs/demo (runs/demo_i2v) for the tiny demos", flag_values=fv)
+                      "default: a tiny demo's own folder (runs/demo, runs/demo_i2v, ...)", flag_values=fv)
   flags.DEFINE_bool("cache_only", False, "build the latent and prompt caches, then stop",
                     flag_values=fv)
   flags.DEFINE_bool("progress", True, "show progress bars", flag_values=fv)
@@ -169,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"launch.py: {e}", file=sys.stderr)
     return 2
-  default = job.workdir if job is not None else DEMO_WORKDIRS.get(cfg.model.arch)
+  demo = VARIANTS[cfg.model.arch].demo_workdir if cfg.model.arch in VARIANTS else ""
+  default = job.workdir if job is not None else (demo or None)
   workdir = fv.workdir or default
   if workdir is None:
     print("launch.py: --workdir is required (checkpoints, LoRA files and previews go there)",

@@ -16,14 +16,16 @@ from ml_collections import config_dict
 
 from wan_jax.data.config import dataset_config
 from wan_jax.model.lora import DEFAULT_TARGETS
+from wan_jax.variants import get_variant
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
+  release = get_variant("wan22_t2v_a14b")  # its sizes, boundary and previews: wan_jax/variants.py
   c.model = ml_collections.ConfigDict()
-  c.model.arch = "wan22_t2v_a14b"  # or "tiny" (random weights, for the demo and tests)
+  c.model.arch = release.arch  # or "tiny" (random weights, for the demo and tests)
   c.model.name_or_path = ""  # converted checkpoint folder (convert/wan22.py) or a release folder
   c.model.random_weights = False  # True: real-size random experts/VAE/umT5, no checkpoint (GPU
   #                                 smoke runs and benchmarks; trains on generated clips)
@@ -35,7 +37,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   #                            (half the memory; changes the model: opt-in, LoRA runs only)
   c.model.vae_dtype = "float32"
   c.model.text_encoder_dtype = "bfloat16"
-  c.model.boundary = 0.875  # t >= boundary*1000 -> high-noise expert (0.9 for I2V)
+  c.model.boundary = release.boundary  # t >= boundary*1000 -> high-noise expert (0.875)
   c.model.train_high_noise = True
   c.model.train_low_noise = True
   c.model.attention = "auto"  # auto | cudnn | xla | chunked
@@ -111,10 +113,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.preview.height = 480
   c.preview.width = 832
   c.preview.num_frames = 81
-  c.preview.num_steps = 40
-  c.preview.shift = 12.0
-  c.preview.guidance_low_noise = 3.0
-  c.preview.guidance_high_noise = 4.0
+  c.preview.num_steps = release.preview.steps
+  c.preview.shift = release.preview.shift  # upstream's sampling defaults for the release
+  c.preview.guidance_low_noise, c.preview.guidance_high_noise = release.preview.guidance
   c.preview.seed = 0
 
   # Always written: metrics.jsonl, TensorBoard events under tensorboard/, loss.png.

@@ -47,9 +47,10 @@ def test_expert_ranges_are_exact_and_contiguous():
   assert expert_range("low", 0.875) == (0.0, 875.0)
   assert expert_range("high", 0.9) == (900.0, 1000.0)
   assert expert_range("low", 0.9)[1] == expert_range("high", 0.9)[0]
+  assert expert_range("high", 0.0) == (0.0, 1000.0)  # one expert (TI2V-5B): every timestep
 
 
-@pytest.mark.parametrize("expert,boundary", [("mid", 0.875), ("High", 0.875), ("high", 0.0),
+@pytest.mark.parametrize("expert,boundary", [("mid", 0.875), ("High", 0.875), ("high", -0.5),
                                              ("low", 1.0), ("low", -0.1), ("high", 1.5)])
 def test_expert_range_errors(expert, boundary):
   with pytest.raises(ValueError, match="expert must be|boundary must be"):

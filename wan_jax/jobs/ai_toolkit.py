@@ -31,12 +31,9 @@ from wan_jax.jobs import ai_toolkit_keys
 from wan_jax.jobs.job_file import is_job_file, read_job  # noqa: F401 (launch.py reads it here)
 from wan_jax.jobs.values import JobError, Section
 from wan_jax.tasks.i2v_images import ImageTraining, nearest_clip_frames
+from wan_jax.variants import VARIANTS, Variant, by_ai_toolkit
 
 PROCESS_TYPES = ("sd_trainer", "diffusion_trainer", "ui_trainer")
-ARCHS = {"wan22_14b": "wan22_t2v_a14b", "wan22_t2v_a14b": "wan22_t2v_a14b", "tiny": "tiny",
-         "wan22_14b_i2v": "wan22_i2v_a14b", "wan22_i2v_a14b": "wan22_i2v_a14b",
-         "tiny_i2v": "tiny_i2v"}
-I2V_ARCHS = ("wan22_i2v_a14b", "tiny_i2v")  # ours; mapped onto configs/wan22_i2v_masked.py
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
 ADAMW = ("adamw", "adamw8bit", "adamw8")  # torch / bitsandbytes AdamW: weight decay 0.01 default
@@ -44,9 +41,8 @@ ADAM = ("adam", "adam8bit", "adam8")  # Adam: no weight decay by default
 TIMESTEPS = {"linear": "uniform", "sigmoid": "logit_normal", "shift": "shift"}
 SCHEDULES = ("constant", "cosine", "constant_with_warmup")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# (variant "" or "tiny"[, task "i2v"]) -> get_config(variant) of configs/wan22_masked.py, or of
-# configs/wan22_i2v_masked.py when task is "i2v" (launch._python_config)
-BaseConfig = Callable[..., ml_collections.ConfigDict]
+# A variant's config file ("configs/wan22_masked.py:tiny") -> its get_config (launch.py's loader)
+BaseConfig = Callable[[str], ml_collections.ConfigDict]
 
 
 @dataclasses.dataclass
@@ -107,7 +103,8 @@ def load_job(path: str | os.PathLike, base_config: BaseConfig) -> Job:
 
 
 def map_job(data: dict[str, Any], base_config: BaseConfig) -> Job:
-  """Maps a job's data onto `base_config(variant)` (our get_config)."""
+  """Maps a job's data onto `base_config(config file)`: the get_config of the variant its arch
+  names (wan_jax/variants.py)."""
   return _Mapper(data, base_config).run()
 
 
@@ -138,11 +135,10 @@ class _Mapper:
       raise JobError(f"{proc.path}.type {kind!r} is not a trainer wan-jax runs "
                      f"({', '.join(PROCESS_TYPES)})")
     model = proc.section("model")
-    arch = self._arch(model)
-    variant = "tiny" if arch.startswith("tiny") else ""
-    self.i2v = arch in I2V_ARCHS
-    c = self.base_config(variant, "i2v") if self.i2v else self.base_config(variant)
-    c.model.arch = arch
+    self.variant = self._arch(model)
+    self.i2v = self.variant.task == "i2v"
+    c = self.base_config(self.variant.config_file)
+    c.model.arch = self.variant.arch
     c.save.name = name
     seed = proc.get("training_seed", int, None)
     if seed is not None:
@@ -166,23 +162,25 @@ class _Mapper:
     return Job(c, workdir, self.notices, unused, off)
 
   # -- model ------------------------------------------------------------------------------------
-  def _arch(self, model: Section) -> str:
+  def _arch(self, model: Section) -> Variant:
     raw = model.get("arch", str, None)
     where = f"{model.path}.arch"
     if raw is None:
       raise JobError(f"{where} is missing: set it to wan22_14b (Wan 2.2 T2V-A14B) or "
                      "wan22_14b_i2v (I2V-A14B)")
     arch = raw.split(":")[0]  # the UI writes "wan22_14b:t2v"; ai-toolkit drops the tag
-    if arch not in ARCHS:
+    variant = by_ai_toolkit(arch)
+    if variant is None:
       what = "is another Wan model" if arch.startswith("wan") else "is not a Wan 2.2 model"
-      raise JobError(f"{where} {raw!r} {what}; wan-jax trains Wan 2.2 T2V-A14B (arch: "
-                     "wan22_14b) and I2V-A14B (arch: wan22_14b_i2v), or tiny / tiny_i2v for "
-                     "the demo")
+      known = ", ".join(f"{v.title} (arch: {v.ai_toolkit[0]})" for v in VARIANTS.values()
+                        if v.ai_toolkit and not v.tiny)
+      raise JobError(f"{where} {raw!r} {what}; wan-jax trains {known}, or the tiny demos "
+                     f"({', '.join(v.arch for v in VARIANTS.values() if v.tiny)})")
     if arch == "wan22_14b_i2v":  # its model class keeps the T2V boundary (a todo in its code)
       self.notices.append(f"{where} {raw}: the experts switch at model.boundary=0.9, the "
                           "I2V-A14B release's value; ai-toolkit switches at 0.875 as for T2V "
                           "(--config.model.boundary=0.875 for its run)")
-    return ARCHS[arch]
+    return variant
 
   def _model(self, model: Section, c: ml_collections.ConfigDict) -> None:
     path = model.get("name_or_path", str, None)
@@ -422,7 +420,7 @@ class _Mapper:
   def _datasets(self, proc: Section, c: ml_collections.ConfigDict, trigger: str | None) -> None:
     raw = proc.get("datasets", list, None)
     if not raw:
-      if not c.model.arch.startswith("tiny"):
+      if not self.variant.tiny:
         raise JobError(f"{proc.path}.datasets must list at least one dataset")
       c.datasets[0].trigger_word = trigger or ""
       return
@@ -490,7 +488,7 @@ class _Mapper:
     p.prompts = [apply_trigger(t, trigger, add_if_missing=False) if trigger else t
                  for t in texts] or list(p.prompts)
     if self.i2v:
-      self._start_images(samples, p, c.model.arch == "tiny_i2v")
+      self._start_images(samples, p, self.variant.tiny)
     if not trigger and any(ph in t for t in texts for ph in PLACEHOLDERS):
       process = sample.path.rsplit(".", 1)[0]
       self.notices.append(f"{sample.path}: a prompt holds [trigger] but {process}.trigger_word "

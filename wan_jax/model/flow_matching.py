@@ -6,7 +6,8 @@ timestep sampler and the preview sampler.
 - The shifted schedule s' = k s / (1 + (k - 1) s) spends more steps at high noise for k > 1
   (sampling: 12 for T2V-A14B, 5 for I2V-A14B; training may use it to draw timesteps).
 - Two experts: t >= boundary * 1000 is the high-noise expert's, below it the low-noise one's
-  (boundary 0.875 for T2V-A14B, 0.900 for I2V-A14B).
+  (boundary 0.875 for T2V-A14B, 0.900 for I2V-A14B). A one-expert model (the TI2V-5B) has
+  boundary 0: its one expert sits in the high-noise slot and takes every timestep.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def expert_range(expert: str, boundary: float) -> tuple[float, float]:
   """(low, high) timestep bounds of an expert: high [threshold, 1000], low [0, threshold)."""
   if expert not in EXPERTS:
     raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
-  if not 0.0 < boundary < 1.0:
-    raise ValueError(f"boundary must be in (0, 1), got {boundary}")
+  if not 0.0 <= boundary < 1.0:
+    raise ValueError(f"boundary must be in [0, 1), got {boundary}")
   t = threshold(boundary)
   return (t, float(NUM_TRAIN_TIMESTEPS)) if expert == HIGH else (0.0, t)

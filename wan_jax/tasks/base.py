@@ -19,6 +19,16 @@ import numpy as np
 
 from wan_jax.model import flow_matching
 
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+  """What the train step feeds the model and weighs its loss with."""
+
+  latents: jax.Array  # x_t [B, F, H, W, C]
+  timestep: jax.Array  # [B], or [B, F, H, W] for a model with a timestep per latent position
+  condition: jax.Array | None
+  weights: jax.Array  # the loss weights on the latent grid [B, F, H, W] (or [B, 1, H, W])
+
+
 # What every task's step reads from a cached batch, with each array's rank.
 BASE_BATCH_NDIMS = {"latent_mean": 5, "latent_logvar": 5, "weights": 4, "context": 3,
                     "loss_multiplier": 1}
@@ -68,6 +78,14 @@ class Task:
   def model_condition(self, batch: Mapping[str, jax.Array]) -> jax.Array | None:
     """The model's `condition` input assembled from a batch (None: the model takes none)."""
     return None
+
+  def model_inputs(self, batch: Mapping[str, jax.Array], x0: jax.Array, x_t: jax.Array,
+                   t_B: jax.Array, key: jax.Array) -> ModelInputs:
+    """What the step feeds the model, from the clean latents x0, the noised x_t, the drawn
+    timesteps and a key of the task's own (traced, inside the step). The default: x_t at t,
+    the batch's condition, the batch's loss weights; a task that conditions by replacing
+    latents (the TI2V-5B's first frame) overrides it."""
+    return ModelInputs(x_t, t_B, self.model_condition(batch), batch["weights"])
 
   # Previews.
   needs_preview_images: bool = False

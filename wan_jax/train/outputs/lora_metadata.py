@@ -22,25 +22,24 @@ import ml_collections
 
 from wan_jax.data.config import resolutions
 from wan_jax.model.flow_matching import expert_range
-from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES
+from wan_jax.variants import get_variant
 
 MODELSPEC_VERSION = "1.0.0"
 IMPLEMENTATION = "https://github.com/Wan-Video/Wan2.2"  # the key layout the files use
 
 
 def base_architecture(arch: str) -> str:
-  """model.arch -> the ModelSpec id of the base model: "wan22_t2v_a14b" -> "wan-2.2-t2v-a14b",
-  "wan22_i2v_a14b" -> "wan-2.2-i2v-a14b", "tiny" -> "wan-2.2-t2v-tiny" (the CPU demo),
-  "tiny_i2v" -> "wan-2.2-i2v-tiny"."""
-  task = "i2v" if "i2v" in arch else "t2v"
-  size = "tiny" if arch.startswith("tiny") else "a14b"
-  return f"wan-2.2-{task}-{size}"
+  """model.arch -> the ModelSpec id of the base model (the variant's), e.g. "wan22_t2v_a14b" ->
+  "wan-2.2-t2v-a14b", "tiny" -> "wan-2.2-t2v-tiny" (the CPU demo)."""
+  return get_variant(arch).modelspec
 
 
 def architecture(arch: str, expert: str, lora: bool) -> str:
-  """The `modelspec.architecture` of one expert's file, e.g. "wan-2.2-t2v-a14b-low-noise/lora"."""
-  noise = CHECKPOINT_NAMES[expert].replace("_", "-")
-  return f"{base_architecture(arch)}-{noise}" + ("/lora" if lora else "")
+  """The `modelspec.architecture` of one expert's file, e.g. "wan-2.2-t2v-a14b-low-noise/lora";
+  a one-expert model's has no expert part."""
+  variant = get_variant(arch)
+  noise = "" if variant.single_expert else "-" + variant.expert_name(expert).replace("_", "-")
+  return f"{variant.modelspec}{noise}" + ("/lora" if lora else "")
 
 
 def weights_metadata(cfg: ml_collections.ConfigDict, expert: str, *, step: int, expert_step: int,
@@ -51,7 +50,7 @@ def weights_metadata(cfg: ml_collections.ConfigDict, expert: str, *, step: int, 
   buckets are the (frames, height, width) trained; num_items the media files trained on.
   """
   lora = bool(cfg.lora.enabled)
-  name = CHECKPOINT_NAMES[expert]
+  name = get_variant(cfg.model.arch).expert_name(expert)
   noise = name.replace("_", "-")
   low, high = expert_range(expert, float(cfg.model.boundary))
   sizes = sorted({r for ds in cfg.datasets for r in resolutions(ds)})

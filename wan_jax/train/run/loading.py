@@ -19,14 +19,15 @@ from flax import nnx
 from wan_jax.data.caches import CacheSettings, files_id
 from wan_jax.data.demo import make_demo_tokenizer
 from wan_jax.data.probe_cache import default_cache_dir
-from wan_jax.model.config import WanConfig, i2v_a14b, t2v_a14b, tiny, tiny_i2v
+from wan_jax.model.config import WanConfig
 from wan_jax.model.transformer import WanTransformer
-from wan_jax.model.umt5 import UMT5Encoder, umt5_tiny, umt5_xxl
+from wan_jax.model.umt5 import UMT5Encoder
 from wan_jax.model.vae import WanVAE
-from wan_jax.model.vae_config import VAEConfig, tiny_vae, wan21_vae
+from wan_jax.model.vae_config import VAEConfig
 from wan_jax.tasks import TASKS, Task
 from wan_jax.train.run.random_weights import random_module
-from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.train.step.expert_schedule import HIGH, LOW
+from wan_jax.variants import VARIANTS, Variant, for_task, get_variant
 from wan_jax.weights.load import expert_arch, load_transformer, task_of
 from wan_jax.weights.load_encoders import (
   component_location,
@@ -35,9 +36,8 @@ from wan_jax.weights.load_encoders import (
   load_vae,
 )
 
-# model.arch -> (task, the expert's sizes for random or tiny weights). "tiny*" are the CPU demos.
-ARCHS = {"wan22_t2v_a14b": ("t2v", t2v_a14b), "wan22_i2v_a14b": ("i2v", i2v_a14b),
-         "tiny": ("t2v", tiny), "tiny_i2v": ("i2v", tiny_i2v)}
+# model.arch -> (task, the expert's sizes): resume's view of the variant table.
+ARCHS = {a: (v.task, v.transformer) for a, v in VARIANTS.items()}
 TINY_SEEDS = {HIGH: 0, LOW: 1, "vae": 2, "text": 3}
 
 
@@ -59,19 +59,23 @@ def random_weights(cfg: ml_collections.ConfigDict) -> bool:
   return bool(cfg.model.random_weights)
 
 
+def variant(cfg: ml_collections.ConfigDict) -> Variant:
+  """The model variant model.arch names (wan_jax/variants.py)."""
+  return get_variant(cfg.model.arch)
+
+
 def is_tiny(cfg: ml_collections.ConfigDict) -> bool:
-  return str(cfg.model.arch).startswith("tiny")
+  return variant(cfg).tiny
 
 
 def task(cfg: ml_collections.ConfigDict) -> Task:
-  """The task model.arch trains (text-to-video or image-to-video)."""
+  """The task model.arch trains (text-to-video, image-to-video, ...)."""
   check_arch(cfg)
-  return TASKS[ARCHS[cfg.model.arch][0]]
+  return variant(cfg).task_object
 
 
 def check_arch(cfg: ml_collections.ConfigDict) -> None:
-  if cfg.model.arch not in ARCHS:
-    raise ValueError(f"model.arch must be one of {tuple(ARCHS)}, got {cfg.model.arch!r}")
+  variant(cfg)
   if random_weights(cfg) and cfg.model.name_or_path:
     raise ValueError("model.random_weights=True builds random experts; it cannot be combined "
                      f"with model.name_or_path={cfg.model.name_or_path!r}")
@@ -85,17 +89,17 @@ def check_checkpoint_task(cfg: ml_collections.ConfigDict) -> None:
   would not fit the batches)."""
   if is_tiny(cfg) or random_weights(cfg):
     return
-  want = ARCHS[cfg.model.arch][0]
+  want = variant(cfg).task
   try:
     have = task_of(cfg.model.name_or_path)
   except (OSError, ValueError):  # unreadable: the loader names the problem when it loads
     return
   if have is not None and have != want:
-    other = next(a for a, (t, _) in ARCHS.items() if t == have and not a.startswith("tiny"))
+    other = for_task(have)
     raise ValueError(f"model.arch={cfg.model.arch!r} trains {TASKS[want].title}, but "
-                     f"{cfg.model.name_or_path} holds {TASKS[have].title} experts; set "
-                     f"model.arch={other!r} (or use configs/wan22_"
-                     f"{'i2v_' if have == 'i2v' else ''}masked.py)")
+                     f"{cfg.model.name_or_path} holds {TASKS[have].title} experts "
+                     f"({other.title}); set "
+                     f"model.arch={other.arch!r} (or use {other.config_file})")
 
 
 def trained_experts(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -130,9 +134,9 @@ def expert_config(cfg: ml_collections.ConfigDict, expert: str, remat: str) -> Wa
   check_arch(cfg)
   runtime = dataclasses.asdict(ExpertRuntime.from_config(cfg, remat))
   if is_tiny(cfg) or random_weights(cfg):
-    return ARCHS[cfg.model.arch][1](**runtime)
-  return WanConfig.from_arch_dict(expert_arch(cfg.model.name_or_path, CHECKPOINT_NAMES[expert]),
-                                  **runtime)
+    return variant(cfg).transformer(**runtime)
+  name = variant(cfg).expert_name(expert)
+  return WanConfig.from_arch_dict(expert_arch(cfg.model.name_or_path, name), **runtime)
 
 
 def load_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str = "full") -> WanTransformer:
@@ -144,7 +148,7 @@ def load_expert(cfg: ml_collections.ConfigDict, expert: str, remat: str = "full"
   if is_tiny(cfg):
     return WanTransformer(model_cfg, rngs=nnx.Rngs(TINY_SEEDS[expert]))
   return load_transformer(cfg.model.name_or_path, cfg.model.dtype,
-                          expert=CHECKPOINT_NAMES[expert], attention=cfg.model.attention,
+                          expert=variant(cfg).expert_name(expert), attention=cfg.model.attention,
                           remat=remat, quantize=model_cfg.quantize)
 
 
@@ -153,21 +157,23 @@ def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
   m = cfg.model
   if random_weights(cfg):
     return _random_encoders(cfg, workdir)
-  if is_tiny(cfg):
-    text_len = tiny().text_len
+  v = variant(cfg)
+  if v.tiny:
     tokenizer_dir = workdir / "tokenizer"
-    tag = f"tiny-v2-seed{TINY_SEEDS['vae']}-{m.vae_dtype}"  # v2: weights drawn on the host
+    vae_tag = "" if v.vae().arch_dict() == VARIANTS["tiny"].vae().arch_dict() else f"-{v.arch}"
+    tag = f"tiny-v2{vae_tag}-seed{TINY_SEEDS['vae']}-{m.vae_dtype}"  # v2: weights drawn on the host
     return Encoders(
-        tiny_vae(), lambda: WanVAE(tiny_vae(param_dtype=m.vae_dtype, compute_dtype=m.vae_dtype),
-                                   rngs=nnx.Rngs(TINY_SEEDS["vae"])),
+        v.vae(), lambda: WanVAE(v.vae(param_dtype=m.vae_dtype, compute_dtype=m.vae_dtype),
+                                rngs=nnx.Rngs(TINY_SEEDS["vae"])),
         lambda: (load_tokenizer(make_demo_tokenizer(tokenizer_dir)),
-                 UMT5Encoder(umt5_tiny(), rngs=nnx.Rngs(TINY_SEEDS["text"]))),
-        vae_id=tag, text_id=f"tiny-umt5-v2-seed{TINY_SEEDS['text']}", text_len=text_len)
+                 UMT5Encoder(v.text_encoder(), rngs=nnx.Rngs(TINY_SEEDS["text"]))),
+        vae_id=tag, text_id=f"tiny-umt5-v2-seed{TINY_SEEDS['text']}",
+        text_len=v.transformer().text_len)
   vae_path = m.vae_path or m.name_or_path
   text_path = m.text_encoder_path or m.name_or_path
   tok_path = m.tokenizer_path or m.name_or_path
   return Encoders(
-      wan21_vae(), lambda: load_vae(vae_path, m.vae_dtype),
+      v.vae(), lambda: load_vae(vae_path, m.vae_dtype),
       lambda: (load_tokenizer(tok_path), load_text_encoder(text_path, m.text_encoder_dtype)),
       vae_id=f"{_component_id(vae_path, 'vae')}-{m.vae_dtype}",
       text_id=(f"{_component_id(text_path, 'text_encoder')}-{_component_id(tok_path, 'tokenizer')}"
@@ -178,10 +184,9 @@ def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
 def _random_encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
   """The VAE and umT5 of the arch's sizes (the released Wan 2.1 VAE and umT5-XXL for the A14B)
   with random weights, and the demo's word tokenizer (its ids index any umT5 vocabulary)."""
-  m, seed = cfg.model, int(cfg.seed)
+  m, seed, v = cfg.model, int(cfg.seed), variant(cfg)
   vae_seed, text_seed = seed * 10 + TINY_SEEDS["vae"], seed * 10 + TINY_SEEDS["text"]
-  small = is_tiny(cfg)
-  vae_sizes, text_sizes = (tiny_vae, umt5_tiny) if small else (wan21_vae, umt5_xxl)
+  vae_sizes, text_sizes = v.vae, v.text_encoder
   vae_cfg = vae_sizes(param_dtype=m.vae_dtype, compute_dtype=m.vae_dtype)
   text_cfg = text_sizes(param_dtype=m.text_encoder_dtype, compute_dtype=m.text_encoder_dtype)
   tag = f"random-{m.arch}-seed"
@@ -192,7 +197,7 @@ def _random_encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
                random_module(lambda: UMT5Encoder(text_cfg, rngs=nnx.Rngs(0)), text_seed)),
       vae_id=f"{tag}{vae_seed}-vae-{m.vae_dtype}",
       text_id=f"{tag}{text_seed}-umt5-{m.text_encoder_dtype}",
-      text_len=tiny().text_len if small else 512)
+      text_len=v.transformer().text_len)
 
 
 def _component_id(path: str, component: str) -> str:

@@ -21,6 +21,7 @@ from flax import nnx
 
 from wan_jax.data.pipeline import Pipeline
 from wan_jax.data.weight_maps import latent_frames
+from wan_jax.model.latent_geometry import WAN21, LatentGeometry
 from wan_jax.model.lora import FROZEN, LORA, add_lora
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
@@ -31,7 +32,6 @@ from wan_jax.train.step.sharding import batch_sharding, streamed, tree_shardings
 from wan_jax.train.step.train_step import StepSettings, make_train_step, step_keys
 
 log = logging.getLogger(__name__)
-LATENT_CHANNELS = 16
 
 
 def explicit_settings(cfg: ml_collections.ConfigDict
@@ -72,12 +72,12 @@ def largest_bucket(pipeline: Pipeline) -> tuple[int, int, int]:
 
 
 def abstract_batch(bucket: tuple[int, int, int], batch_size: int, text_len: int, text_dim: int,
-                   mesh: jax.sharding.Mesh, task: Task = TEXT_TO_VIDEO
-                   ) -> dict[str, jax.ShapeDtypeStruct]:
+                   mesh: jax.sharding.Mesh, task: Task = TEXT_TO_VIDEO,
+                   geometry: LatentGeometry = WAN21) -> dict[str, jax.ShapeDtypeStruct]:
   """The shapes a cached batch of this bucket has on the device (every array float32)."""
-  f, h, w = bucket
-  grid = (batch_size, latent_frames(f), h // 8, w // 8)
-  shapes = {"latent_mean": (*grid, LATENT_CHANNELS), "latent_logvar": (*grid, LATENT_CHANNELS),
+  grid = (batch_size, *geometry.grid(*bucket))
+  channels = geometry.channels
+  shapes = {"latent_mean": (*grid, channels), "latent_logvar": (*grid, channels),
             "weights": grid, "context": (batch_size, text_len, text_dim),
             "loss_multiplier": (batch_size,),
             **{k: (*grid, c) for k, c in task.pixel_arrays.items()}}
@@ -201,7 +201,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
     step = step_for(plan_remat, plan_stream)
     e = experts[plan_remat, plan_stream]
     batch = abstract_batch(bucket, int(cfg.train.batch_size), text_len, e.text_dim, mesh,
-                           settings.task)
+                           settings.task, loading.variant(cfg).geometry)
     key = jax.eval_shape(lambda: step_keys(0, 0))
     if progress:
       print(f"planning memory: compiling the step with {step.remat} for {f}x{h}x{w}", flush=True)
