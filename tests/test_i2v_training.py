@@ -142,7 +142,8 @@ def test_a_checkpoint_of_the_other_task_is_refused_before_loading(diffusers_rele
   cfg = i2v_config("")
   cfg.model.name_or_path = str(diffusers_release)  # a text-to-video release
   with pytest.raises(ValueError, match=r"trains image-to-video, but .* holds text-to-video "
-                                       r"experts; set model.arch='wan22_t2v_a14b'"):
+                                       r"experts \(Wan 2.2 T2V-A14B\); set "
+                                       r"model.arch='wan22_t2v_a14b'"):
     loading.check_checkpoint_task(cfg)
   assert loading.task(cfg) is IMAGE_TO_VIDEO and cfg.model.boundary == 0.9
 
