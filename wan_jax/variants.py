@@ -67,7 +67,14 @@ class Variant:
 
   def expert_name(self, slot: str) -> str:
     """The name an expert slot has in checkpoints, file names and metrics."""
+    if slot not in self.experts:
+      raise ValueError(f"{self.title} has no {slot!r} expert (it has {tuple(self.experts)})")
     return self.experts[slot]
+
+  def file_suffix(self, slot: str) -> str:
+    """What an exported file's name adds for the expert: "_high_noise", or nothing when the
+    model has one."""
+    return "" if self.single_expert else "_" + self.expert_name(slot)
 
 
 A14B_T2V_PREVIEW = PreviewDefaults(shift=12.0, guidance=(3.0, 4.0))  # wan_t2v_A14B.py

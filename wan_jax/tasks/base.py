@@ -5,8 +5,9 @@ Text-to-video is the base: the model reads the latents, the timestep and the pro
 conditions on pixels of the clip (image-to-video's first frame) names the arrays it derives from
 an item's pixels; they are cached beside the item's latents, with the same crop, flip and frames,
 read into every batch under the same names, and handed to the model as its `condition`.
-A new task (first-last frame, the 5B TI2V) is one new file in this package and one line in
-`wan_jax/tasks/__init__.py`.
+A new task is one new file in this package and one line in `wan_jax/tasks/__init__.py`; the
+TI2V-5B's (wan_jax/tasks/ti2v.py) conditions by replacing latents instead (`model_inputs`,
+`sample_inputs`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class Task:
   preview_shift: float = 12.0  # upstream's sampling shift
   preview_guidance: tuple[float, float] = (3.0, 4.0)  # (low noise, high noise), upstream's order
 
+  def configured(self, cfg: Any) -> Task:
+    """The task with its settings read from the run's config (none by default)."""
+    return self
+
   @property
   def condition_channels(self) -> int:
     """Input channels the model reads after the 16 noisy latents (0: none)."""
@@ -79,10 +84,11 @@ class Task:
     """The model's `condition` input assembled from a batch (None: the model takes none)."""
     return None
 
-  def model_inputs(self, batch: Mapping[str, jax.Array], x0: jax.Array, x_t: jax.Array,
+  def model_inputs(self, batch: Mapping[str, jax.Array], mean_x0: jax.Array, x_t: jax.Array,
                    t_B: jax.Array, key: jax.Array) -> ModelInputs:
-    """What the step feeds the model, from the clean latents x0, the noised x_t, the drawn
-    timesteps and a key of the task's own (traced, inside the step). The default: x_t at t,
+    """What the step feeds the model, from the clean latents (the posterior mean, normalised:
+    what a sampler's encoded image is), the noised x_t, the drawn timesteps and a key of the
+    task's own (traced, inside the step). The default: x_t at t,
     the batch's condition, the batch's loss weights; a task that conditions by replacing
     latents (the TI2V-5B's first frame) overrides it."""
     return ModelInputs(x_t, t_B, self.model_condition(batch), batch["weights"])
@@ -96,6 +102,16 @@ class Task:
     from its start image as uint8 pixels [H, W, 3] already at the preview's size (the caller
     reads and crops it: wan_jax.data.examples.read_start_image)."""
     return None
+
+  def sample_inputs(self, latents: jax.Array, t_B: jax.Array,
+                    condition: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """(model input, timestep, model condition) at one sampler step from the sampler's latents
+    and the preview's condition: by default the latents at t, the condition as channels."""
+    return latents, t_B, condition
+
+  def finish_sample(self, latents: jax.Array, condition: jax.Array | None) -> jax.Array:
+    """The sampled latents as they are decoded (a task that replaces latents puts them back)."""
+    return latents
 
   def empty_arrays(self, latent_grid: tuple[int, int, int]) -> dict[str, np.ndarray]:
     """Zero `pixel_arrays` for a zero-weight stand-in row of a latent grid (frames, h, w)."""

@@ -71,7 +71,7 @@ def is_tiny(cfg: ml_collections.ConfigDict) -> bool:
 def task(cfg: ml_collections.ConfigDict) -> Task:
   """The task model.arch trains (text-to-video, image-to-video, ...)."""
   check_arch(cfg)
-  return variant(cfg).task_object
+  return variant(cfg).task_object.configured(cfg)
 
 
 def check_arch(cfg: ml_collections.ConfigDict) -> None:

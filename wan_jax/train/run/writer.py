@@ -28,7 +28,7 @@ from wan_jax.train.outputs.preview import Guidance, render_previews
 from wan_jax.train.outputs.trackers import Trackers
 from wan_jax.train.run import loading
 from wan_jax.train.run.expert_states import Experts
-from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.train.step.expert_schedule import HIGH, LOW
 from wan_jax.weights.export import save_full, save_lora
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Outputs:
       if not self.main:
         continue
       stem = f"{cfg.save.name}_{step:06d}" if step is not None else cfg.save.name
-      path = folder / f"{stem}_{CHECKPOINT_NAMES[name]}.safetensors"
+      path = folder / f"{stem}{loading.variant(cfg).file_suffix(name)}.safetensors"
       meta = weights_metadata(
           cfg, name, step=step if step is not None else int(cfg.train.steps),
           expert_step=st.steps, buckets=self.pipeline.buckets(),
@@ -156,6 +156,8 @@ class Outputs:
     if len(models_by_name) == 1:  # the untrained expert, as released, for this preview only
       (trained, model), = models_by_name.items()
       idle = LOW if trained == HIGH else HIGH
+      if loading.variant(self.cfg).single_expert:  # one model for every t (boundary 0)
+        return DualWanTransformer(model, model, boundary)
       try:
         models_by_name[idle] = loading.load_expert(self.cfg, idle)
       except (ValueError, OSError) as e:  # e.g. a checkpoint converted with one expert only

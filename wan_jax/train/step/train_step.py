@@ -75,7 +75,8 @@ def loss_and_grads(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.Sta
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
   x_t, target = noisy_latents(x0, noise, t)
   # image-to-video: the encoded first frame as a condition, or (TI2V) in place of x_t's first
-  inputs = s.task.model_inputs(batch, x0, x_t, t, jax.random.fold_in(key, TASK_KEY))
+  mean_x0 = normalize_latents(mean, s.latents_mean, s.latents_std)  # unused ones compile away
+  inputs = s.task.model_inputs(batch, mean_x0, x_t, t, jax.random.fold_in(key, TASK_KEY))
 
   def loss_fn(trainable):
     model = nnx.merge(graphdef, trainable, frozen)
