@@ -78,8 +78,9 @@ def _component(path: str | Path, name: str, dtype: str, source) -> tuple[Any, di
 
 
 def load_vae(path: str | Path, dtype: str = "float32", **runtime: Any) -> WanVAE:
-  """The Wan 2.1 VAE. path: a converted folder, a release folder, `Wan2.1_VAE.pth`, or a
-  diffusers `vae/` folder. dtype float32 (the reference) or bfloat16 (half the memory).
+  """The Wan 2.1 or Wan 2.2 VAE, told apart by its tensors. path: a converted folder, a release
+  folder, `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth`, or a diffusers `vae/` folder. dtype float32 (the
+  reference) or bfloat16 (half the memory).
   runtime: VAEConfig runtime fields (compute_dtype, attention_chunk_size)."""
   dtype = dtype_name(dtype)
   cfg, params, _ = _component(path, "vae", dtype, vae_source)
