@@ -45,8 +45,8 @@ def task_of_config(cfg: WanConfig) -> str:
     return "i2v"
   raise CheckpointError(
       f"the patch embedding takes {cfg.in_channels} input channels for {cfg.out_channels} output "
-      f"channels: neither text-to-video or TI2V-5B ({cfg.out_channels}) nor image-to-video "
-      f"({cfg.out_channels + I2V_CONDITION_CHANNELS})")
+      f"channels: neither text-to-video ({cfg.out_channels}), image-to-video "
+      f"({cfg.out_channels + I2V_CONDITION_CHANNELS}) nor TI2V-5B ({TI2V_CHANNELS} in and out)")
 
 
 def model_of_config(cfg: WanConfig) -> str | None:
