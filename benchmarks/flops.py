@@ -11,7 +11,8 @@ forward plus the two-matmul backward of attention (x3). A full fine-tune is x3 t
 Per-token timesteps (TI2V-5B: t = 0 on the conditioning frame) make the per-token modulation
 elementwise work (uncounted, as before), but the time MLP then runs once per token instead of
 once per sample: `per_token_timesteps=True` counts it so (+1.5% of the 5B's linears).
-Wan 2.2's VAE (TI2V-5B) compresses 4x16x16: pass `spatial=WAN22_VAE_SPATIAL` for its grid.
+Wan 2.2's VAE (TI2V-5B, 48 latent channels) compresses 4x16x16: `token_count` reads that off
+the config's channels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from wan_jax.model.config import WanConfig
 VAE_TEMPORAL = 4  # Wan 2.1 VAE: frames 4k+1 -> k+1 latent frames
 VAE_SPATIAL = 8   # pixels per latent cell along height and width
 WAN22_VAE_SPATIAL = 16  # Wan 2.2 VAE (TI2V-5B): 4x16x16
+WAN22_VAE_CHANNELS = 48  # its latent channels, which the 5B takes in and gives out
 
 
 def latent_grid(frames: int, height: int, width: int, *, temporal: int = VAE_TEMPORAL,
@@ -36,8 +38,12 @@ def latent_grid(frames: int, height: int, width: int, *, temporal: int = VAE_TEM
 
 
 def token_count(cfg: WanConfig, frames: int, height: int, width: int, *,
-                temporal: int = VAE_TEMPORAL, spatial: int = VAE_SPATIAL) -> int:
-  """Video tokens the transformer sees: the latent grid divided by the patch size."""
+                temporal: int = VAE_TEMPORAL, spatial: int | None = None) -> int:
+  """Video tokens the transformer sees: the latent grid divided by the patch size. spatial:
+  pixels per latent cell; default: the VAE of the model's latents (16 for the Wan 2.2 VAE's 48
+  channels, TI2V-5B; else 8)."""
+  if spatial is None:
+    spatial = WAN22_VAE_SPATIAL if cfg.out_channels == WAN22_VAE_CHANNELS else VAE_SPATIAL
   grid = latent_grid(frames, height, width, temporal=temporal, spatial=spatial)
   if any(g % p for g, p in zip(grid, cfg.patch_size)):
     raise ValueError(f"latent grid {grid} does not divide by the patch size {cfg.patch_size}")
