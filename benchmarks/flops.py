@@ -7,6 +7,12 @@ is a cost, not useful work. So MFU compares across remat policies and with other
 
 A LoRA step needs no base-weight gradients: forward plus input gradients for the linears (x2),
 forward plus the two-matmul backward of attention (x3). A full fine-tune is x3 throughout.
+
+Per-token timesteps (TI2V-5B: t = 0 on the conditioning frame) make the per-token modulation
+elementwise work (uncounted, as before), but the time MLP then runs once per token instead of
+once per sample: `per_token_timesteps=True` counts it so (+1.5% of the 5B's linears).
+Wan 2.2's VAE (TI2V-5B, 48 latent channels) compresses 4x16x16: `token_count` reads that off
+the config's channels.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from wan_jax.model.config import WanConfig
 
 VAE_TEMPORAL = 4  # Wan 2.1 VAE: frames 4k+1 -> k+1 latent frames
 VAE_SPATIAL = 8   # pixels per latent cell along height and width
+WAN22_VAE_SPATIAL = 16  # Wan 2.2 VAE (TI2V-5B): 4x16x16
+WAN22_VAE_CHANNELS = 48  # its latent channels, which the 5B takes in and gives out
 
 
 def latent_grid(frames: int, height: int, width: int, *, temporal: int = VAE_TEMPORAL,
@@ -30,8 +38,12 @@ def latent_grid(frames: int, height: int, width: int, *, temporal: int = VAE_TEM
 
 
 def token_count(cfg: WanConfig, frames: int, height: int, width: int, *,
-                temporal: int = VAE_TEMPORAL, spatial: int = VAE_SPATIAL) -> int:
-  """Video tokens the transformer sees: the latent grid divided by the patch size."""
+                temporal: int = VAE_TEMPORAL, spatial: int | None = None) -> int:
+  """Video tokens the transformer sees: the latent grid divided by the patch size. spatial:
+  pixels per latent cell; default: the VAE of the model's latents (16 for the Wan 2.2 VAE's 48
+  channels, TI2V-5B; else 8)."""
+  if spatial is None:
+    spatial = WAN22_VAE_SPATIAL if cfg.out_channels == WAN22_VAE_CHANNELS else VAE_SPATIAL
   grid = latent_grid(frames, height, width, temporal=temporal, spatial=spatial)
   if any(g % p for g, p in zip(grid, cfg.patch_size)):
     raise ValueError(f"latent grid {grid} does not divide by the patch size {cfg.patch_size}")
@@ -53,15 +65,21 @@ def linear_flops_per_token(cfg: WanConfig) -> int:
   return 2 * (cfg.num_layers * block + ends)
 
 
-def context_linear_flops(cfg: WanConfig) -> int:
+def time_mlp_flops(cfg: WanConfig) -> int:
+  """Forward FLOPs of the time MLP for one timestep: freq -> d -> d, then d -> 6d."""
+  d = cfg.dim
+  return 2 * (cfg.freq_dim * d + d * d + d * 6 * d)
+
+
+def context_linear_flops(cfg: WanConfig, *, per_token_timesteps: bool = False) -> int:
   """Forward FLOPs of the linears run once per sample, whatever the token count: the text
   embedding and every block's cross-attention k, v over the text_len padded rows, and the
-  time MLP. About 2.2e12 for the 14B expert (the per-token linears at 480p: 7.8e14)."""
+  time MLP (unless it runs per token). About 2.2e12 for the 14B expert (the per-token linears
+  at 480p: 7.8e14)."""
   d, rows = cfg.dim, cfg.text_len
   text = rows * (cfg.text_dim * d + d * d)
   cross_kv = cfg.num_layers * 2 * rows * d * d
-  time = cfg.freq_dim * d + d * d + d * 6 * d
-  return 2 * (text + cross_kv + time)
+  return 2 * (text + cross_kv) + (0 if per_token_timesteps else time_mlp_flops(cfg))
 
 
 def self_attention_flops(cfg: WanConfig, tokens: int) -> int:
@@ -95,11 +113,15 @@ class StepFlops:
     return 3 * (self.linear + self.attention)
 
 
-def step_flops(cfg: WanConfig, tokens: int, *, lora: bool = True, batch: int = 1) -> StepFlops:
-  """Model FLOPs of one training step on `batch` samples of `tokens` video tokens each."""
+def step_flops(cfg: WanConfig, tokens: int, *, lora: bool = True, batch: int = 1,
+               per_token_timesteps: bool = False) -> StepFlops:
+  """Model FLOPs of one training step on `batch` samples of `tokens` video tokens each;
+  per_token_timesteps: the model was given a timestep per latent position (TI2V-5B)."""
   if tokens < 1 or batch < 1:
     raise ValueError(f"tokens and batch must be >= 1, got {tokens} and {batch}")
-  linear = linear_flops_per_token(cfg) * tokens + context_linear_flops(cfg)
+  per_token = linear_flops_per_token(cfg) + (time_mlp_flops(cfg) if per_token_timesteps else 0)
+  linear = (per_token * tokens
+            + context_linear_flops(cfg, per_token_timesteps=per_token_timesteps))
   attention = self_attention_flops(cfg, tokens) + cross_attention_flops(cfg, tokens)
   return StepFlops(tokens, batch, lora, batch * linear, batch * attention)
 

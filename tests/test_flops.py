@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 import wan_jax
+from wan_jax.model.config import ti2v_5b, tiny_ti2v
 import flops
 
 A14B = wan_jax.t2v_a14b()
@@ -40,6 +41,25 @@ def test_14b_linears_and_attention_terms():
   fwd = flops.step_flops(A14B, n)
   assert fwd.forward / 1e15 == pytest.approx(1.67, rel=0.01)  # wan22_spec.md section 7
   assert fwd.attention / fwd.forward == pytest.approx(0.53, abs=0.01)
+
+
+def test_ti2v_5b_against_a_hand_count():
+  """TI2V-5B at 121 frames of 704x1280 (its Wan 2.2 VAE: 4x16x16), a timestep per token."""
+  cfg = ti2v_5b()
+  n = flops.token_count(cfg, 121, 704, 1280)  # 48 latent channels: the 4x16x16 VAE
+  assert n == 31 * 22 * 40 == flops.token_count(cfg, 121, 704, 1280, spatial=16)
+  # Per token per block: q, k, v, o, cross q, o (6 x 3072^2) and the FFN (2 x 3072 x 14336);
+  # the patch embedding (48 x 4 -> 3072) and head (3072 -> 48 x 4) once; and, per token here,
+  # the time MLP (256 -> 3072 -> 3072 -> 6 x 3072). 2 FLOP per multiply-add.
+  per_token = 2 * (30 * (6 * 3072**2 + 2 * 3072 * 14336) + 2 * 192 * 3072)
+  time_mlp = 2 * (256 * 3072 + 3072**2 + 6 * 3072**2)
+  once = 2 * (512 * (4096 * 3072 + 3072**2) + 30 * 2 * 512 * 3072**2)  # text, cross k/v
+  attention = 4 * n * n * 3072 * 30 + 4 * n * 512 * 3072 * 30
+  assert (per_token, time_mlp) == (8_684_568_576, 133_693_440)
+  fwd = flops.step_flops(cfg, n, per_token_timesteps=True)
+  assert (fwd.linear, fwd.attention) == ((per_token + time_mlp) * n + once, attention)
+  plain = flops.step_flops(cfg, n)  # one timestep per sample: the time MLP runs once
+  assert fwd.linear - plain.linear == time_mlp * (n - 1)
 
 
 def test_full_finetune_and_batch():
@@ -95,10 +115,11 @@ def dot_flops(jaxpr: jcore.Jaxpr) -> tuple[int, int]:
   return linear, attention
 
 
-def program_dot_flops(cfg: wan_jax.WanConfig, grid: tuple[int, int, int]) -> tuple[int, int]:
+def program_dot_flops(cfg: wan_jax.WanConfig, grid: tuple[int, int, int],
+                      per_token_timesteps: bool = False) -> tuple[int, int]:
   graphdef, state = nnx.split(wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0)))
   x = jnp.ones((1, *grid, cfg.in_channels), jnp.float32)
-  t = jnp.array([500.0])
+  t = jnp.full((1, *grid) if per_token_timesteps else (1,), 500.0)
   context = jnp.ones((1, 7, cfg.text_dim), jnp.float32)
   closed = jax.make_jaxpr(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))(state, x, t, context)
   return dot_flops(closed.jaxpr)
@@ -116,3 +137,13 @@ def test_tiny_counts_match_the_program():
     assert linear == flops.linear_flops_per_token(cfg) * tokens + flops.context_linear_flops(cfg)
   (n1, (l1, _)), (n2, (l2, _)) = sorted(counts.items())
   assert (l2 - l1) // (n2 - n1) == flops.linear_flops_per_token(cfg)  # the per-token slope alone
+
+
+def test_per_token_timesteps_count_matches_the_program():
+  """A timestep per latent position runs the time MLP per token; nothing else changes."""
+  cfg = tiny_ti2v(attention="xla")
+  grid = (3, 6, 10)
+  tokens = 3 * 3 * 5
+  linear, attention = program_dot_flops(cfg, grid, per_token_timesteps=True)
+  want = flops.step_flops(cfg, tokens, per_token_timesteps=True)
+  assert (linear, attention) == (want.linear, want.attention)

@@ -171,7 +171,9 @@ def test_a_config_json_that_disagrees_with_the_weights(tmp_path, i2v_releases):
   cases = [({"model_type": "t2v"}, "model_type 't2v' but the patch embedding takes 36 input "
                                    "channels, which is image-to-video"),
            ({"in_dim": 16}, "config.json says 16 input channels but the patch embedding takes 36"),
-           ({"model_type": "ti2v"}, "TI2V-5B .* is not supported")]
+           ({"model_type": "ti2v"}, "model_type 'ti2v' but the patch embedding takes 36 "
+                                    "input channels, which is image-to-video"),
+           ({"model_type": "s2v"}, "S2V-14B .* is not supported")]
   for change, message in cases:
     (expert / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(CheckpointError, match=message):

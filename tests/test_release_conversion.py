@@ -197,3 +197,15 @@ def test_training_from_a_converted_release(tmp_path, full_release, dtype):
   names = sorted(Path(f).name for f in summary.files)
   assert "wan22_lora_high_noise.safetensors" in names and "wan22_lora_low_noise.safetensors" in names
   assert "step_000002_0.png" in names
+
+
+def test_each_expert_records_its_task_and_model(tmp_path, official_release):
+  """The manifest says which release each expert is ("model"; None at the tests' tiny sizes)."""
+  from wan_jax.weights.convert import convert_checkpoint
+  from wan_jax.weights.sources import find_experts
+  manifest = convert_checkpoint(official_release, tmp_path / "out", only=["transformers"],
+                                log=lambda _: None)
+  assert {n: (e["task"], e["model"]) for n, e in manifest["experts"].items()} == {
+      "high_noise": ("t2v", None), "low_noise": ("t2v", None)}
+  # An official expert folder on its own keeps the official label (its config.json says so).
+  assert find_experts(official_release / "high_noise_model")[0] == "official"

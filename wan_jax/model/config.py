@@ -111,6 +111,16 @@ def i2v_a14b(**runtime: Any) -> WanConfig:
   return WanConfig(**{"in_channels": 16 + I2V_CONDITION_CHANNELS, **runtime})
 
 
+def ti2v_5b(**runtime: Any) -> WanConfig:
+  """Wan 2.2 TI2V-5B, one transformer (no experts): 48 channels in and out (the Wan 2.2 VAE's
+  latents; the conditioning image replaces the first latent frame, no extra channels), head_dim
+  128, text, eps and RoPE as A14B (Wan2.2 wan/configs/wan_ti2v_5B.py; config.json model_type
+  "ti2v", in_dim = out_dim = 48). 4,999,787,712 parameters."""
+  arch = dict(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_channels=48,
+              out_channels=48)
+  return WanConfig(**{**arch, **runtime})
+
+
 def tiny(**runtime: Any) -> WanConfig:
   """A few-layer model for tests and the CPU demo; head_dim 16 splits 8/4/4 like 44/42/42."""
   arch = dict(dim=64, ffn_dim=96, freq_dim=32, num_heads=4, num_layers=2, text_dim=48,
@@ -123,5 +133,11 @@ def tiny_i2v(**runtime: Any) -> WanConfig:
   return tiny(**{"in_channels": 16 + I2V_CONDITION_CHANNELS, **runtime})
 
 
+def tiny_ti2v(**runtime: Any) -> WanConfig:
+  """The tiny model with TI2V-5B's 48 channels in and out."""
+  return tiny(**{"in_channels": 48, "out_channels": 48, **runtime})
+
+
 I2V_CONDITION_CHANNELS = 20  # 4 mask channels (one per frame of a latent frame), 16 latents
-PRESETS = {"t2v_a14b": t2v_a14b, "i2v_a14b": i2v_a14b, "tiny": tiny, "tiny_i2v": tiny_i2v}
+PRESETS = {"t2v_a14b": t2v_a14b, "i2v_a14b": i2v_a14b, "ti2v_5b": ti2v_5b, "tiny": tiny,
+           "tiny_i2v": tiny_i2v, "tiny_ti2v": tiny_ti2v}

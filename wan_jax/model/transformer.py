@@ -1,8 +1,14 @@
 """The Wan 2.x video transformer (one expert) in Flax NNX.
 
-model(latents [B, F, H, W, 16], timestep [B] in [0, 1000], context [B, L<=text_len, text_dim])
--> velocity [B, F, H, W, 16] (fp32). The residual stream, modulation, norms, time MLP and head
-run in fp32; the other matmuls and attention in `config.compute_dtype`.
+model(latents [B, F, H, W, C], timestep [B] or [B, F, H, W] in [0, 1000],
+context [B, L<=text_len, text_dim]) -> velocity [B, F, H, W, out_channels] (fp32). The residual
+stream, modulation, norms, time MLP and head run in fp32; the other matmuls and attention in
+`config.compute_dtype`.
+
+A timestep per latent position is what TI2V-5B takes: the tokens of an image-conditioned first
+frame get t = 0 while the rest are noised to t (upstream WanModel with t [B, seq_len]; diffusers'
+WanPipeline with expand_timesteps). The time embedding and every modulation then become per
+token; with one timestep per sample ([B], the A14B) they stay [B, ...] and broadcast.
 
 The 40 blocks are one module whose parameters carry a leading layer axis; the forward pass
 scans over that axis, so compile time does not grow with depth. Block weights that wait in host
@@ -76,11 +82,14 @@ class WanBlock(nnx.Module):
     self.eps = cfg.eps
     self.compute_dtype = cd
 
-  def __call__(self, x_BxNxD: jax.Array, e0_Bx6xD: jax.Array, context_BxSxD: jax.Array,
+  def __call__(self, x_BxNxD: jax.Array, e0: jax.Array, context_BxSxD: jax.Array,
                rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """e0: the time projection, [B, 6, D] (one timestep per sample) or [B, N, 6, D] (per token)."""
     cd = self.compute_dtype
-    m = self.modulation[...].astype(F32) + e0_Bx6xD
-    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (m[:, i:i + 1] for i in range(6))
+    m = self.modulation[...].astype(F32) + e0
+    m_Bx1x6xD_or_BxNx6xD = m[:, None] if m.ndim == 3 else m
+    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
+        m_Bx1x6xD_or_BxNx6xD[:, :, i] for i in range(6))  # each [B, 1 or N, D]
 
     h = layer_norm(x_BxNxD, self.eps) * (1 + scale_sa) + shift_sa
     x = x_BxNxD + self.self_attn(h.astype(cd), rope=rope).astype(F32) * gate_sa
@@ -101,8 +110,9 @@ _TWO_PI_2 = _leading_bits(2 * np.pi - _TWO_PI_1, 16)
 _TWO_PI_3 = 2 * np.pi - _TWO_PI_1 - _TWO_PI_2
 
 
-def timestep_sinusoid(t_B: jax.Array, dim: int) -> jax.Array:
-  """[cos, sin] of t * 10000^(-k/half), k < half: [B, dim] fp32 (cos first, as upstream).
+def timestep_sinusoid(t: jax.Array, dim: int) -> jax.Array:
+  """[cos, sin] of t * 10000^(-k/half), k < half: [..., dim] fp32 for t [...] (cos first, as
+  upstream).
 
   Upstream computes the angles in float64: at t ~ 1000 a plain fp32 product is off by ~6e-5 rad.
   Here t = integer part + fraction and each frequency is split into exact 13-bit pieces, so the
@@ -114,7 +124,7 @@ def timestep_sinusoid(t_B: jax.Array, dim: int) -> jax.Array:
   f2 = _leading_bits(freqs - f1, 13)
   f3 = freqs - f1 - f2
   const = lambda x: jnp.asarray(x, F32)
-  t = t_B.astype(F32)[:, None]
+  t = t.astype(F32)[..., None]
   whole = jnp.floor(t)  # <= 1000: 10 bits, so whole * f1 and whole * f2 are exact in fp32
   p1 = whole * const(f1)
   turns = jnp.round(p1 / const(2 * np.pi))
@@ -152,8 +162,8 @@ class WanTransformer(nnx.Module):
     want = self.config.condition_channels
     if not want:
       if condition is not None:
-        raise ValueError("this is a text-to-video model (in_channels == out_channels); it takes "
-                         "no condition")
+        raise ValueError("this is a text-to-video model (or TI2V-5B, whose image replaces the "
+                         "first latent frame; in_channels == out_channels); it takes no condition")
       return latents
     if condition is None:
       raise ValueError(f"this image-to-video model needs a condition of {want} channels "
@@ -163,12 +173,30 @@ class WanTransformer(nnx.Module):
                        f"with {want} channels")
     return jnp.concatenate([latents, condition.astype(latents.dtype)], axis=-1)
 
-  def embed_time(self, timestep_B: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(e [B, D], e0 [B, 6, D]): the raw time embedding (head) and the block modulation input."""
-    t = timestep_sinusoid(timestep_B, self.config.freq_dim)
+  def embed_time(self, timestep: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(e [..., D], e0 [..., 6, D]) for timesteps [...] ([B], or [B, N] per token): the raw time
+    embedding (head) and the block modulation input."""
+    t = timestep_sinusoid(timestep, self.config.freq_dim)
     e = self.time_embedding_2(jax.nn.silu(self.time_embedding_1(t)))
     e0 = self.time_projection(jax.nn.silu(e))
-    return e, e0.reshape(e.shape[0], 6, -1)
+    return e, e0.reshape(*e.shape[:-1], 6, -1)
+
+  def token_timesteps(self, timestep: jax.Array, latent_shape: tuple[int, ...]) -> jax.Array:
+    """timestep [B] as it is, or [B, F, H, W] (one per latent position) as [B, N] per token.
+
+    A token is one patch (1x2x2 positions); it takes its patch's first position's timestep, as
+    upstream and diffusers do (their per-token timesteps are the mask sampled at [::2, ::2]).
+    Timesteps that differ inside a patch are not checked (that would need a host round trip);
+    give every position of a patch the same value.
+    """
+    b, f, h, w = latent_shape[:4]
+    if timestep.shape == (b,):
+      return timestep
+    if timestep.shape != (b, f, h, w):
+      raise ValueError(f"timestep must be [B] = ({b},) or [B, F, H, W] = {(b, f, h, w)} "
+                       f"(one per latent position), got {timestep.shape}")
+    pt, ph, pw = self.config.patch_size
+    return timestep[:, ::pt, ::ph, ::pw].reshape(b, -1)
 
   def embed_text(self, context_BxLxT: jax.Array) -> jax.Array:
     """Zero-pads the prompt embedding to text_len rows (as upstream), then projects it."""
@@ -183,11 +211,13 @@ class WanTransformer(nnx.Module):
   def __call__(self, latents: jax.Array, timestep: jax.Array, context: jax.Array,
                condition: jax.Array | None = None) -> jax.Array:
     """The predicted flow [B, F, H, W, out_channels] of `latents` [B, F, H, W, C] at `timestep`
-    [B] with `context` [B, L, text_dim]. `condition` (image-to-video models only:
-    [B, F, H, W, 20], mask channels then the conditioning latents) is joined after the latents
-    on the channel axis, as upstream joins it."""
+    with `context` [B, L, text_dim]. `timestep`: [B], one per sample, or [B, F, H, W], one per
+    latent position (TI2V-5B: 0 on the conditioning image's frame; see `token_timesteps`).
+    `condition` (image-to-video models only: [B, F, H, W, 20], mask channels then the
+    conditioning latents) is joined after the latents on the channel axis, as upstream joins
+    it."""
     cfg = self.config
-    timestep_B, context_BxLxT = timestep, context
+    context_BxLxT = context
     latents_BxFxHxWxC = self._with_condition(latents, condition)
     b, f, h, w, c = latents_BxFxHxWxC.shape
     pt, ph, pw = cfg.patch_size
@@ -199,7 +229,8 @@ class WanTransformer(nnx.Module):
     patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, gf * gh * gw, -1)
     x_BxNxD = self.patch_embedding(patches).astype(F32)
 
-    e_BxD, e0_Bx6xD = self.embed_time(timestep_B)
+    # [B] -> e [B, D], e0 [B, 6, D]; per token [B, N] -> e [B, N, D], e0 [B, N, 6, D].
+    e, e0 = self.embed_time(self.token_timesteps(timestep, latents_BxFxHxWxC.shape))
     context_BxSxD = self.embed_text(context_BxLxT)
     rope = rope_tables((gf, gh, gw), cfg.rope_split, cfg.rope_theta, cfg.rope_max_positions)
 
@@ -207,11 +238,12 @@ class WanTransformer(nnx.Module):
 
     def one_layer(x, layer_state):
       block = nnx.merge(graphdef, fetch(layer_state))  # streamed weights: this block's, now
-      return block(name_block_input(x), e0_Bx6xD, context_BxSxD, rope), None
+      return block(name_block_input(x), e0, context_BxSxD, rope), None
 
     x_BxNxD, _ = jax.lax.scan(remat_block(one_layer, cfg.remat), x_BxNxD, layer_states)
 
-    m = self.head_modulation[...].astype(F32) + e_BxD[:, None, :]
-    out = self.head(layer_norm(x_BxNxD, cfg.eps) * (1 + m[:, 1:2]) + m[:, 0:1])
+    e_Bx1xD_or_BxNxD = e[:, None] if e.ndim == 2 else e
+    m = self.head_modulation[...].astype(F32) + e_Bx1xD_or_BxNxD[:, :, None]  # [B, 1|N, 2, D]
+    out = self.head(layer_norm(x_BxNxD, cfg.eps) * (1 + m[:, :, 1]) + m[:, :, 0])
     out = out.reshape(b, gf, gh, gw, pt, ph, pw, cfg.out_channels)
     return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, f, h, w, cfg.out_channels)

@@ -1,9 +1,12 @@
 """What a user downloaded, sorted into components: experts, VAE, text encoder, tokenizer.
 
 Accepted, detected from the files:
-- an official Wan 2.2 release: `high_noise_model/`, `low_noise_model/`, `Wan2.1_VAE.pth`,
+- an official Wan 2.2 A14B release: `high_noise_model/`, `low_noise_model/`, `Wan2.1_VAE.pth`,
   `models_t5_umt5-xxl-enc-bf16.pth`, `google/umt5-xxl/` (tokenizer);
-- a diffusers release: `transformer/`, `transformer_2/`, `vae/`, `text_encoder/`, `tokenizer/`;
+- the official TI2V-5B release: the transformer's shards, index and config.json at the root,
+  beside `Wan2.2_VAE.pth`, `models_t5_umt5-xxl-enc-bf16.pth` and `google/umt5-xxl/`;
+- a diffusers release: `transformer/`, `transformer_2/` (A14B only), `vae/`, `text_encoder/`,
+  `tokenizer/`;
 - any one of those components on its own: a file (.safetensors, or a torch.save .pth/.pt/.bin
   read without running pickle code) or a folder of safetensors shards; its kind is read off its
   tensor names.
@@ -24,7 +27,8 @@ from wan_jax.weights.tensor_files import PTH_SUFFIXES, open_tensors
 
 log = logging.getLogger(__name__)
 
-VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
+# Wan2.2_VAE.pth: TI2V-5B's 48-channel VAE (found here; converting it needs its port).
+VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors", "Wan2.2_VAE.pth")
 TEXT_ENCODER_FILES = ("models_t5_umt5-xxl-enc-bf16.pth",)
 TOKENIZER_FOLDERS = ("google/umt5-xxl", "tokenizer")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
@@ -83,16 +87,13 @@ def find_components(src: str | Path) -> Components:
     found = Components(**{"transformers" if kind == "transformer" else kind: src})
     if kind == "text_encoder" and src.is_dir() and _is_tokenizer_folder(src):
       found.tokenizer = src
+    if kind == "transformer" and src.is_dir():  # TI2V-5B: the rest of the release beside it
+      _find_beside(found, src, folders=False)
     return found
   if _is_tokenizer_folder(src) and not _has_weights(src):
     return Components(tokenizer=src)
   found = Components(transformers=src if is_release else None)
-  found.vae = next((p for p in [*(src / f for f in VAE_FILES), src / "vae"] if p.exists()), None)
-  found.text_encoder = next(
-      (p for p in [*(src / f for f in TEXT_ENCODER_FILES), src / "text_encoder"] if p.exists()),
-      None)
-  found.tokenizer = next((src / d for d in TOKENIZER_FOLDERS if _is_tokenizer_folder(src / d)),
-                         None)
+  _find_beside(found, src, folders=True)
   if not found.found():
     raise CheckpointError(
         f"{src}: found no Wan 2.2 component. Expected a release folder (official: "
@@ -101,6 +102,17 @@ def find_components(src: str | Path) -> Components:
         "tokenizer/), a component folder, or a single .safetensors/.pth file. Found: "
         f"{sorted(p.name for p in src.iterdir())[:20]}")
   return found
+
+
+def _find_beside(found: Components, src: Path, folders: bool) -> None:
+  """The VAE, text encoder and tokenizer of a release folder, by their released names (and the
+  diffusers subfolders `vae/`, `text_encoder/` when `folders`)."""
+  vae = [*(src / f for f in VAE_FILES), *([src / "vae"] if folders else [])]
+  text = [*(src / f for f in TEXT_ENCODER_FILES), *([src / "text_encoder"] if folders else [])]
+  found.vae = next((p for p in vae if p.exists()), None)
+  found.text_encoder = next((p for p in text if p.exists()), None)
+  found.tokenizer = next((src / d for d in TOKENIZER_FOLDERS if _is_tokenizer_folder(src / d)),
+                         None)
 
 
 def config_json(path: Path) -> dict:

@@ -3,8 +3,10 @@
 The folder holds a checkpoint per component (`high_noise/`, `low_noise/` or `transformer/`,
 `vae/`, `text_encoder/`), a copy of the tokenizer (`tokenizer/`) and `manifest.json`, which is
 written last and lists only what finished. Components can be added to an existing folder one at
-a time; replacing one needs `overwrite`. The manifest records each expert's task ("t2v" or
-"i2v") and the folder's (`task`, top level); one folder holds experts of one task.
+a time; replacing one needs `overwrite`. The manifest records each expert's task ("t2v", "i2v"
+or "ti2v") and the folder's (`task`, top level); one folder holds experts of one task. Each
+expert's entry also says which released model it is (`model`: "t2v_a14b", "i2v_a14b",
+"ti2v_5b", or null for other sizes), read off its architecture.
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ def _convert_one(name: str, components: Components, dtypes: dict[str, str],
           f"{cfg.num_heads} heads ({dtype}{', block kernels in fp8' if fp8 else ''})")
       writer.params(expert_name, expert.converted(np.dtype(numpy_dtype(dtype)), fp8=fp8))
       entry = {"path": expert_name, "source": expert.description, "layout": layout,
-               "task": expert.task, "dtype": dtype, "config": cfg.arch_dict()}
+               "task": expert.task, "model": expert.model, "dtype": dtype,
+               "config": cfg.arch_dict()}
       yield f"experts.{expert_name}", entry | ({"quantize": quantize} if fp8 else {})
     return
   source = vae_source if name == "vae" else text_encoder_source

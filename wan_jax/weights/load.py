@@ -1,7 +1,8 @@
 """`load_transformer` / `load_dual_transformer`: a ready model from a converted JAX checkpoint or
 straight from a PyTorch checkpoint (converted on the fly, nothing written). The architecture
-(16 input channels for text-to-video, 36 for image-to-video) comes from the weights;
-`task_of` says which task a folder serves before anything loads."""
+(16 input channels for text-to-video, 36 for image-to-video, 48 in and out for TI2V-5B) comes
+from the weights; `task_of` and `model_of` say which task a folder serves and which released
+model it holds before anything loads."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from wan_jax.weights.convert import dtype_name, numpy_dtype
 from wan_jax.weights.fp8 import fp8_kernels, quantize_tensors, scale_name
 from wan_jax.weights.safetensors_reader import CheckpointError
 from wan_jax.weights.sources import ExpertSource, find_experts
-from wan_jax.weights.checkpoint_tasks import BOUNDARIES, common_task, task_of_entry
+from wan_jax.weights.checkpoint_tasks import (BOUNDARIES, TASK_NAMES, common_task,
+                                              model_of_entry, task_of_entry)
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,16 @@ class _Opened:
       return self.experts[name].config.arch_dict()
     return self.manifest["experts"][name]["config"]
 
+  def model(self, name: str) -> str | None:
+    """"t2v_a14b" | "i2v_a14b" | "ti2v_5b" | None (another size) of one expert."""
+    self._check(name)
+    if self.manifest is None:
+      return self.experts[name].model
+    return model_of_entry(self.manifest["experts"][name])
+
   def task(self) -> str:
-    """"t2v" | "i2v" of the experts (one task: mixed releases are refused when opened)."""
+    """"t2v" | "i2v" | "ti2v" of the experts (one task: mixed releases are refused when
+    opened)."""
     if self.manifest is None:
       return common_task(str(self.path), {n: e.task for n, e in self.experts.items()})
     if self.manifest.get("task"):
@@ -172,10 +182,20 @@ def expert_arch(path: str | Path, expert: str, *, num_heads: int | None = None) 
 
 
 def task_of(path: str | Path, *, num_heads: int | None = None) -> str:
-  """"t2v" (text-to-video) or "i2v" (image-to-video): the task of the experts at `path`, from
-  a converted folder's manifest, or from a release's config.json and tensor shapes (file headers
-  only, no tensor read). What picks a run's model preset and expert boundary (BOUNDARIES)."""
+  """"t2v" (text-to-video), "i2v" (image-to-video) or "ti2v" (TI2V-5B): the task of the experts
+  at `path`, from a converted folder's manifest, or from a release's config.json and tensor
+  shapes (file headers only, no tensor read). What picks a run's model preset and expert
+  boundary (BOUNDARIES; TI2V-5B has one transformer and none)."""
   return _Opened.of(path, num_heads).task()
+
+
+def model_of(path: str | Path, expert: str | None = None, *,
+             num_heads: int | None = None) -> str | None:
+  """Which released model an expert at `path` is: "t2v_a14b", "i2v_a14b", "ti2v_5b" (the
+  wan_jax.model.config.PRESETS names), or None for other sizes; headers only, as `task_of`.
+  expert: needed only when the path holds several (their model is the same)."""
+  opened = _Opened.of(path, num_heads)
+  return opened.model(expert or opened.names()[0])
 
 
 def load_dual_transformer(path: str | Path, dtype: str = "bfloat16", *,
@@ -187,7 +207,11 @@ def load_dual_transformer(path: str | Path, dtype: str = "bfloat16", *,
     text-to-video, 0.9 for image-to-video).
   """
   opened, dtype = _Opened.of(path, num_heads), dtype_name(dtype)
+  task = opened.task()
+  if task not in BOUNDARIES:
+    raise ValueError(f"{opened.path} holds {TASK_NAMES[task]}: one transformer, not two "
+                     f"experts; load it with load_transformer")
   if boundary is None:
-    boundary = BOUNDARIES[opened.task()]
+    boundary = BOUNDARIES[task]
   return DualWanTransformer(opened.build("high_noise", dtype, runtime),
                             opened.build("low_noise", dtype, runtime), boundary=boundary)

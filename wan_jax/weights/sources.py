@@ -1,12 +1,16 @@
 """Finding the transformer experts in what a user downloaded, and reading them as our tensors.
 
 Accepted, detected from the files (never asked for):
-- an official Wan 2.2 release folder: `high_noise_model/`, `low_noise_model/`;
-- a diffusers release folder: `transformer/` (high-noise), `transformer_2/` (low-noise);
+- an official Wan 2.2 A14B release folder: `high_noise_model/`, `low_noise_model/`;
+- an official TI2V-5B release folder: its one transformer's shards, index and config.json (with
+  `model_type`) at the root, beside the VAE and text encoder: one expert, "transformer";
+- a diffusers release folder: `transformer/` (high-noise), `transformer_2/` (low-noise); a
+  `transformer/` alone (TI2V-5B, Wan 2.1) is one expert, "transformer";
 - one expert folder: sharded safetensors with `*.index.json`, or a single file inside;
 - one .safetensors file (original keys, diffusers keys, or ComfyUI's `model.diffusion_model.*`).
-Each expert's task (text- or image-to-video) is read off its patch embedding and checked against
-its config.json; a release whose two experts serve different tasks is refused.
+Each expert's task (text-to-video, image-to-video, TI2V-5B) is read off its patch embedding and
+head and checked against its config.json; a release whose two experts serve different tasks is
+refused.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from wan_jax.model.transformer import WanTransformer
 from wan_jax.weights import transformer_keys as tk
 from wan_jax.weights.fp8 import scale_name, stored_scales
 from wan_jax.weights.safetensors_reader import CheckpointError, TensorStore, read_json
-from wan_jax.weights.checkpoint_tasks import check_declared, common_task
+from wan_jax.weights.checkpoint_tasks import check_declared, common_task, model_of_config
 from wan_jax.weights.tensor_files import PthStore, open_tensors
 
 log = logging.getLogger(__name__)
@@ -50,8 +54,14 @@ class ExpertSource:
   prefix: str
   key_layout: str  # "original" | "diffusers"
   config: WanConfig
-  task: str  # "t2v" | "i2v", from the patch embedding (and config.json, which must agree)
+  task: str  # "t2v" | "i2v" | "ti2v", from the channels (and config.json, which must agree)
   scales: dict[str, str] = dataclasses.field(default_factory=dict)  # fp8 weight -> its scale key
+  official: bool = False  # an official release's config.json (it declares `model_type`)
+
+  @property
+  def model(self) -> str | None:
+    """"t2v_a14b" | "i2v_a14b" | "ti2v_5b", or None for other sizes (checkpoint_tasks)."""
+    return model_of_config(self.config)
 
   @property
   def description(self) -> str:
@@ -178,7 +188,7 @@ def open_expert(path: Path, num_heads: int | None = None) -> ExpertSource:
   cfg = tk.infer_config(shape_of, list(by_original), **fields)
   tk.check_keys(cfg, set(by_original))
   task = check_declared(declared, cfg, store.description)
-  return ExpertSource(store, prefix, layout, cfg, task, scales)
+  return ExpertSource(store, prefix, layout, cfg, task, scales, official="model_type" in declared)
 
 
 FP8_AUX_SUFFIXES = (".scale_weight", ".scale_input")
@@ -234,7 +244,8 @@ def find_experts(src: str | Path, num_heads: int | None = None) -> tuple[str, di
       common_task(str(src), {name: e.task for name, e in experts.items()})
       return layout, experts
   if any(src.glob("*.safetensors")):
-    return "expert_folder", {"transformer": open_expert(src, num_heads)}
+    expert = open_expert(src, num_heads)  # TI2V-5B's official release keeps its shards here
+    return ("official" if expert.official else "expert_folder"), {"transformer": expert}
   raise CheckpointError(
       f"{src}: unknown checkpoint layout; expected high_noise_model/ + low_noise_model/ "
       "(official), transformer/ + transformer_2/ (diffusers), a folder of .safetensors shards, "
