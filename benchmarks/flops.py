@@ -11,8 +11,8 @@ forward plus the two-matmul backward of attention (x3). A full fine-tune is x3 t
 Per-token timesteps (TI2V-5B: t = 0 on the conditioning frame) make the per-token modulation
 elementwise work (uncounted, as before), but the time MLP then runs once per token instead of
 once per sample: `per_token_timesteps=True` counts it so (+1.5% of the 5B's linears).
-Wan 2.2's VAE (TI2V-5B, 48 latent channels) compresses 4x16x16: `token_count` reads that off
-the config's channels.
+Token counts take the variant's latent geometry (the TI2V-5B's Wan 2.2 VAE compresses 4x16x16,
+the A14B's Wan 2.1 VAE 4x8x8).
 """
 
 from __future__ import annotations
@@ -20,31 +20,24 @@ from __future__ import annotations
 import dataclasses
 
 from wan_jax.model.config import WanConfig
+from wan_jax.model.latent_geometry import WAN21, LatentGeometry
 
-VAE_TEMPORAL = 4  # Wan 2.1 VAE: frames 4k+1 -> k+1 latent frames
-VAE_SPATIAL = 8   # pixels per latent cell along height and width
-WAN22_VAE_SPATIAL = 16  # Wan 2.2 VAE (TI2V-5B): 4x16x16
-WAN22_VAE_CHANNELS = 48  # its latent channels, which the 5B takes in and gives out
-
-
-def latent_grid(frames: int, height: int, width: int, *, temporal: int = VAE_TEMPORAL,
-                spatial: int = VAE_SPATIAL) -> tuple[int, int, int]:
+def latent_grid(frames: int, height: int, width: int,
+                geometry: LatentGeometry = WAN21) -> tuple[int, int, int]:
   """(F, H, W) of the latents of a clip (an image is frames=1)."""
-  if frames < 1 or (frames - 1) % temporal:
-    raise ValueError(f"frames must be {temporal}k+1 (1 for an image), got {frames}")
-  if height % spatial or width % spatial:
-    raise ValueError(f"height and width must be multiples of {spatial}, got {height}x{width}")
-  return (frames - 1) // temporal + 1, height // spatial, width // spatial
+  if not geometry.frames_ok(frames):
+    raise ValueError(f"frames must be {geometry.temporal}k+1 (1 for an image), got {frames}")
+  if height % geometry.spatial or width % geometry.spatial:
+    raise ValueError(f"height and width must be multiples of {geometry.spatial}, got "
+                     f"{height}x{width}")
+  return geometry.grid(frames, height, width)
 
 
-def token_count(cfg: WanConfig, frames: int, height: int, width: int, *,
-                temporal: int = VAE_TEMPORAL, spatial: int | None = None) -> int:
-  """Video tokens the transformer sees: the latent grid divided by the patch size. spatial:
-  pixels per latent cell; default: the VAE of the model's latents (16 for the Wan 2.2 VAE's 48
-  channels, TI2V-5B; else 8)."""
-  if spatial is None:
-    spatial = WAN22_VAE_SPATIAL if cfg.out_channels == WAN22_VAE_CHANNELS else VAE_SPATIAL
-  grid = latent_grid(frames, height, width, temporal=temporal, spatial=spatial)
+def token_count(cfg: WanConfig, frames: int, height: int, width: int,
+                geometry: LatentGeometry = WAN21) -> int:
+  """Video tokens the transformer sees: the latent grid (the A14B's Wan 2.1 VAE by default; a
+  variant's own: wan_jax.variants.get_variant(arch).geometry) divided by the patch size."""
+  grid = latent_grid(frames, height, width, geometry)
   if any(g % p for g, p in zip(grid, cfg.patch_size)):
     raise ValueError(f"latent grid {grid} does not divide by the patch size {cfg.patch_size}")
   f, h, w = (g // p for g, p in zip(grid, cfg.patch_size))

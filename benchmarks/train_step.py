@@ -45,7 +45,7 @@ import wan_jax
 from wan_jax.model.attention import resolve_impl
 from wan_jax.model.remat import REMAT_PLANS
 from wan_jax.model.layers import matmul_precision
-from wan_jax.model.vae_config import wan21_vae
+from wan_jax.model.vae_config import VAEConfig, wan21_vae
 import flops
 from wan_jax.model.lora import FROZEN, LORA, add_lora
 from wan_jax.train.step.mesh import make_mesh
@@ -54,6 +54,7 @@ from wan_jax.train.step import memory_plan
 from wan_jax.train.run.random_weights import random_state
 from wan_jax.train.step.sharding import global_batch_from_local, streamed, tree_shardings
 from wan_jax.train.step.train_step import StepSettings, make_train_step, step_keys
+from wan_jax.variants import Variant, get_variant, tiny_twin
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the sibling scripts: forward (commit, memory), torch_reference
@@ -62,16 +63,22 @@ from forward import commit, peak_memory_gib  # noqa: E402
 # name: (label, frames, height, width); the reduced shapes keep the cases' character (a long
 # clip, a longer one, an image) at a size a CPU runs in seconds.
 CASES = {"a": ("480x832x81", 81, 480, 832), "b": ("720x1280x81", 81, 720, 1280),
-         "c": ("1024x1024 image", 1, 1024, 1024)}
+         "c": ("1024x1024 image", 1, 1024, 1024), "d": ("704x1280x121", 121, 704, 1280)}
 REDUCED_CASES = {"a": ("96x160x17", 17, 96, 160), "b": ("144x256x17", 17, 144, 256),
-                 "c": ("128x128 image", 1, 128, 128)}
+                 "c": ("128x128 image", 1, 128, 128), "d": ("128x192x25", 25, 128, 192)}
+# Variants whose step reads latents and a prompt only (an I2V condition is not generated here).
+ARCHS = ("wan22_t2v_a14b", "wan22_ti2v_5b")
 T_RANGE = (0.0, 875.0)  # the low-noise expert's timesteps (either expert costs the same)
 GIB = 2**30
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--cases", nargs="+", default=["a", "b", "c"], choices=sorted(CASES))
+  p.add_argument("--arch", default="wan22_t2v_a14b", choices=ARCHS,
+                 help="the model variant (wan_jax/variants.py); with --reduced its tiny twin. "
+                      "The TI2V-5B step trains half its rows image-to-video (ti2v.i2v_prob)")
+  p.add_argument("--cases", nargs="+", default=["a", "b", "c"], choices=sorted(CASES),
+                 help="d (704x1280x121) is the TI2V-5B's native size")
   p.add_argument("--steps", type=int, default=5, help="timed steps (after the warm-up)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
   p.add_argument("--plan", "--remat", dest="plan", default="full",
@@ -112,6 +119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   if args.threads is None and args.reduced:
     args.threads = 1
   args.alpha = float(args.rank if args.alpha is None else args.alpha)
+  args.variant = tiny_twin(get_variant(args.arch)) if args.reduced else get_variant(args.arch)
+  if args.torch and args.variant.task != "t2v":
+    p.error("--torch times the A14B text-to-video peer only")
   return args
 
 
@@ -138,16 +148,15 @@ def model_config(args: argparse.Namespace) -> wan_jax.WanConfig:
   if args.layers is not None:
     runtime["num_layers"] = args.layers
   if args.reduced:
-    return wan_jax.tiny(**runtime)  # fp32: a CPU has no fast bf16 matmul
-  return wan_jax.t2v_a14b(param_dtype="bfloat16", compute_dtype="bfloat16", **runtime)
+    return args.variant.transformer(**runtime)  # fp32: a CPU has no fast bf16 matmul
+  return args.variant.transformer(param_dtype="bfloat16", compute_dtype="bfloat16", **runtime)
 
 
-def make_batch(cfg: wan_jax.WanConfig, grid: tuple[int, int, int],
-               seed: int) -> dict[str, np.ndarray]:
+def make_batch(cfg: wan_jax.WanConfig, grid: tuple[int, int, int], seed: int,
+               vae: VAEConfig) -> dict[str, np.ndarray]:
   """Random latents around the VAE's statistics, a binary-ish mask (1 / 0.1), full text rows."""
   rng = np.random.default_rng(seed)
-  vae = wan21_vae()
-  shape = (1, *grid, cfg.in_channels)
+  shape = (1, *grid, vae.z_dim)
   mean = (rng.standard_normal(shape) * np.asarray(vae.latents_std)
           + np.asarray(vae.latents_mean))
   return {
@@ -203,11 +212,11 @@ def optimizer_config() -> ml_collections.ConfigDict:
       "grad_accum": 1, "weight_decay": 0.0, "max_grad_norm": 1.0})
 
 
-def step_settings() -> StepSettings:
-  vae = wan21_vae()
+def step_settings(variant: Variant) -> StepSettings:
+  vae = variant.vae()
   return StepSettings(sampling="shift", shift=5.0, logit_mean=0.0, logit_std=1.0,
                       sample_posterior=True, latents_mean=tuple(vae.latents_mean),
-                      latents_std=tuple(vae.latents_std))
+                      latents_std=tuple(vae.latents_std), task=variant.task_object)
 
 
 def progress(side: str, case: str, r: dict[str, Any]) -> None:
@@ -245,7 +254,7 @@ class Steps:
 
       graphdef = nnx.split(nnx.eval_shape(build), LORA, FROZEN)[0]
       trainable, opt_state, frozen = self.state
-      step_fn = make_train_step(graphdef, self.tx, step_settings(), self.mesh, trainable,
+      step_fn = make_train_step(graphdef, self.tx, step_settings(self.args.variant), self.mesh, trainable,
                                 opt_state, frozen, stream=stream)
       start = time.perf_counter()
       frozen = self.frozen_streamed if stream else frozen
@@ -359,7 +368,7 @@ def run_theirs(cfg, args, cases: dict[str, dict]) -> dict[str, dict]:
 def summarise(report: dict[str, Any]) -> str:
   """The table printed last (the device tool returns the end of the output)."""
   peak = report["peak_flops_per_s"]
-  unit, scale = ("GFLOP", 1e9) if report["config"]["preset"] == "tiny" else ("PFLOP", 1e15)
+  unit, scale = ("GFLOP", 1e9) if report["config"]["reduced"] else ("PFLOP", 1e15)
   head = (f"{'case':<18}{'tokens':>8}{unit:>8}{'compile s':>11}{'step s':>9}{'MFU':>7}"
           f"{'tok/s':>9}{'peak GiB':>10}")
   torch_on = any("torch" in c for c in report["cases"])
@@ -393,11 +402,15 @@ def prepare_cases(cfg: wan_jax.WanConfig, args: argparse.Namespace) -> dict[str,
   cases = {}
   for name in dict.fromkeys(args.cases):
     label, frames, height, width = table[name]
-    tokens = flops.token_count(cfg, frames, height, width)
+    geometry = args.variant.geometry
+    tokens = flops.token_count(cfg, frames, height, width, geometry)
+    per_token_t = args.variant.task == "ti2v" and frames > 1  # its image rows: t = 0 on frame 0
     cases[name] = {"case": name, "label": label, "frames": frames, "height": height,
                    "width": width, "tokens": tokens,
-                   "model_flops": flops.step_flops(cfg, tokens, lora=True).step,
-                   "batch": make_batch(cfg, flops.latent_grid(frames, height, width), args.seed)}
+                   "model_flops": flops.step_flops(cfg, tokens, lora=True,
+                                                   per_token_timesteps=per_token_t).step,
+                   "batch": make_batch(cfg, flops.latent_grid(frames, height, width, geometry),
+                                       args.seed, args.variant.vae())}
   return cases
 
 
@@ -459,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "device_kind": device.device_kind, "peak_flops_per_s": peak, "peak_matmul_size": peak_size,
-      "config": {"preset": "tiny" if args.reduced else "t2v_a14b", "layers": cfg.num_layers,
+      "config": {"arch": args.variant.arch, "reduced": args.reduced, "layers": cfg.num_layers,
                  "dim": cfg.dim, "dtype": cfg.compute_dtype, "rank": args.rank,
                  "alpha": args.alpha, "plan": args.plan, "attention": cfg.attention,
                  "attention_resolved": resolve_impl(cfg.attention, jnp.dtype(cfg.compute_dtype)),

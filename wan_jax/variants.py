@@ -15,14 +15,15 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from wan_jax.model.config import WanConfig, i2v_a14b, t2v_a14b, tiny, tiny_i2v
+from wan_jax.model.config import WanConfig, i2v_a14b, t2v_a14b, ti2v_5b, tiny, tiny_i2v, tiny_ti2v
 from wan_jax.model.flow_matching import HIGH, I2V_BOUNDARY, LOW, T2V_BOUNDARY
 from wan_jax.model.latent_geometry import LatentGeometry
 from wan_jax.model.umt5 import UMT5Config, umt5_tiny, umt5_xxl
-from wan_jax.model.vae_config import VAEConfig, tiny_vae, wan21_vae
+from wan_jax.model.vae_config import VAEConfig, tiny_vae, tiny_vae22, wan21_vae, wan22_vae
 from wan_jax.tasks import TASKS, Task
 
 TWO_EXPERTS = {HIGH: "high_noise", LOW: "low_noise"}  # slot -> name in checkpoints and files
+ONE_MODEL = {HIGH: "transformer"}  # one model for every timestep, in the first slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Variant:
 
 A14B_T2V_PREVIEW = PreviewDefaults(shift=12.0, guidance=(3.0, 4.0))  # wan_t2v_A14B.py
 A14B_I2V_PREVIEW = PreviewDefaults(shift=5.0, guidance=(3.5, 3.5))  # wan_i2v_A14B.py
+TI2V_5B_PREVIEW = PreviewDefaults(shift=5.0, guidance=(5.0, 5.0), steps=50, fps=24)  # wan_ti2v_5B
 
 _ENTRIES = (
     Variant("wan22_t2v_a14b", "Wan 2.2 T2V-A14B", "t2v", t2v_a14b, wan21_vae, umt5_xxl,
@@ -89,6 +91,9 @@ _ENTRIES = (
             TWO_EXPERTS, I2V_BOUNDARY, A14B_I2V_PREVIEW, "wan-2.2-i2v-a14b",
             "configs/wan22_i2v_masked.py", ("wan22_14b_i2v", "wan22_i2v_a14b"),
             release="Wan-AI/Wan2.2-I2V-A14B"),
+    Variant("wan22_ti2v_5b", "Wan 2.2 TI2V-5B", "ti2v", ti2v_5b, wan22_vae, umt5_xxl, ONE_MODEL,
+            0.0, TI2V_5B_PREVIEW, "wan-2.2-ti2v-5b", "configs/wan22_5b_masked.py",
+            ("wan22_5b", "wan22_ti2v_5b"), release="Wan-AI/Wan2.2-TI2V-5B"),
     Variant("tiny", "the tiny T2V demo", "t2v", tiny, tiny_vae, umt5_tiny, TWO_EXPERTS,
             T2V_BOUNDARY, A14B_T2V_PREVIEW, "wan-2.2-t2v-tiny", "configs/wan22_masked.py:tiny",
             ("tiny",), tiny=True, demo_workdir="runs/demo"),
@@ -96,6 +101,9 @@ _ENTRIES = (
             I2V_BOUNDARY, A14B_I2V_PREVIEW, "wan-2.2-i2v-tiny",
             "configs/wan22_i2v_masked.py:tiny", ("tiny_i2v",), tiny=True,
             demo_workdir="runs/demo_i2v"),
+    Variant("tiny_ti2v", "the tiny TI2V demo", "ti2v", tiny_ti2v, tiny_vae22, umt5_tiny, ONE_MODEL,
+            0.0, TI2V_5B_PREVIEW, "wan-2.2-ti2v-tiny", "configs/wan22_5b_masked.py:tiny",
+            ("tiny_ti2v",), tiny=True, demo_workdir="runs/demo_5b"),
 )
 
 VARIANTS: dict[str, Variant] = {v.arch: v for v in _ENTRIES}
@@ -116,3 +124,8 @@ def for_task(task: str) -> Variant:
 def by_ai_toolkit(name: str) -> Variant | None:
   """The variant an ai-toolkit `arch:` value maps onto (None: not one wan-jax trains)."""
   return next((v for v in _ENTRIES if name in v.ai_toolkit), None)
+
+
+def tiny_twin(variant: Variant) -> Variant:
+  """The tiny variant of the same task: what a CPU run stands in with."""
+  return variant if variant.tiny else next(v for v in _ENTRIES if v.tiny and v.task == variant.task)
