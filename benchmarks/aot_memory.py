@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import wan_jax
+from wan_jax.model.latent_geometry import WAN21
 
 
 def analyse(fn, *args) -> dict:
@@ -43,9 +44,9 @@ def main() -> None:
 
   cfg = wan_jax.t2v_a14b(attention=args.attention, remat=args.remat, num_layers=args.layers)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0))))
-  grid = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
-  tokens = grid[0] * grid[1] // 2 * grid[2] // 2
-  x = jax.ShapeDtypeStruct((1, *grid, 16), jnp.float32)
+  grid = WAN21.grid(args.frames, args.height, args.width)  # the A14B's latents
+  tokens = WAN21.tokens(args.frames, args.height, args.width)
+  x = jax.ShapeDtypeStruct((1, *grid, WAN21.channels), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
   c = jax.ShapeDtypeStruct((1, 512, 4096), jnp.float32)
 

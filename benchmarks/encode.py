@@ -32,6 +32,7 @@ from forward import commit, peak_memory_gib, timed  # noqa: E402
 import wan_jax  # noqa: E402
 from wan_jax.model.umt5 import umt5_xxl  # noqa: E402
 from wan_jax.model.vae import decode_latents, encode_video  # noqa: E402
+from wan_jax.model.latent_geometry import WAN21  # noqa: E402
 from wan_jax.model.vae_config import wan21_vae  # noqa: E402
 
 
@@ -60,8 +61,8 @@ def vae_memory(args, dtype: str) -> list[dict]:
   rows = []
   for frames in (5, 21, 81):
     video = jax.ShapeDtypeStruct((1, frames, args.height, args.width, 3), jnp.float32)
-    latents = jax.ShapeDtypeStruct((1, (frames - 1) // 4 + 1, args.height // 8, args.width // 8,
-                                    16), jnp.float32)
+    latents = jax.ShapeDtypeStruct((1, *WAN21.latent_shape(frames, args.height, args.width)),
+                                   jnp.float32)
     enc, dec = analyse(encode, state, video), analyse(decode, state, latents)
     rows.append({"part": f"vae {dtype} compiled memory", "frames": frames,
                  "encode_temp_gib": enc["temp_gib"], "decode_temp_gib": dec["temp_gib"],

@@ -26,6 +26,8 @@ from flax import nnx
 
 import wan_jax
 from wan_jax.model.config import PRESETS
+from wan_jax.model.latent_geometry import WAN21
+from wan_jax.variants import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,8 +85,11 @@ def main() -> None:
   arch = {} if args.layers is None else {"num_layers": args.layers}
   cfg = PRESETS[args.preset](param_dtype=args.dtype, compute_dtype=args.dtype,
                              attention=args.attention, **arch)
-  grid = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
-  tokens = grid[0] * (grid[1] // cfg.patch_size[1]) * (grid[2] // cfg.patch_size[2])
+  # the latent geometry of the variant built on this preset (the A14B's for a bare preset)
+  geometry = next((v.geometry for v in VARIANTS.values() if v.transformer is PRESETS[args.preset]),
+                  WAN21)
+  grid = geometry.grid(args.frames, args.height, args.width)
+  tokens = geometry.tokens(args.frames, args.height, args.width)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), commit {commit()}")
   print(f"{args.preset}: {cfg.num_layers} layers, dim {cfg.dim}; latents {grid} -> "
         f"{tokens} tokens; attention {args.attention}; {args.dtype}")

@@ -52,7 +52,7 @@ with tempfile.TemporaryDirectory() as d:
 print("context: batch-2 vs batch-8 encoding, max abs diff",
       float(jnp.abs(mine[0] - cache[0]).max()), float(jnp.abs(mine[1] - cache[1]).max()))
 vae = enc.load_vae()
-shape = (1, (p.num_frames - 1) // 4 + 1, p.height // 8, p.width // 8, 16)
+shape = (1, *loading.variant(cfg).geometry.latent_shape(p.num_frames, p.height, p.width))
 
 def frames(dual, ctx):
   length = max(ctx[0].shape[1], ctx[1].shape[1])
