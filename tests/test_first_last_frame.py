@@ -33,6 +33,7 @@ from wan_jax.tasks import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
 from wan_jax.train.run.summary import RunSummary
 from wan_jax.weights import vae_keys
 from wan_jax.weights.assemble import assemble
+from helpers import get_config, losses, quiet
 
 FLF = "first_last_condition"  # the cache kind
 
@@ -194,3 +195,95 @@ def test_the_option_is_refused_where_it_cannot_apply(tmp_path):
                                          r"\[0, 1\]"):
       build_pipeline([dataset_config(folder_path=str(media), last_frame_prob=bad)], 1, seed=0,
                      task=IMAGE_TO_VIDEO)
+
+
+def _i2v_config(steps: int) -> ml_collections.ConfigDict:
+  return quiet(get_config("tiny", file="wan22_i2v_masked.py"), steps)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_trains_first_last_and_resumes_exactly(tmp_path):
+  """Half the clip rows on their first and last frames: 2 steps, then a resume to 4, loses
+  nothing against 4 straight steps (losses and row counts), and says how rows trained."""
+  from wan_jax.data.demo import DEMO_CLIP_SIZE, make_clip_dataset
+  from wan_jax.train.run.trainer import train
+
+  media, masks = make_clip_dataset(tmp_path / "data", *DEMO_CLIP_SIZE, 5, clips=3)
+
+  def config(steps):
+    cfg = _i2v_config(steps)
+    cfg.checkpoint.every = 2
+    cfg.cache.dir = str(tmp_path / "cache")  # one cache for all runs
+    cfg.datasets[0].folder_path, cfg.datasets[0].mask_path = str(media), str(masks)
+    cfg.datasets[0].last_frame_prob = 0.5
+    return cfg
+
+  straight = train(config(4), tmp_path / "straight", progress=False)
+  train(config(2), tmp_path / "split", progress=False)
+  split = train(config(4), tmp_path / "split", progress=False)
+  assert split.resumed_from == 2 and straight.skipped_steps == split.skipped_steps == 0
+  want, got = losses(tmp_path / "straight"), losses(tmp_path / "split")
+  assert sorted(want) == sorted(got) == [1, 2, 3, 4]
+  assert [got[s] for s in range(1, 5)] == [want[s] for s in range(1, 5)]  # exactly
+  forms = straight.rows_by_form
+  assert split.rows_by_form == forms and sum(forms.values()) == 8  # 4 steps of 2 rows
+  assert forms.get(FORM_CLIP, 0) > 0 and forms.get(FORM_FIRST_LAST, 0) > 0, forms
+  assert (f"image-to-video rows by how they trained: {forms[FORM_CLIP]} clip, "
+          f"{forms[FORM_FIRST_LAST]} clip on its first and last frames") in split.text(None)
+  cached = {p.parent.parent.name for p in (tmp_path / "cache").rglob("*.safetensors")}
+  assert FLF in cached and "condition" in cached
+
+
+def test_a_resume_with_another_last_frame_setting_is_refused(tmp_path):
+  """The option changes which condition rows read: another run. Runs saved before it existed
+  had it off."""
+  from wan_jax.train.run.resume import check_resume, resume_settings
+
+  cfg = _i2v_config(4)
+  saved = resume_settings(cfg)
+  old = {**saved, "datasets": [{k: v for k, v in d.items() if k != "last_frame_prob"}
+                               for d in saved["datasets"]]}
+  check_resume(old, cfg, 1, tmp_path)
+  cfg.datasets[0].last_frame_prob = 0.5
+  for before in (saved, old):
+    with pytest.raises(ValueError, match="other settings for datasets"):
+      check_resume(before, cfg, 1, tmp_path)
+
+
+def test_preview_last_images_are_checked_in_one_line(tmp_path):
+  from wan_jax.train.run.validate import check_preview_images
+
+  start, end = tmp_path / "start.png", tmp_path / "end.png"
+  for path in (start, end):
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+
+  def config(images, lasts, prompts=("a", "b"), arch="tiny_i2v"):
+    cfg = _i2v_config(1)
+    cfg.model.arch = arch
+    cfg.preview.every = 1
+    cfg.preview.prompts = list(prompts)
+    cfg.preview.images = [str(x) for x in images]
+    cfg.preview.last_images = [str(x) for x in lasts]
+    return cfg
+
+  check_preview_images(config([start, start], [end, ""]), IMAGE_TO_VIDEO)  # one per prompt
+  check_preview_images(config([start, start], []), IMAGE_TO_VIDEO)  # none at all
+  cases = [
+      (config([start, start], [end]), r"^preview.last_images needs one entry per prompt \(an "
+       r"image, or \"\" for none\) or none at all: 2 prompts, 1 last images$"),
+      (config([start, start], [end, tmp_path / "gone.png"]),
+       r"^preview.last_images: .*gone.png cannot be read"),
+      (config([start, start], [end, tmp_path / "notes.txt"]),
+       r"^preview.last_images: .*notes.txt is not an image"),
+      (config([start], [end, end]), r"^preview.last_images\[1\] \(.*end.png\) has no start "
+       r"image: a last image ends a clip that preview.images\[1\] starts$"),
+  ]
+  short = config([start, start], [end, ""])
+  short.preview.num_frames = 1
+  cases.append((short, r"^preview.last_images needs preview.num_frames >= 5"))
+  for cfg, message in cases:
+    with pytest.raises(ValueError, match=message):
+      check_preview_images(cfg, IMAGE_TO_VIDEO)
+  with pytest.raises(ValueError, match=r"^preview.last_images is for image-to-video models; "
+                                       r"model.arch='tiny' is text-to-video"):
+    check_preview_images(config([], [end], prompts=["a"], arch="tiny"), TEXT_TO_VIDEO)
