@@ -287,3 +287,23 @@ def test_preview_last_images_are_checked_in_one_line(tmp_path):
   with pytest.raises(ValueError, match=r"^preview.last_images is for image-to-video models; "
                                        r"model.arch='tiny' is text-to-video"):
     check_preview_images(config([], [end], prompts=["a"], arch="tiny"), TEXT_TO_VIDEO)
+
+
+def test_a_preview_ends_on_its_last_image(tmp_path):
+  """preview_conditions: the start image alone, or with its last image (first-last frame)."""
+  import jax.numpy as jnp
+  from wan_jax.model.vae_config import tiny_vae
+  from wan_jax.train.outputs.preview import preview_conditions
+
+  vae = WanVAE(tiny_vae(), rngs=nnx.Rngs(2))
+  rng = np.random.default_rng(0)
+  start, end = tmp_path / "start.png", tmp_path / "end.png"
+  for path in (start, end):
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), np.uint8)).save(path)
+  plain, ends = preview_conditions(IMAGE_TO_VIDEO, vae, [start, start], ["", end], 16, 16, 5)
+  unit = lambda path: jnp.asarray(np.asarray(Image.open(path)), jnp.float32)[None] / 127.5 - 1
+  np.testing.assert_allclose(plain, wan_jax.i2v_condition(vae, unit(start), 5), atol=1e-5)
+  np.testing.assert_allclose(ends, wan_jax.i2v_condition(vae, unit(start), 5, unit(end)),
+                             atol=1e-5)
+  assert (ends[0, 1, ..., 3] == 1).all() and not plain[0, 1, ..., :4].any()
+  assert preview_conditions(TEXT_TO_VIDEO, vae, [], [], 16, 16, 5) is None
