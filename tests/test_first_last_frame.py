@@ -289,6 +289,7 @@ def test_preview_last_images_are_checked_in_one_line(tmp_path):
     check_preview_images(config([], [end], prompts=["a"], arch="tiny"), TEXT_TO_VIDEO)
 
 
+@pytest.mark.slow
 def test_a_preview_ends_on_its_last_image(tmp_path):
   """preview_conditions: the start image alone, or with its last image (first-last frame)."""
   import jax.numpy as jnp
