@@ -10,9 +10,9 @@ preview sampler (Euler, classifier-free guidance per expert), to MP4s.
 --run takes the model, the task (T2V or I2V), the run's final LoRA files (lora/<save.name>_
 {high,low}_noise.safetensors) and its preview settings (size, frames, steps, shift, guidance,
 seed) from the run's config.json; without --prompt it re-renders the run's preview prompts (and
-images, and last images). --model is a folder made by convert/wan22.py (or `tiny` / `tiny_i2v`, the demos' random
-models); without --run, sizes and steps are the config file's defaults. The same arguments give
-the same pixels.
+images, and last images). --model is a folder made by convert/wan22.py (or `tiny` / `tiny_i2v`,
+the demos' random models); without --run, sizes and steps are the config file's defaults. The
+same arguments give the same pixels.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from wan_jax.model.i2v_condition import encode_condition, i2v_condition
 from wan_jax.tasks.base import Task
 
 CONDITION = "condition"
-FIRST_LAST = "first_last_condition"  # the cache kind of a clip's condition on its first and last
+FIRST_LAST = "first_last_condition"  # cache kind: a clip's condition on its first and last frames
 
 
 @dataclasses.dataclass(frozen=True)

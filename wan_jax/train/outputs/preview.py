@@ -25,7 +25,7 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,7 @@ from wan_jax.model import flow_matching
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
 from wan_jax.model.vae import WanVAE, decode_latents
+from wan_jax.tasks import Task
 from wan_jax.train.outputs import media_out
 
 F32 = jnp.float32
@@ -178,7 +179,7 @@ def _check_size(height: int, width: int, num_frames: int, vae: WanVAE) -> None:
                      f"{2 * temporal + 1}, ...), got {num_frames}")
 
 
-def preview_conditions(task: Any, vae: WanVAE, images: Sequence[str],
+def preview_conditions(task: Task, vae: WanVAE, images: Sequence[str],
                        last_images: Sequence[str], height: int, width: int,
                        num_frames: int) -> list[jax.Array] | None:
   """Each prompt's condition for an image-to-video model (None without images: text-to-video):
