@@ -3,15 +3,16 @@ preview sampler (Euler, classifier-free guidance per expert), to MP4s.
 
   python sample.py --run runs/demo --prompt "a red ball rolling to the right"
   python sample.py --run runs/demo_i2v --prompt "a red ball" --image start.png
+  python sample.py --run runs/demo_i2v --prompt "a red ball" --image start.png --last-image end.png
   python sample.py --model /ckpt/wan22-jax --lora-high person_high_noise.safetensors \\
       --lora-low person_low_noise.safetensors --prompt "a person waving" --out samples/
 
 --run takes the model, the task (T2V or I2V), the run's final LoRA files (lora/<save.name>_
 {high,low}_noise.safetensors) and its preview settings (size, frames, steps, shift, guidance,
 seed) from the run's config.json; without --prompt it re-renders the run's preview prompts (and
-images). --model is a folder made by convert/wan22.py (or `tiny` / `tiny_i2v`, the demos' random
-models); without --run, sizes and steps are the config file's defaults. The same arguments give
-the same pixels.
+images, and last images). --model is a folder made by convert/wan22.py (or `tiny` / `tiny_i2v`,
+the demos' random models); without --run, sizes and steps are the config file's defaults. The
+same arguments give the same pixels.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
   what.add_argument("--negative-prompt", help="default: the run's preview.negative_prompt")
   what.add_argument("--image", action="append", default=[], metavar="FILE",
                     help="image-to-video: the start image, one for all prompts or one each")
+  what.add_argument("--last-image", action="append", default=[], metavar="FILE",
+                    help="image-to-video: the image the clip ends on (first-last frame), one "
+                    "for all prompts or one each; needs --image")
   what.add_argument("--out", type=Path, help="output folder (default: <run>/samples, else "
                     "samples)")
   how = p.add_argument_group("sampler (default: the run's preview settings)")
@@ -136,19 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     from wan_jax.train.run import loading
     task = loading.task(cfg)
     loras = _loras(args, cfg)
-    prompts, images = list(args.prompt), list(args.image)
+    prompts, images, lasts = list(args.prompt), list(args.image), list(args.last_image)
     if not prompts:
       if args.run is None:
         raise ValueError("give at least one --prompt")
       prompts = list(cfg.preview.prompts)
       if task.needs_preview_images and not images:
         images = list(cfg.preview.get("images", []))
-    if images and not task.needs_preview_images:
+        lasts = lasts or list(cfg.preview.get("last_images", []))
+    if (images or lasts) and not task.needs_preview_images:
       raise ValueError(f"--image: this is a {task.title} model; it takes no start image")
     if task.needs_preview_images and not images:
       raise ValueError("this is an image-to-video model: give the start image with --image")
     if len(images) == 1:
       images = images * len(prompts)
+    if len(lasts) == 1:
+      lasts = lasts * len(prompts)
     settings = Settings.from_config(
         cfg, seed=args.seed, num_steps=args.steps, height=args.height, width=args.width,
         num_frames=args.frames, shift=args.shift, guidance=_guidance(args.guidance),
@@ -160,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         check_made_for(loras[expert], str(cfg.model.arch))
       print(f"{expert}-noise expert: {loras.get(expert, 'as released (no LoRA)')}",
             file=sys.stderr)
-    paths = sample(cfg, loras, prompts, images, out, settings, progress=not args.no_progress)
+    paths = sample(cfg, loras, prompts, images, out, settings, last_images=lasts,
+                   progress=not args.no_progress)
   except (ValueError, FileNotFoundError) as e:
     print(f"sample.py: {e}", file=sys.stderr)
     return 2

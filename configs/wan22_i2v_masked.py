@@ -13,7 +13,14 @@ Everything is configs/wan22_masked.py's, except what image-to-video changes (ups
 5.0 and guidance 3.5 for both experts, and each preview prompt starts from an image
 (`preview.images`, one per prompt). Each clip's first frame conditions the rest (cached beside its
 latents); the loss covers every frame. Still images train too, as ai-toolkit trains them
-(`image_i2v`, below; docs/training.md, "Still images for image-to-video").
+(`image_i2v`, below; docs/training.md, "Still images for image-to-video"). First-last frame: a
+data set's `last_frame_prob` (0 off, 1 always, 0.5 half the rows) conditions its clips on their
+first and last frames, and `preview.last_images` ends each preview on an image
+(docs/training.md, "First-last frame"):
+
+  python launch.py --config configs/wan22_i2v_masked.py ... \
+      --config.datasets[0].last_frame_prob=0.5 \
+      --config.preview.images='["/data/start.png"]' --config.preview.last_images='["/data/end.png"]'
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                        ["the person turns and smiles, natural light"])
   # One start image per prompt; the tiny demo generates one when this is empty.
   c.preview.images = []
+  # First-last frame: the image each preview ends on, one path or "" per prompt ([]: none).
+  c.preview.last_images = []
   # Still images (num_frames 1) train as ai-toolkit trains them: with an empty condition, and
   # optionally on a degraded copy of themselves or as static clips (wan_jax/tasks/i2v_images.py).
   c.image_i2v = image_i2v_config()

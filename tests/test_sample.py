@@ -101,6 +101,9 @@ def _main():
      "LoRA file missing.safetensors does not exist"),
     (["--model", "tiny", "--prompt", "p", "--image", "x.png"], "takes no start image"),
     (["--model", "tiny_i2v", "--prompt", "p"], "give the start image with --image"),
+    (["--model", "tiny", "--prompt", "p", "--last-image", "x.png"], "takes no start image"),
+    (["--model", "tiny_i2v", "--prompt", "p", "--last-image", "x.png"],
+     "give the start image with --image"),
     (["--model", "tiny", "--prompt", "p", "--guidance", "1,2,3"], "one number, or LOW,HIGH"),
 ])
 def test_argument_errors_are_one_line(args, message, capsys):

@@ -11,6 +11,10 @@ rebuilds only what it touches:
            its condition (key: the latents' plus the copy's number and the recipe's version)
            and the image as a static clip: its latents, weights and blurred condition, keyed
            like any entry of that clip's geometry plus the blur settings.
+  first_last_condition  image-to-video with a data set's `last_frame_prob` > 0: a clip's
+           condition on its first and last frames (wan_jax/tasks/i2v.py). Key: as the latents'.
+           Only clips of such data sets have one: turning the option on encodes these files and
+           nothing else, turning it off leaves them unread.
   weights  the latent-grid weight map of a masked item. Key: the mask file, the same geometry,
            invert_mask and mask_min_value (changing mask_min_value re-reads masks, not videos).
   prompts  one caption's umT5 embedding, trimmed to its tokens. Key: the text, the encoder's and
@@ -44,6 +48,7 @@ from wan_jax.data.examples import (Geometry, SkipItem, is_masked, plan_geometry,
 from wan_jax.data.folders import DataError, Item
 from wan_jax.data.media import MediaError
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
+from wan_jax.tasks.i2v import first_last_arrays
 from wan_jax.tasks.i2v_images import (DEGRADE_VERSION, ImageTraining, clip_condition_frame, degrade,
                                       seed_of_key)
 
@@ -119,10 +124,12 @@ class Variant:
   # and the image as a static clip (its own geometry and files).
   degraded_keys: tuple[dict[str, str], ...] = ()
   clip: Variant | None = None
+  # A clip that may train first-last frame: its condition on both ends (kind -> key).
+  first_last_keys: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def files(self) -> list[tuple[str, str]]:
     """(kind, key) of every file this variant reads, its static clip's included."""
-    out = [("latents", self.latent_key), *self.pixel_keys.items()]
+    out = [("latents", self.latent_key), *self.pixel_keys.items(), *self.first_last_keys.items()]
     if self.weights_key is not None:
       out.append(("weights", self.weights_key))
     out += [kk for copy in self.degraded_keys for kk in copy.items()]
@@ -144,7 +151,7 @@ class CachePlan:
   @property
   def pixel_kinds(self) -> tuple[str, ...]:
     """Kinds encoded from an entry's pixels: the latents, then what the task derives."""
-    return ("latents", *self.task.pixel_arrays)
+    return ("latents", *self.task.pixel_arrays, *first_last_arrays(self.task))
 
   def keys(self, kind: str) -> dict[str, tuple[int, bool]]:
     """Each distinct key of a kind -> the first (entry, flip) that needs it (an item with
@@ -227,6 +234,10 @@ def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collect
         return Variant(geo, lkey, wkey, pkeys)
 
       v = variant(geo, task.own_pixel_arrays(item), [])
+      if item.num_frames > 1 and float(cfg.get("last_frame_prob", 0.0)) > 0:
+        g = _geometry_json(geo)
+        v.first_last_keys = {kind: digest([VERSION, kind, media, g, settings.vae_id,
+                                           settings.dtype]) for kind in first_last_arrays(task)}
       if images is not None and task.pixel_arrays and item.num_frames == 1:
         g = _geometry_json(geo)
         v.degraded_keys = tuple(
@@ -260,10 +271,16 @@ class BuildReport:
 
   def summary(self) -> str:
     repaired = f" ({self.damaged} of them replacing damaged files)" if self.damaged else ""
-    task = "".join(f"{n} {kind}s, " for kind, n in sorted(self.pixel_built.items()))
+    task = "".join(f"{n} {_plural(kind)}, " for kind, n in sorted(self.pixel_built.items()))
     return (f"caches: {self.reused} files reused, built {self.latents_built} latents, {task}"
             f"{self.weights_built} weight maps, {self.prompts_built} prompt embeddings"
             f"{repaired} in {self.seconds:.1f} s; {len(self.failed)} items could not be encoded")
+
+
+def _plural(kind: str) -> str:
+  """'condition' -> 'conditions', 'first_last_condition' -> 'first-last conditions'."""
+  *head, noun = kind.split("_")
+  return "-".join(head) + (" " if head else "") + noun + "s"
 
 
 def build_caches(plan: CachePlan, items: Sequence[tuple[Item, int]],
@@ -318,8 +335,10 @@ def _encodings(plan: CachePlan, v: Variant, video: np.ndarray
                ) -> list[tuple[str, dict[str, str], np.ndarray]]:
   """What to encode for one variant from its pixels [1, F, H, W, 3] in [-1, 1]: (encoder,
   kind -> key of the files it fills, input video); 'moments' fills latents, 'task' the task's
-  arrays. A still image's degraded copies and static clip come from its one frame."""
-  out = [("moments", {"latents": v.latent_key}, video), ("task", v.pixel_keys, video)]
+  arrays, 'first_last' a clip's condition on both ends. A still image's degraded copies and
+  static clip come from its one frame."""
+  out = [("moments", {"latents": v.latent_key}, video), ("task", v.pixel_keys, video),
+         ("first_last", v.first_last_keys, video)]
   frame = video[0, 0]
   for keys in v.degraded_keys:
     rng = np.random.default_rng(seed_of_key(next(iter(keys.values()))))
@@ -343,7 +362,8 @@ def _build_latents(plan, items, datasets, todo, load_vae, report, bar) -> None:
 
   vae = load_vae()
   moments = nnx.jit(lambda vae, video: vae.moments(video))
-  task_arrays = nnx.jit(lambda vae, video: plan.task.encode_pixels(vae, video))
+  encoders = {"task": nnx.jit(lambda vae, video: plan.task.encode_pixels(vae, video)),
+              "first_last": nnx.jit(lambda vae, video: plan.task.encode_first_last(vae, video))}
   dtype = np.dtype(plan.settings.dtype)
   # One bucket after another, so each shape compiles once and stays hot.
   todo = sorted(todo, key=lambda ef: (plan.variants[ef[0]][ef[1]].geometry.bucket, ef))
@@ -365,7 +385,7 @@ def _build_latents(plan, items, datasets, todo, load_vae, report, bar) -> None:
         mean, logvar = jax.device_get(moments(vae, jnp.asarray(clip)))
         files.append(("latents", want["latents"], {"mean": mean[0], "logvar": logvar[0]}))
       else:
-        arrays = jax.device_get(task_arrays(vae, jnp.asarray(clip)))
+        arrays = jax.device_get(encoders[encoder](vae, jnp.asarray(clip)))
         files += [(kind, key, {kind: arrays[kind][0]}) for kind, key in want.items()]
     if not all(np.isfinite(a).all() for _, _, arrays in files for a in arrays.values()):
       _fail(plan, report, i, item, ValueError("the VAE returned non-finite latents"))
@@ -401,10 +421,12 @@ def _build_prompts(plan, texts, load_text, report, bar) -> None:
 
 
 def read_variant(plan: CachePlan, entry: int, flip: bool, clip: bool = False,
-                 degraded: int | None = None) -> dict[str, np.ndarray]:
+                 degraded: int | None = None, first_last: bool = False) -> dict[str, np.ndarray]:
   """(mean, logvar, weights and the task's arrays) of one cached entry as float32; CacheError
   names a bad file. A still image for image-to-video reads as its static `clip`, or with its
-  `degraded` copy number n as condition; a task array the entry has no file for is zeros."""
+  `degraded` copy number n as condition; a clip with `first_last` reads its condition on its
+  first and last frames under the task's name (`condition`); a task array the entry has no file
+  for is zeros."""
   v = plan.variants[entry].get(flip) or next(iter(plan.variants[entry].values()))
   if clip:
     v = v.clip
@@ -416,8 +438,14 @@ def read_variant(plan: CachePlan, entry: int, flip: bool, clip: bool = False,
   else:
     out["weights"] = plan.store.read("weights", v.weights_key)["weights"]
   arrays = v.pixel_keys if degraded is None else v.degraded_keys[degraded]
+  named = {kind: kind for kind in arrays}
+  if first_last:
+    if not v.first_last_keys:
+      raise ValueError(f"entry {entry} has no first-last-frame condition in the cache plan (a "
+                       "clip of a data set with last_frame_prob > 0 has)")
+    arrays, named = v.first_last_keys, first_last_arrays(plan.task)
   for kind, key in arrays.items():
-    out[kind] = plan.store.read(kind, key)[kind].astype(np.float32)
+    out[named[kind]] = plan.store.read(kind, key)[kind].astype(np.float32)
   return {**plan.task.empty_arrays(out["weights"].shape), **out}
 
 

@@ -36,6 +36,9 @@ def dataset_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.missing_mask = "error"  # "error" (names the files) | "unmasked" (weight 1) | "skip"
   c.random_crop = False
   c.flip_prob = 0.0
+  # Image-to-video clips: the share of rows conditioned on the clip's first AND last frame
+  # (first-last frame); 0 = first frame only, 1 = always, in between = drawn per row.
+  c.last_frame_prob = 0.0
   c.update(overrides)
   return c
 
@@ -77,6 +80,10 @@ def validate(cfg: ml_collections.ConfigDict, where: str = "dataset") -> None:
     raise ValueError(f"{where}.missing_mask must be one of {MISSING_MASK_POLICIES}")
   if not 0.0 <= cfg.caption_dropout_rate <= 1.0:
     raise ValueError(f"{where}.caption_dropout_rate must be in [0, 1]")
+  last = cfg.get("last_frame_prob", 0.0)
+  if isinstance(last, bool) or not isinstance(last, (int, float)) or not 0.0 <= last <= 1.0:
+    raise ValueError(f"{where}.last_frame_prob must be a number in [0, 1] (0 = off, 1 = every "
+                     f"clip row), got {last!r}")
   if not 0.0 <= cfg.mask_min_value < 1.0:
     raise ValueError(f"{where}.mask_min_value must be in [0, 1)")
   if int(cfg.repeats) < 1 or int(cfg.num_frames) < 1:

@@ -8,8 +8,9 @@ rows, decoded -> multiprocess prefetch.
     -> to_iter_dataset -> mp_prefetch
 
 Batch composition is re-drawn every epoch too. Every random choice (composition, order, frames,
-crop, flip, caption dropout) is a pure function of (seed, position), so an iterator restored from
-its saved state yields exactly the batches the uninterrupted one would.
+crop, flip, caption dropout, which condition an image-to-video row reads) is a pure function of
+(seed, position), so an iterator restored from its saved state yields exactly the batches the
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -33,17 +34,19 @@ from wan_jax.data.folders import DataError, Item, ScanReport, scan_dataset
 from wan_jax.data.weight_maps import latent_frames
 from wan_jax.data import config as dcfg
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
+from wan_jax.tasks.i2v import first_last_arrays
 from wan_jax.tasks.i2v_images import ImageTraining
 
 log = logging.getLogger(__name__)
 MAX_SUBSTITUTES = 8
 Z_DIM = 16  # latent channels of the Wan 2.1 VAE
 # How a row trained (`form`, counted in the run's summary): a clip (image-to-video: on its first
-# frame), a still image (image-to-video: with an empty condition), a degraded copy of itself, or
-# as a static clip; or nothing readable.
-FORM_CLIP, FORM_IMAGE, FORM_DEGRADED, FORM_STATIC_CLIP, FORM_NONE = (
-    "clip", "image", "image on a degraded copy", "image as a static clip", "")
-FORMS = (FORM_CLIP, FORM_IMAGE, FORM_DEGRADED, FORM_STATIC_CLIP)
+# frame, or on its first and last frames), a still image (image-to-video: with an empty
+# condition), a degraded copy of itself, or as a static clip; or nothing readable.
+FORM_CLIP, FORM_FIRST_LAST, FORM_IMAGE, FORM_DEGRADED, FORM_STATIC_CLIP, FORM_NONE = (
+    "clip", "clip on its first and last frames", "image", "image on a degraded copy",
+    "image as a static clip", "")
+FORMS = (FORM_CLIP, FORM_FIRST_LAST, FORM_IMAGE, FORM_DEGRADED, FORM_STATIC_CLIP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +112,7 @@ class Pipeline:
   local_batch: int
   cache_plan: CachePlan | None = None  # set when batches come from the caches
   cache_report: BuildReport | None = None
+  datasets: Sequence[ml_collections.ConfigDict] = ()
 
   def buckets(self) -> list[tuple[int, int, int]]:
     """Every (frames, height, width) a batch can have: the entries' buckets and, when still
@@ -128,8 +132,25 @@ class Pipeline:
             f"{images.describe()}" if images is not None and stills else "")
     return (f"{self.report.summary()}{cached}\n  {len(self.entries)} examples in {len(buckets)} "
             f"buckets (frames, height, width): {buckets[:8]}{' ...' if len(buckets) > 8 else ''}"
-            f"{task}\n  {self.batches_per_epoch} batches per epoch of {self.local_batch} per "
-            "process")
+            f"{task}{self._first_last()}\n  {self.batches_per_epoch} batches per epoch of "
+            f"{self.local_batch} per process")
+
+  def _first_last(self) -> str:
+    """The data notice's first-last-frame line ('' when no clip trains that way)."""
+    plan = self.cache_plan
+    if plan is None:
+      return ""
+    clips = {id(e.item): e.item for e in self.entries if e.item.num_frames > 1}
+    flf = {id(e.item): e.item for i, e in enumerate(self.entries)
+           if any(v.first_last_keys for v in plan.variants[i].values())}
+    if not flf:
+      return ""
+    shares = sorted({float(self.datasets[it.dataset].last_frame_prob) for it in flf.values()})
+    share = "every row" if shares == [1.0] else (
+        "/".join(f"{p:.0%}" for p in shares) + " of their rows" + (" (by data set)" if
+        len(shares) > 1 else "") + ", on their first frame otherwise")
+    return (f"\n  {len(flf)} of {len(clips)} clips train first-last frame: conditioned on their "
+            f"first and last frames in {share}")
 
 
 class RowReader:
@@ -151,8 +172,9 @@ class RowReader:
 
   def read(self, entry_id: int, rng: np.random.Generator, clip: bool = False,
            condition_rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """One row; with `clip`, a still image as its static clip; `condition_rng` draws whether a
-    still image conditions on a degraded copy of itself."""
+    """One row; with `clip`, a still image as its static clip; `condition_rng` draws which
+    condition an image-to-video row reads: a still image's degraded copy of itself, or a clip's
+    first-last-frame condition."""
     entry = self.entries[entry_id]
     cfg = self.datasets[entry.item.dataset]
     form = FORM_CLIP if entry.item.num_frames > 1 else FORM_IMAGE
@@ -162,12 +184,15 @@ class RowReader:
       caption = ex.caption
     else:
       degraded = self._degraded(entry_id, clip, condition_rng)
-      row = self._cached(entry_id, entry, cfg, rng, clip, degraded)
+      first_last = self._first_last(entry_id, cfg, condition_rng)
+      row = self._cached(entry_id, entry, cfg, rng, clip, degraded, first_last)
       caption = entry.item.caption
       if clip:
         form = FORM_STATIC_CLIP
       elif degraded is not None:
         form = FORM_DEGRADED
+      elif first_last:
+        form = FORM_FIRST_LAST
     row["form"] = form
     if rng.random() < float(cfg.caption_dropout_rate):
       caption = BLANK
@@ -185,12 +210,20 @@ class RowReader:
       return None
     return int(rng.integers(copies))
 
+  def _first_last(self, entry_id: int, cfg, rng: np.random.Generator | None) -> bool:
+    """Whether a clip's row conditions on its first and last frames: always with
+    last_frame_prob 1, drawn from `rng` (one number, per row) below it."""
+    if not any(v.first_last_keys for v in self.plan.variants[entry_id].values()):
+      return False  # a still image, or a data set without the option
+    prob = float(cfg.last_frame_prob)
+    return prob >= 1.0 or (rng is not None and bool(rng.random() < prob))
+
   def _cached(self, entry_id: int, entry: Entry, cfg, rng, clip: bool = False,
-              degraded: int | None = None) -> dict[str, np.ndarray]:
+              degraded: int | None = None, first_last: bool = False) -> dict[str, np.ndarray]:
     flips = flip_variants(cfg)
     flip = flips[0] if len(flips) == 1 else bool(rng.random() < float(cfg.flip_prob))
     try:
-      return read_variant(self.plan, entry_id, flip, clip, degraded)
+      return read_variant(self.plan, entry_id, flip, clip, degraded, first_last)
     except CacheError as e:
       log.warning("skipping %s: %s", entry.item.media, e)
       raise SkipItem(str(e)) from e
@@ -307,6 +340,10 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
     buckets = {bucket_of(item, r): r for r in reversed(dcfg.resolutions(datasets[item.dataset]))}
     entries += [Entry(item, r, b) for b, r in sorted(buckets.items(), key=lambda br: br[1])]
 
+  for i, ds in enumerate(datasets):
+    if float(ds.get("last_frame_prob", 0.0)) > 0 and not first_last_arrays(task):
+      raise DataError(f"datasets[{i}].last_frame_prob conditions clips on their last frame too, "
+                      f"an image-to-video option; this run trains {task.title}: set it to 0")
   plan, cache_report = None, None
   if caches is not None:
     plan, cache_report, entries = _cached_entries(entries, datasets, caches, load_vae, load_text,
@@ -334,7 +371,7 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return Pipeline(ds, entries, report, len(batch_plan), global_batch // shard.shard_count, plan,
-                  cache_report)
+                  cache_report, list(datasets))
 
 
 def _cached_entries(entries, datasets, settings, load_vae, load_text, extra_prompts, progress,

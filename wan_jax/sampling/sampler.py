@@ -19,11 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wan_jax.data.examples import read_start_image
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.prompts import encode_tokens, tokenize
 from wan_jax.sampling.loras import apply_lora, check_made_for
-from wan_jax.train.outputs.preview import Guidance, render_previews
+from wan_jax.train.outputs.preview import Guidance, preview_conditions, render_previews
 from wan_jax.train.run import loading
 from wan_jax.train.step.expert_schedule import HIGH, LOW
 
@@ -73,19 +72,28 @@ def load_dual(cfg: ml_collections.ConfigDict, loras: dict[str, Path]) -> DualWan
 
 def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequence[str],
            images: Sequence[str], out_dir: Path, settings: Settings, *,
-           progress: bool = False) -> list[Path]:
+           last_images: Sequence[str] = (), progress: bool = False) -> list[Path]:
   """Renders each prompt to out_dir/sample_seed<seed>_<i>.mp4 (.png for one frame) and names
   prompts and settings in out_dir/sample_seed<seed>.txt. `images`: one start image per prompt
-  for an image-to-video model, none for text-to-video."""
+  for an image-to-video model, none for text-to-video; `last_images`: none, or one per prompt
+  (a path, or "" for none), the frame each clip ends on (first-last frame)."""
   task = loading.task(cfg)
   if task.needs_preview_images and len(images) != len(prompts):
     raise ValueError(f"{task.title} needs one start image per prompt: {len(prompts)} prompts, "
                      f"{len(images)} images")
   if not task.needs_preview_images and images:
     raise ValueError(f"{cfg.model.arch} is a {task.title} model: it takes no start image")
+  if last_images and len(last_images) != len(prompts):
+    raise ValueError(f"{len(prompts)} prompts but {len(last_images)} last images (one per "
+                     "prompt, or none)")
+  if any(last_images) and settings.num_frames < 5:
+    raise ValueError(f"a last image needs 5 or more frames, got {settings.num_frames}")
   for image in images:
     if not Path(image).is_file():
       raise FileNotFoundError(f"start image {image} does not exist")
+  for image in last_images:
+    if image and not Path(image).is_file():
+      raise FileNotFoundError(f"last image {image} does not exist")
   dual = load_dual(cfg, loras)
   with tempfile.TemporaryDirectory() as scratch:  # the tiny demo's tokenizer, written on use
     enc = loading.encoders(cfg, Path(scratch))
@@ -93,11 +101,12 @@ def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequ
   negative = contexts.pop()
   vae = enc.load_vae()
   s = settings
-  conditions = [task.preview_condition(vae, read_start_image(Path(image), s.height, s.width),
-                                       s.num_frames) for image in images] or None
+  conditions = preview_conditions(task, vae, images, last_images, s.height, s.width,
+                                  s.num_frames)
   out_dir.mkdir(parents=True, exist_ok=True)
   return render_previews(dual, vae, list(prompts), contexts, negative, out_dir, 0,
                          height=s.height, width=s.width, num_frames=s.num_frames,
                          num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, seed=s.seed,
-                         conditions=conditions, images=list(images) or None, progress=progress,
+                         conditions=conditions, images=list(images) or None,
+                         last_images=list(last_images) or None, progress=progress,
                          stem=f"sample_seed{s.seed}")

@@ -10,8 +10,16 @@ reproduce it. An item with one frame (an image, or a clip read as 1 frame) is no
 itself (that would only teach copying): it trains as ai-toolkit trains it, with an empty
 condition, a degraded copy, or as a static clip (wan_jax/tasks/i2v_images.py).
 
+First-last frame (FLF): a data set's `last_frame_prob` makes that share of its clips' rows
+condition on the clip's first AND last frame (upstream's `last_image`: the video encoded is the
+first frame, zeros, then the last frame; the mask marks both). That is another VAE encoding of
+the same pixels, cached as its own kind (`first_last_condition`) beside the clip's latents and
+read into the batch under `condition` in place of the first-frame one, so the step is the same.
+One LoRA trained with a probability in (0, 1) learns both ways of being prompted.
+
 Previews start from `preview.images` (one image per prompt), resized and centre-cropped to the
-preview size as training crops are. Defaults from upstream `wan/configs/wan_i2v_A14B.py`:
+preview size as training crops are, and end on `preview.last_images` where one is given.
+Defaults from upstream `wan/configs/wan_i2v_A14B.py`:
 boundary 0.900, sample shift 5.0, guidance (3.5, 3.5).
 """
 
@@ -30,6 +38,7 @@ from wan_jax.model.i2v_condition import encode_condition, i2v_condition
 from wan_jax.tasks.base import Task
 
 CONDITION = "condition"
+FIRST_LAST = "first_last_condition"  # cache kind: a clip's condition on its first and last frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +60,36 @@ class ImageToVideo(Task):
   def encode_pixels(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
     return {CONDITION: i2v_condition(vae, video_BxFxHxWx3[:, 0], video_BxFxHxWx3.shape[1])}
 
+  @property
+  def first_last_arrays(self) -> Mapping[str, str]:
+    """cache kind -> batch name: what a clip derives from its first and last frames, read in
+    place of the `pixel_arrays` of that name by a row drawn to train first-last-frame."""
+    return {FIRST_LAST: CONDITION}
+
+  def encode_first_last(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
+    """The `first_last_arrays` of a batch of clips in [-1, 1], by cache kind (traced)."""
+    return {FIRST_LAST: i2v_condition(vae, video_BxFxHxWx3[:, 0], video_BxFxHxWx3.shape[1],
+                                      last_image=video_BxFxHxWx3[:, -1])}
+
   def model_condition(self, batch: Mapping[str, jax.Array]) -> jax.Array:
     return batch[CONDITION]
 
-  def preview_condition(self, vae: Any, image: np.ndarray | None,
-                        num_frames: int) -> jax.Array:
+  def preview_condition(self, vae: Any, image: np.ndarray | None, num_frames: int,
+                        last_image: np.ndarray | None = None) -> jax.Array:
+    """As `Task.preview_condition`; `last_image` (uint8 [H, W, 3] like `image`, or None) is the
+    frame the preview ends on (first-last frame)."""
     if image is None:
       raise ValueError("an image-to-video preview needs an image: set preview.images, one path "
                        "per prompt")
-    start = jnp.asarray(image, jnp.float32)[None] / 127.5 - 1.0
-    return encode_condition(vae, start, num_frames)
+    to_unit = lambda x: jnp.asarray(x, jnp.float32)[None] / 127.5 - 1.0
+    last = None if last_image is None else to_unit(last_image)
+    return encode_condition(vae, to_unit(image), num_frames, last)
+
+
+def first_last_arrays(task: Task) -> Mapping[str, str]:
+  """The task's first-last-frame arrays (cache kind -> batch name); empty for a task that has no
+  last-frame condition (text-to-video)."""
+  return task.first_last_arrays if isinstance(task, ImageToVideo) else {}
 
 
 IMAGE_TO_VIDEO = ImageToVideo()

@@ -33,10 +33,12 @@ import numpy as np
 import tqdm
 from flax import nnx
 
+from wan_jax.data.examples import read_start_image
 from wan_jax.model import flow_matching
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
 from wan_jax.model.vae import WanVAE, decode_latents
+from wan_jax.tasks import Task
 from wan_jax.train.outputs import media_out
 
 F32 = jnp.float32
@@ -177,6 +179,24 @@ def _check_size(height: int, width: int, num_frames: int, vae: WanVAE) -> None:
                      f"{2 * temporal + 1}, ...), got {num_frames}")
 
 
+def preview_conditions(task: Task, vae: WanVAE, images: Sequence[str],
+                       last_images: Sequence[str], height: int, width: int,
+                       num_frames: int) -> list[jax.Array] | None:
+  """Each prompt's condition for an image-to-video model (None without images: text-to-video):
+  its start image, and its last image where `last_images` names one (first-last frame; "" or an
+  empty list: none), each read and centre-cropped to the preview size as training crops are."""
+  if not images:
+    return None
+  lasts = list(last_images) or [""] * len(images)
+  if len(lasts) != len(images):
+    raise ValueError(f"{len(images)} start images but {len(lasts)} last images (one path or "
+                     "\"\" per prompt)")
+  read = lambda path: read_start_image(Path(path), height, width)
+  return [task.preview_condition(vae, read(first), num_frames, last_image=read(last)) if last
+          else task.preview_condition(vae, read(first), num_frames)
+          for first, last in zip(images, lasts)]
+
+
 def _describe(header: str, prompts: Sequence[str], paths: Sequence[Path], settings: str) -> str:
   lines = [f"{header}: {settings}"]
   lines += [f"{p.name}\t{prompt}" for p, prompt in zip(paths, prompts)]
@@ -190,12 +210,14 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
                     guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
                     seed: int = 0, batch_cfg: bool = True,
                     conditions: Sequence[jax.Array | None] | None = None,
-                    images: Sequence[str] | None = None, progress: bool = False,
+                    images: Sequence[str] | None = None,
+                    last_images: Sequence[str] | None = None, progress: bool = False,
                     stem: str | None = None) -> list[Path]:
   """Samples and decodes each prompt; writes out_dir/step_<step:06d>_<i>.mp4 (.png for 1 frame).
 
   conditions: one per prompt for an image-to-video model ([1, F', H/8, W/8, K], from
-  `Task.preview_condition`), made from `images` (named in the .txt beside the previews).
+  `Task.preview_condition`, or `preview_conditions`), made from `images` and `last_images`
+  (named in the .txt beside the previews; a last image may be "").
   Prompt i always starts from the noise of (seed, i), so previews of different steps differ only
   by what training changed. out_dir/step_<step:06d>.txt names each file's prompt and the settings.
   Every file is written atomically. Returns the media paths in prompt order. `progress` shows a
@@ -246,8 +268,9 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
   bar.close()
   settings = (f"{width}x{height}, {num_frames} frames, {num_steps} Euler steps, shift {shift}, "
               f"guidance low/high {g.low_noise}/{g.high_noise}, seed {seed}")
-  described = ([f"{p}\t(from {img})" for p, img in zip(prompts, images)] if images
-               else prompts)
+  lasts = list(last_images or []) or [""] * len(prompts)
+  described = ([f"{p}\t(from {img}{f' to {last}' if last else ''})"
+                for p, img, last in zip(prompts, images, lasts)] if images else prompts)
   header = f"step {step}" if stem is None else name
   media_out.write_text(_describe(header, described, paths, settings), out_dir / f"{name}.txt")
   return paths

@@ -153,26 +153,42 @@ def check_model_paths(cfg: ml_collections.ConfigDict) -> None:
 
 def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
   """preview.images: one readable image per prompt for image-to-video, none for text-to-video;
-  checked before any weights load, so a typo never costs the first preview's wait."""
+  preview.last_images (first-last frame): empty, or one entry per prompt, a readable image or ""
+  (none), each beside a start image. Checked before any weights load, so a typo never costs the
+  first preview's wait."""
   images = list(cfg.preview.get("images", []) or [])
+  lasts = list(cfg.preview.get("last_images", []) or [])
   if not task.needs_preview_images:
-    if images:
-      raise ValueError(f"preview.images is for image-to-video models; model.arch="
-                       f"{cfg.model.arch!r} is {task.title} (leave preview.images empty)")
+    for key, given in (("images", images), ("last_images", [x for x in lasts if x])):
+      if given:
+        raise ValueError(f"preview.{key} is for image-to-video models; model.arch="
+                         f"{cfg.model.arch!r} is {task.title} (leave preview.{key} empty)")
     return
   if not int(cfg.preview.every) or not cfg.preview.prompts:
     return
-  if len(images) != len(cfg.preview.prompts):
+  prompts = len(cfg.preview.prompts)
+  if lasts and len(lasts) != prompts:
+    raise ValueError(f"preview.last_images needs one entry per prompt (an image, or \"\" for "
+                     f"none) or none at all: {prompts} prompts, {len(lasts)} last images")
+  for i, last in enumerate(lasts):
+    if last and not (i < len(images) and images[i]):
+      raise ValueError(f"preview.last_images[{i}] ({last}) has no start image: a last image "
+                       f"ends a clip that preview.images[{i}] starts")
+  if any(lasts) and int(cfg.preview.num_frames) < 5:
+    raise ValueError(f"preview.last_images needs preview.num_frames >= 5 (with "
+                     f"{int(cfg.preview.num_frames)} frame the last image would be the first)")
+  if len(images) != prompts:
     raise ValueError(f"preview.images needs one image per prompt for {task.title}: "
-                     f"{len(cfg.preview.prompts)} prompts, {len(images)} images")
-  for image in images:
+                     f"{prompts} prompts, {len(images)} images")
+  named = [("images", image) for image in images] + [("last_images", x) for x in lasts if x]
+  for key, image in named:
     path = Path(image).expanduser()
     if not is_image(path):
-      raise ValueError(f"preview.images: {path} is not an image ({' '.join(IMAGE_EXTS)})")
+      raise ValueError(f"preview.{key}: {path} is not an image ({' '.join(IMAGE_EXTS)})")
     try:
       probe(path)
     except (MediaError, OSError) as e:
-      raise ValueError(f"preview.images: {path} cannot be read ({e})") from None
+      raise ValueError(f"preview.{key}: {path} cannot be read ({e})") from None
 
 
 def check_workdir(workdir: Path) -> None:
