@@ -29,7 +29,6 @@ import ml_collections
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-TINY = ("tiny", "tiny_i2v")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,11 +69,6 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _config_file(name: str, variant: str = "") -> ml_collections.ConfigDict:
-  from wan_jax.config_file import load_config_file
-  return load_config_file(f"{CONFIGS / name}:{variant}" if variant else str(CONFIGS / name))
-
-
 def _config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   """The run's config, or the config file's defaults for --model."""
   if args.run is not None:
@@ -82,36 +76,49 @@ def _config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     if not path.is_file():
       raise FileNotFoundError(f"--run {args.run}: no config.json there (not a training run)")
     cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
-    if args.model in TINY:
-      raise ValueError("--model tiny/tiny_i2v cannot replace a run's model")
+    if args.model in _tiny_archs():
+      raise ValueError(f"--model {args.model} cannot replace a run's model")
     if args.model:
       cfg.model.name_or_path = args.model
     return cfg
   if args.model is None:
     raise ValueError("give --run (a training run's folder) or --model (a converted checkpoint)")
-  if args.model in TINY:
-    return _config_file("wan22_i2v_masked.py" if args.model == "tiny_i2v" else "wan22_masked.py",
-                        "tiny")
+  from wan_jax.variants import VARIANTS, for_task
+  if args.model in _tiny_archs():
+    return _variant_config(VARIANTS[args.model].config_file)
   if not Path(args.model).is_dir():
     raise FileNotFoundError(f"--model {args.model} is not a folder")
   from wan_jax.weights.load import task_of
-  cfg = _config_file("wan22_i2v_masked.py" if task_of(args.model) == "i2v" else "wan22_masked.py")
+  cfg = _variant_config(for_task(task_of(args.model) or "t2v").config_file)
   cfg.model.name_or_path = args.model
   return cfg
 
 
+def _tiny_archs() -> tuple[str, ...]:
+  from wan_jax.variants import VARIANTS
+  return tuple(a for a, v in VARIANTS.items() if v.tiny)
+
+
+def _variant_config(config_file: str) -> ml_collections.ConfigDict:
+  """A variant's config (`configs/<file>[:tiny]`, wan_jax/variants.py)."""
+  from wan_jax.config_file import load_config_file
+  return load_config_file(str(CONFIGS.parent / config_file))
+
+
 def _loras(args: argparse.Namespace, cfg: ml_collections.ConfigDict) -> dict:
   from wan_jax.sampling.loras import assign
-  from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES
+  from wan_jax.train.run.loading import variant
+  experts = variant(cfg).experts
   given = args.lora or args.lora_high or args.lora_low
   if args.no_lora:
     if given:
       raise ValueError("--no-lora and a LoRA file: give one or the other")
     return {}
   if given or args.run is None:
-    return assign(args.lora, args.lora_high, args.lora_low)
+    return assign(args.lora, args.lora_high, args.lora_low, experts)
   folder = args.run / "lora"
-  files = {e: folder / f"{cfg.save.name}_{n}.safetensors" for e, n in CHECKPOINT_NAMES.items()}
+  files = {e: folder / f"{cfg.save.name}{variant(cfg).file_suffix(e)}.safetensors"
+           for e in experts}
   found = {e: f for e, f in files.items() if f.is_file()}
   if not found:
     raise FileNotFoundError(f"--run {args.run}: no final LoRA file in {folder} (has the run "
@@ -145,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
       if args.run is None:
         raise ValueError("give at least one --prompt")
       prompts = list(cfg.preview.prompts)
-      if task.needs_preview_images and not images:
+      if task.takes_preview_images and not images:
         images = list(cfg.preview.get("images", []))
         lasts = lasts or list(cfg.preview.get("last_images", []))
-    if (images or lasts) and not task.needs_preview_images:
+    if (images or lasts) and not task.takes_preview_images:
       raise ValueError(f"--image: this is a {task.title} model; it takes no start image")
     if task.needs_preview_images and not images:
       raise ValueError("this is an image-to-video model: give the start image with --image")
@@ -162,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         negative_prompt=args.negative_prompt)
     out = args.out or (args.run / "samples" if args.run is not None else Path("samples"))
     from wan_jax.sampling.loras import check_made_for
-    for expert in ("high", "low"):  # what goes on each expert, before the minutes of loading
+    names = loading.variant(cfg).experts
+    for expert, name in names.items():  # what goes on each expert, before the minutes of loading
       if expert in loras:
         check_made_for(loras[expert], str(cfg.model.arch))
-      print(f"{expert}-noise expert: {loras.get(expert, 'as released (no LoRA)')}",
-            file=sys.stderr)
+      label = "the model" if len(names) == 1 else f"{expert}-noise expert"
+      print(f"{label}: {loras.get(expert, 'as released (no LoRA)')}", file=sys.stderr)
     paths = sample(cfg, loras, prompts, images, out, settings, last_images=lasts,
                    progress=not args.no_progress)
   except (ValueError, FileNotFoundError) as e:

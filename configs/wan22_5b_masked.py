@@ -45,12 +45,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.preview.shift = release.preview.shift
   c.preview.guidance_low_noise, c.preview.guidance_high_noise = release.preview.guidance
   c.preview.images = []  # optional: a start image (or "") per prompt
+  c.preview.fps = release.preview.fps  # 24
   if tiny:
     c.datasets[0].num_frames = 5
     c.datasets[0].default_caption = "a coloured ball rolling to the right"
     return c
   c.preview.num_steps = release.preview.steps
   c.preview.height, c.preview.width, c.preview.num_frames = 704, 1280, 121
-  c.datasets = [dataset_config(resolution=[704], num_frames=121, fps=release.preview.fps,
+  c.datasets = [dataset_config(resolution=[704], num_frames=121, fps=float(release.preview.fps),
                                mask_min_value=0.1)]
   return c

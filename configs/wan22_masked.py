@@ -114,6 +114,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.preview.width = 832
   c.preview.num_frames = 81
   c.preview.num_steps = release.preview.steps
+  c.preview.fps = release.preview.fps  # of the MP4s (the release renders at this rate)
   c.preview.shift = release.preview.shift  # upstream's sampling defaults for the release
   c.preview.guidance_low_noise, c.preview.guidance_high_noise = release.preview.guidance
   c.preview.seed = 0

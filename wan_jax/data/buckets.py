@@ -1,7 +1,8 @@
-"""Aspect-ratio buckets: area-based, sides a multiple of 16, never upscaling.
+"""Aspect-ratio buckets: area-based, sides a multiple of one token's side, never upscaling.
 
 For a target resolution r, an item of w x h gets the largest bucket of area <= r*r (capped at
-the item's own area) with its aspect ratio, sides rounded down to multiples of 16. The item is
+the item's own area) with its aspect ratio, sides rounded down to multiples of `multiple` (16
+pixels for the A14B, 32 for the TI2V-5B: the model's LatentGeometry.side_multiple). The item is
 then resized (down) to cover the bucket and cropped; the mask gets the same resize, crop and flip.
 """
 
@@ -16,23 +17,25 @@ from typing import Hashable, Sequence
 import numpy as np
 from PIL import Image
 
-MULTIPLE = 16
+MULTIPLE = 16  # the A14B's (Wan 2.1 VAE's 8 pixels x patch 2)
 
 
-def bucket_for(width: int, height: int, resolution: int) -> tuple[int, int]:
+def bucket_for(width: int, height: int, resolution: int,
+               multiple: int = MULTIPLE) -> tuple[int, int]:
   """(bucket height, bucket width) for an item at one target resolution."""
+  m = multiple
   scale = min(1.0, math.sqrt(resolution * resolution / (width * height)))
-  bw = max(MULTIPLE, int(width * scale) // MULTIPLE * MULTIPLE)
-  bh = max(MULTIPLE, int(height * scale) // MULTIPLE * MULTIPLE)
-  # Raising a short side to 16 px (extreme aspect ratios) must not lift the area over r*r.
+  bw = max(m, int(width * scale) // m * m)
+  bh = max(m, int(height * scale) // m * m)
+  # Raising a short side to one multiple (extreme aspect ratios) must not lift the area over r*r.
   cap = resolution * resolution
   if bw * bh > cap:
-    if bh == MULTIPLE:
-      bw = max(MULTIPLE, cap // bh // MULTIPLE * MULTIPLE)
+    if bh == m:
+      bw = max(m, cap // bh // m * m)
     else:
-      bh = max(MULTIPLE, cap // bw // MULTIPLE * MULTIPLE)
+      bh = max(m, cap // bw // m * m)
   if bw > width or bh > height:
-    raise ValueError(f"{width}x{height} is smaller than the smallest bucket ({MULTIPLE}px)")
+    raise ValueError(f"{width}x{height} is smaller than the smallest bucket ({m}px)")
   return bh, bw
 
 

@@ -47,8 +47,8 @@ from wan_jax.data.examples import (Geometry, SkipItem, is_masked, plan_geometry,
                                    read_weights)
 from wan_jax.data.folders import DataError, Item
 from wan_jax.data.media import MediaError
+from wan_jax.model.latent_geometry import WAN21
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
-from wan_jax.tasks.i2v import first_last_arrays
 from wan_jax.tasks.i2v_images import (DEGRADE_VERSION, ImageTraining, clip_condition_frame, degrade,
                                       seed_of_key)
 
@@ -151,7 +151,7 @@ class CachePlan:
   @property
   def pixel_kinds(self) -> tuple[str, ...]:
     """Kinds encoded from an entry's pixels: the latents, then what the task derives."""
-    return ("latents", *self.task.pixel_arrays, *first_last_arrays(self.task))
+    return ("latents", *self.task.pixel_arrays, *self.task.first_last_arrays)
 
   def keys(self, kind: str) -> dict[str, tuple[int, bool]]:
     """Each distinct key of a kind -> the first (entry, flip) that needs it (an item with
@@ -226,9 +226,12 @@ def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collect
       def variant(geo: Geometry, own: Sequence[str], recipe: list) -> Variant:
         g = _geometry_json(geo)
         lkey = digest([VERSION, "latents", media, g, settings.vae_id, settings.dtype])
+        # the weight grid's cell size joins the key where it is not the A14B's 8 pixels (so
+        # the A14B's existing keys stand)
+        cell = [] if item.latent.spatial == WAN21.spatial else [f"cell{item.latent.spatial}"]
         wkey = None if mask is None else digest(
             [VERSION, "weights", mask, g, bool(cfg.invert_mask), float(cfg.mask_min_value),
-             item.mask is None])
+             item.mask is None, *cell])
         pkeys = {kind: digest([VERSION, kind, *recipe, media, g, settings.vae_id, settings.dtype])
                  for kind in own}
         return Variant(geo, lkey, wkey, pkeys)
@@ -237,7 +240,7 @@ def plan_caches(items: Sequence[tuple[Item, int]], datasets: Sequence[ml_collect
       if item.num_frames > 1 and float(cfg.get("last_frame_prob", 0.0)) > 0:
         g = _geometry_json(geo)
         v.first_last_keys = {kind: digest([VERSION, kind, media, g, settings.vae_id,
-                                           settings.dtype]) for kind in first_last_arrays(task)}
+                                           settings.dtype]) for kind in task.first_last_arrays}
       if images is not None and task.pixel_arrays and item.num_frames == 1:
         g = _geometry_json(geo)
         v.degraded_keys = tuple(
@@ -443,7 +446,7 @@ def read_variant(plan: CachePlan, entry: int, flip: bool, clip: bool = False,
     if not v.first_last_keys:
       raise ValueError(f"entry {entry} has no first-last-frame condition in the cache plan (a "
                        "clip of a data set with last_frame_prob > 0 has)")
-    arrays, named = v.first_last_keys, first_last_arrays(plan.task)
+    arrays, named = v.first_last_keys, plan.task.first_last_arrays
   for kind, key in arrays.items():
     out[named[kind]] = plan.store.read(kind, key)[kind].astype(np.float32)
   return {**plan.task.empty_arrays(out["weights"].shape), **out}

@@ -14,7 +14,7 @@ from wan_jax.data.buckets import Crop, apply_crop, bucket_for, plan_crop
 from wan_jax.data.folders import Item
 from wan_jax.data.frames import select_frames
 from wan_jax.data.media import MediaError, is_image, read_image, read_mask, read_video
-from wan_jax.data.weight_maps import latent_frames, weight_map
+from wan_jax.data.weight_maps import weight_map
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ class SkipItem(ValueError):
 
 def bucket_of(item: Item, resolution: int) -> tuple[int, int, int]:
   """(frames, height, width): examples sharing it can share a batch."""
-  return (item.num_frames, *bucket_for(item.info.width, item.info.height, resolution))
+  return (item.num_frames, *bucket_for(item.info.width, item.info.height, resolution,
+                                       item.latent.side_multiple))
 
 
 def load_example(item: Item, resolution: int, cfg: ml_collections.ConfigDict,
@@ -102,7 +103,7 @@ def _static(frames: np.ndarray, geo: Geometry) -> np.ndarray:
 
 
 def read_weights(item: Item, geo: Geometry, cfg: ml_collections.ConfigDict) -> np.ndarray:
-  """float32 [F', H/8, W/8] latent-grid weights (ones when unmasked); SkipItem if all black."""
+  """float32 [F', H/s, W/s] latent-grid weights (ones when unmasked); SkipItem if all black."""
   frames, bh, bw = geo.bucket
   mask = None
   if item.mask is not None:
@@ -110,9 +111,10 @@ def read_weights(item: Item, geo: Geometry, cfg: ml_collections.ConfigDict) -> n
   elif cfg.alpha_mask and geo.indices is None:
     _, mask = read_image(item.media)
   if mask is None:
-    return np.ones((latent_frames(frames), bh // 8, bw // 8), np.float32)
+    return np.ones(item.latent.grid(frames, bh, bw), np.float32)
   mask = apply_crop(mask, geo.crop, (bh, bw))  # resized from its own size (same aspect) in one step
-  weights = weight_map(mask, frames, float(cfg.mask_min_value), bool(cfg.invert_mask))
+  weights = weight_map(mask, frames, float(cfg.mask_min_value), bool(cfg.invert_mask),
+                       item.latent.spatial)
   if weights is None:
     log.warning("skipping %s: mask %s is all black", item.media, item.mask or "(alpha)")
     raise SkipItem(f"all-black mask for {item.media}")

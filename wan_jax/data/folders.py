@@ -17,6 +17,7 @@ from wan_jax.data import config as dcfg
 from wan_jax.data.captions import apply_trigger
 from wan_jax.data.frames import snap_num_frames
 from wan_jax.data.buckets import bucket_for
+from wan_jax.model.latent_geometry import WAN21, LatentGeometry
 from wan_jax.data.media import (IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaInfo, is_image,
                                 is_video, mask_frames, probe, probe_mask)
 from wan_jax.data.probe_cache import ProbeCache, default_cache_dir
@@ -38,6 +39,7 @@ class Item:
   mask: Path | None  # None: unmasked, or alpha_mask on an image with alpha
   dataset: int
   num_frames: int  # frames this item contributes (1 for images, the snapped count for clips)
+  latent: LatentGeometry = WAN21  # the model's: its buckets, weight maps and latent shapes
 
 
 @dataclasses.dataclass
@@ -115,12 +117,13 @@ _DEFAULT = object()
 
 def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
                  report: ScanReport | None = None, cache_dir: Path | None | object = _DEFAULT,
-                 workers: int = SCAN_THREADS) -> ScanReport:
+                 workers: int = SCAN_THREADS, latent: LatentGeometry = WAN21) -> ScanReport:
   """Items of one dataset entry, appended to `report`; raises DataError for unusable setups.
 
   Every file is decoded once, on `workers` threads; what was learned is kept in a probe cache
   under `cache_dir` (default: `$WAN_JAX_CACHE` or ~/.cache/wan_jax; None: no cache), so a
-  relaunch only decodes files that changed.
+  relaunch only decodes files that changed. `latent`: the model's latent geometry (bucket sides
+  are multiples of one token's side).
   """
   cache_dir = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
   report = report if report is not None else ScanReport()
@@ -162,14 +165,14 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
   cached_probe = lambda p: cache.probe(p, probe)
   try:
     _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_stem,
-                num_frames, cached_probe)
+                num_frames, cached_probe, latent)
   finally:
     cache.save()
   return report
 
 
 def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_stem, num_frames,
-                cached_probe) -> None:
+                cached_probe, latent: LatentGeometry) -> None:
   missing_masks: list[Path] = []
   uncaptioned = 0  # items that train on the blank prompt (no caption, empty default_caption)
   before = len(report.items)
@@ -185,7 +188,7 @@ def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_ste
       continue
     try:
       for r in dcfg.resolutions(cfg):
-        bucket_for(info.width, info.height, r)
+        bucket_for(info.width, info.height, r, latent.side_multiple)
     except ValueError as e:
       report.skip(path, f"too small: {e}")
       continue
@@ -220,7 +223,7 @@ def _scan_items(cfg, index, report, where, folder, media, mask_dir, masks_by_ste
                     if cfg.invert_mask else
                     "alpha mask is all black (fully transparent: nothing to train)")
         continue
-    item = Item(path, info, caption, mask, index, frames)
+    item = Item(path, info, caption, mask, index, frames, latent)
     report.items.extend([item] * int(cfg.repeats))
   if missing_masks:
     names = ", ".join(p.name for p in missing_masks[:20])

@@ -31,15 +31,13 @@ from wan_jax.data.caches import (BLANK, BuildReport, CachePlan, CacheSettings, b
                                  flip_variants, plan_caches, read_variant)
 from wan_jax.data.examples import SkipItem, bucket_of, load_example
 from wan_jax.data.folders import DataError, Item, ScanReport, scan_dataset
-from wan_jax.data.weight_maps import latent_frames
 from wan_jax.data import config as dcfg
+from wan_jax.model.latent_geometry import WAN21, LatentGeometry
 from wan_jax.tasks import TEXT_TO_VIDEO, Task
-from wan_jax.tasks.i2v import first_last_arrays
 from wan_jax.tasks.i2v_images import ImageTraining
 
 log = logging.getLogger(__name__)
 MAX_SUBSTITUTES = 8
-Z_DIM = 16  # latent channels of the Wan 2.1 VAE
 # How a row trained (`form`, counted in the run's summary): a clip (image-to-video: on its first
 # frame, or on its first and last frames), a still image (image-to-video: with an empty
 # condition), a degraded copy of itself, or as a static clip; or nothing readable.
@@ -246,11 +244,12 @@ class RowReader:
     f, h, w = self.entries[entry_id].bucket
     if clip:
       f = self.plan.images.clip_num_frames
-    weights = np.zeros((latent_frames(f), h // 8, w // 8), np.float32)
+    latent = self.entries[entry_id].item.latent
+    weights = np.zeros(latent.grid(f, h, w), np.float32)
     if self.plan is None:
       return {"pixels": np.zeros((f, h, w, 3), np.uint8), "weights": weights, "caption": BLANK,
               "loss_multiplier": 0.0, "form": FORM_NONE}
-    lat = np.zeros((*weights.shape, Z_DIM), np.float32)
+    lat = np.zeros((*weights.shape, latent.channels), np.float32)
     return {"latent_mean": lat, "latent_logvar": lat, "weights": weights, "caption": BLANK,
             "form": FORM_NONE,
             "context": np.zeros((self.plan.settings.text_len, self._blank.shape[1]), np.float32),
@@ -308,7 +307,8 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
                    load_vae: Callable[[], Any] | None = None,
                    load_text: Callable[[], tuple[Any, Any]] | None = None,
                    extra_prompts: Sequence[str] = (), progress: bool = True,
-                   task: Task = TEXT_TO_VIDEO, images: ImageTraining | None = None) -> Pipeline:
+                   task: Task = TEXT_TO_VIDEO, images: ImageTraining | None = None,
+                   latent: LatentGeometry = WAN21) -> Pipeline:
   """Scans every dataset (errors surface here, before training) and builds the iterator.
 
   Without `caches`, batches hold uint8 `pixels` and `weights`. With them, missing cache files
@@ -318,7 +318,8 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
   `condition`); items that cannot be encoded are dropped and counted, and items the task cannot
   learn from are skipped by name. `images`: how one-frame items train image-to-video (with
   caches; wan_jax/tasks/i2v_images.py). Each batch also holds each row's `form` (how it
-  trained, for the run's summary).
+  trained, for the run's summary). `latent`: the model's latent geometry (bucket sides, weight
+  maps, latent shapes).
   read_threads / prefetch_batches bound how far ahead each process (or worker) decodes: a batch
   of 81-frame clips is hundreds of MB, so Grain's default of 500 elements ahead would not fit.
   """
@@ -327,7 +328,7 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
     raise ValueError(f"global batch {global_batch} does not split over {shard.shard_count} processes")
   report = ScanReport()
   for i, ds in enumerate(datasets):
-    scan_dataset(ds, i, report)
+    scan_dataset(ds, i, report, latent=latent)
   refused = {id(item): task.skip_reason(item) for item in report.items}
   for item in {id(i): i for i in report.items if refused[id(i)]}.values():  # repeats once
     report.skip(item.media, f"{task.title}: {refused[id(item)]}")
@@ -341,7 +342,7 @@ def build_pipeline(datasets: Sequence[ml_collections.ConfigDict], global_batch: 
     entries += [Entry(item, r, b) for b, r in sorted(buckets.items(), key=lambda br: br[1])]
 
   for i, ds in enumerate(datasets):
-    if float(ds.get("last_frame_prob", 0.0)) > 0 and not first_last_arrays(task):
+    if float(ds.get("last_frame_prob", 0.0)) > 0 and not task.first_last_arrays:
       raise DataError(f"datasets[{i}].last_frame_prob conditions clips on their last frame too, "
                       f"an image-to-video option; this run trains {task.title}: set it to 0")
   plan, cache_report = None, None

@@ -19,14 +19,15 @@ def latent_frames(num_frames: int) -> int:
   return (num_frames - 1) // TEMPORAL + 1
 
 
-def pool_mask(mask_FxHxW: np.ndarray, num_frames: int) -> np.ndarray:
-  """Area-average pooling onto [latent frames, H/8, W/8]; one mask frame covers every frame."""
+def pool_mask(mask_FxHxW: np.ndarray, num_frames: int, spatial: int = SPATIAL) -> np.ndarray:
+  """Area-average pooling onto [latent frames, H/s, W/s] (s: the VAE's pixels per latent
+  cell, 8 or 16); one mask frame covers every frame."""
   f, h, w = mask_FxHxW.shape
-  if h % SPATIAL or w % SPATIAL:
-    raise ValueError(f"mask {h}x{w} is not a multiple of {SPATIAL}")
+  if h % spatial or w % spatial:
+    raise ValueError(f"mask {h}x{w} is not a multiple of {spatial}")
   if f not in (1, num_frames):
     raise ValueError(f"mask has {f} frames for a {num_frames}-frame clip")
-  cells = mask_FxHxW.astype(np.float64).reshape(f, h // SPATIAL, SPATIAL, w // SPATIAL, SPATIAL)
+  cells = mask_FxHxW.astype(np.float64).reshape(f, h // spatial, spatial, w // spatial, spatial)
   cells = cells.mean(axis=(2, 4))
   if f == 1:
     return np.repeat(cells, latent_frames(num_frames), axis=0).astype(np.float32)
@@ -36,12 +37,12 @@ def pool_mask(mask_FxHxW: np.ndarray, num_frames: int) -> np.ndarray:
 
 
 def weight_map(mask_FxHxW: np.ndarray, num_frames: int, mask_min_value: float = 0.0,
-               invert: bool = False) -> np.ndarray | None:
-  """Weights [F', H/8, W/8] in [mask_min_value, 1]; None when the mask is all black."""
+               invert: bool = False, spatial: int = SPATIAL) -> np.ndarray | None:
+  """Weights [F', H/s, W/s] in [mask_min_value, 1]; None when the mask is all black."""
   if not 0.0 <= mask_min_value < 1.0:
     raise ValueError(f"mask_min_value must be in [0, 1), got {mask_min_value}")
   mask = 1.0 - mask_FxHxW if invert else mask_FxHxW
   if not np.any(mask > 0):
     return None
-  pooled = pool_mask(np.clip(mask, 0.0, 1.0), num_frames)
+  pooled = pool_mask(np.clip(mask, 0.0, 1.0), num_frames, spatial)
   return (mask_min_value + (1.0 - mask_min_value) * pooled).astype(np.float32)

@@ -11,16 +11,18 @@ docs/training.md, "Sampling", says what that changes).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from wan_jax.model.lora import add_lora
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.train.outputs.lora_metadata import base_architecture
-from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES, HIGH, LOW
+from wan_jax.train.step.expert_schedule import HIGH, LOW
+from wan_jax.variants import TWO_EXPERTS
 from wan_jax.weights.export import load_lora, read_lora_config
 from wan_jax.weights.safetensors_reader import SafetensorsFile
 
-BY_NAME = {name: expert for expert, name in CHECKPOINT_NAMES.items()}  # "high_noise" -> HIGH
+BY_NAME = {name: expert for expert, name in TWO_EXPERTS.items()}  # "high_noise" -> HIGH
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -39,9 +41,14 @@ def expert_of(path: Path) -> str | None:
   return None
 
 
-def assign(loras: list[Path], high: Path | None, low: Path | None) -> dict[str, Path]:
-  """expert -> file: --lora-high / --lora-low as given, each --lora file by `expert_of`; one
-  expert given twice is an error."""
+def assign(loras: list[Path], high: Path | None, low: Path | None,
+           experts: Mapping[str, str] = TWO_EXPERTS) -> dict[str, Path]:
+  """expert -> file: --lora-high / --lora-low as given, each --lora file by `expert_of` (a
+  one-model release's `experts`: every file is for its one model); one expert given twice is an
+  error."""
+  if len(experts) == 1 and low is not None:
+    raise ValueError("this model has one expert for every timestep: give its LoRA with --lora "
+                     "(not --lora-low)")
   out: dict[str, Path] = {}
   pairs = [(HIGH, high), (LOW, low)] + [(None, p) for p in loras]
   for expert, path in pairs:
@@ -51,13 +58,13 @@ def assign(loras: list[Path], high: Path | None, low: Path | None) -> dict[str, 
     if not path.is_file():
       raise FileNotFoundError(f"LoRA file {path} does not exist")
     if expert is None:
-      expert = expert_of(path)
+      expert = next(iter(experts)) if len(experts) == 1 else expert_of(path)
       if expert is None:
         raise ValueError(f"{path}: cannot tell which expert it is for (no wan-jax metadata, "
                          "no high_noise/low_noise in its name); pass it as --lora-high or "
                          "--lora-low")
     if expert in out:
-      raise ValueError(f"two LoRA files for the {CHECKPOINT_NAMES[expert]} expert: "
+      raise ValueError(f"two LoRA files for the {experts[expert]} expert: "
                        f"{out[expert]} and {path}")
     out[expert] = path
   return out
@@ -68,7 +75,8 @@ def check_made_for(path: Path, arch: str) -> None:
   refused before anything loads."""
   made_for = _metadata(path).get("modelspec.architecture", "")
   base = base_architecture(arch)
-  if made_for.startswith("wan-2.2-") and not made_for.startswith(base + "-"):
+  model = made_for.split("/")[0]
+  if made_for.startswith("wan-2.2-") and not (model == base or model.startswith(base + "-")):
     raise ValueError(f"{path} is a LoRA for {made_for.split('/')[0]}, but the model is {base}")
 
 

@@ -63,11 +63,12 @@ def load_dual(cfg: ml_collections.ConfigDict, loras: dict[str, Path]) -> DualWan
   for path in loras.values():
     check_made_for(path, str(cfg.model.arch))
   experts = {}
-  for expert in (HIGH, LOW):
+  for expert in loading.variant(cfg).experts:  # both, or the one model of a one-model release
     experts[expert] = loading.load_expert(cfg, expert, remat="none")
     if expert in loras:
       apply_lora(experts[expert], loras[expert])
-  return DualWanTransformer(experts[HIGH], experts[LOW], float(cfg.model.boundary))
+  return DualWanTransformer(experts[HIGH], experts.get(LOW, experts[HIGH]),
+                            float(cfg.model.boundary))
 
 
 def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequence[str],
@@ -81,15 +82,20 @@ def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequ
   if task.needs_preview_images and len(images) != len(prompts):
     raise ValueError(f"{task.title} needs one start image per prompt: {len(prompts)} prompts, "
                      f"{len(images)} images")
-  if not task.needs_preview_images and images:
+  if images and len(images) != len(prompts):  # optional images (TI2V-5B): one or "" each
+    raise ValueError(f"{len(prompts)} prompts but {len(images)} start images (one per prompt, "
+                     "or none)")
+  if not task.takes_preview_images and images:
     raise ValueError(f"{cfg.model.arch} is a {task.title} model: it takes no start image")
+  if not task.first_last_arrays and any(last_images):
+    raise ValueError(f"{cfg.model.arch} is a {task.title} model: it takes no last image")
   if last_images and len(last_images) != len(prompts):
     raise ValueError(f"{len(prompts)} prompts but {len(last_images)} last images (one per "
                      "prompt, or none)")
   if any(last_images) and settings.num_frames < 5:
     raise ValueError(f"a last image needs 5 or more frames, got {settings.num_frames}")
   for image in images:
-    if not Path(image).is_file():
+    if image and not Path(image).is_file():
       raise FileNotFoundError(f"start image {image} does not exist")
   for image in last_images:
     if image and not Path(image).is_file():
@@ -109,4 +115,5 @@ def sample(cfg: ml_collections.ConfigDict, loras: dict[str, Path], prompts: Sequ
                          num_steps=s.num_steps, shift=s.shift, guidance=s.guidance, seed=s.seed,
                          conditions=conditions, images=list(images) or None,
                          last_images=list(last_images) or None, progress=progress,
-                         stem=f"sample_seed{s.seed}")
+                         stem=f"sample_seed{s.seed}", task=task,
+                         fps=int(cfg.preview.get("fps", loading.variant(cfg).preview.fps)))

@@ -80,6 +80,17 @@ class Task:
     """The `pixel_arrays` of a batch of clips in [-1, 1] (traced: runs inside one jit)."""
     return {}
 
+  @property
+  def first_last_arrays(self) -> Mapping[str, str]:
+    """cache kind -> batch name: what a clip derives from its first and last frames, read in
+    place of the `pixel_arrays` of that name by a row drawn to train first-last frame (none:
+    the task has no last-frame condition)."""
+    return {}
+
+  def encode_first_last(self, vae: Any, video_BxFxHxWx3: jax.Array) -> dict[str, jax.Array]:
+    """The `first_last_arrays` of a batch of clips in [-1, 1], by cache kind (traced)."""
+    return {}
+
   def model_condition(self, batch: Mapping[str, jax.Array]) -> jax.Array | None:
     """The model's `condition` input assembled from a batch (None: the model takes none)."""
     return None
@@ -93,14 +104,16 @@ class Task:
     latents (the TI2V-5B's first frame) overrides it."""
     return ModelInputs(x_t, t_B, self.model_condition(batch), batch["weights"])
 
-  # Previews.
+  # Previews: a start image per prompt is required (image-to-video), optional (the TI2V-5B:
+  # "" or no list at all previews text-to-video) or refused (text-to-video).
   needs_preview_images: bool = False
+  takes_preview_images: bool = False
 
-  def preview_condition(self, vae: Any, image: np.ndarray | None,
-                        num_frames: int) -> jax.Array | None:
-    """The condition one preview samples with, [1, F', H/8, W/8, C] (None for text-to-video),
-    from its start image as uint8 pixels [H, W, 3] already at the preview's size (the caller
-    reads and crops it: wan_jax.data.examples.read_start_image)."""
+  def preview_condition(self, vae: Any, image: np.ndarray | None, num_frames: int,
+                        last_image: np.ndarray | None = None) -> jax.Array | None:
+    """The condition one preview samples with (None for text-to-video), from its start image
+    (and the last image it ends on, first-last frame) as uint8 pixels [H, W, 3] already at the
+    preview's size (the caller reads and crops it: wan_jax.data.examples.read_start_image)."""
     return None
 
   def sample_inputs(self, latents: jax.Array, t_B: jax.Array,

@@ -49,6 +49,7 @@ class ImageToVideo(Task):
   preview_shift: float = 5.0
   preview_guidance: tuple[float, float] = (3.5, 3.5)
   needs_preview_images: bool = True
+  takes_preview_images: bool = True
 
   @property
   def pixel_arrays(self) -> Mapping[str, int]:
@@ -84,12 +85,6 @@ class ImageToVideo(Task):
     to_unit = lambda x: jnp.asarray(x, jnp.float32)[None] / 127.5 - 1.0
     last = None if last_image is None else to_unit(last_image)
     return encode_condition(vae, to_unit(image), num_frames, last)
-
-
-def first_last_arrays(task: Task) -> Mapping[str, str]:
-  """The task's first-last-frame arrays (cache kind -> batch name); empty for a task that has no
-  last-frame condition (text-to-video)."""
-  return task.first_last_arrays if isinstance(task, ImageToVideo) else {}
 
 
 IMAGE_TO_VIDEO = ImageToVideo()

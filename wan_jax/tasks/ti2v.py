@@ -41,6 +41,7 @@ class TextImageToVideo(Task):
   name: str = "ti2v"
   title: str = "text-and-image-to-video"
   i2v_prob: float = DEFAULT_I2V_PROB  # rows of more than one latent frame trained image-to-video
+  takes_preview_images: bool = True  # optional: a prompt without one previews text-to-video
 
   def configured(self, cfg: ml_collections.ConfigDict) -> TextImageToVideo:
     prob = cfg.ti2v.i2v_prob
@@ -65,8 +66,8 @@ class TextImageToVideo(Task):
     return ModelInputs(latents, timestep_BxFxHxW, None, weights)
 
   # Previews: a start image is optional (without one the preview is text-to-video).
-  def preview_condition(self, vae: Any, image: np.ndarray | None,
-                        num_frames: int) -> jax.Array | None:
+  def preview_condition(self, vae: Any, image: np.ndarray | None, num_frames: int,
+                        last_image: np.ndarray | None = None) -> jax.Array | None:
     """The start image's normalised latent [1, 1, H/s, W/s, C] (None: text-to-video)."""
     if image is None:
       return None

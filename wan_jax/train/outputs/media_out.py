@@ -16,7 +16,7 @@ from PIL import Image
 from wan_jax import video
 from wan_jax.files import atomic_path
 
-FPS = 16  # Wan 2.2 A14B renders at 16 frames per second
+FPS = 16  # Wan 2.2 A14B renders at 16 frames per second (a variant's own: preview.fps)
 # H.264 plays everywhere; MPEG-4 part 2 is the fallback an FFmpeg build without x264 still has.
 VIDEO_CODECS = ("libx264", "h264", "mpeg4")
 _working_codec: str | None = None

@@ -38,7 +38,7 @@ from wan_jax.model import flow_matching
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.flow_matching import NUM_TRAIN_TIMESTEPS
 from wan_jax.model.vae import WanVAE, decode_latents
-from wan_jax.tasks import Task
+from wan_jax.tasks import TEXT_TO_VIDEO, Task
 from wan_jax.train.outputs import media_out
 
 F32 = jnp.float32
@@ -88,28 +88,29 @@ def _pad_rows(context_BxLxT: jax.Array, length: int) -> jax.Array:
   return jnp.pad(context_BxLxT, ((0, 0), (0, length - context_BxLxT.shape[1]), (0, 0)))
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg",))
+@functools.partial(nnx.jit, static_argnames=("cfg", "task"))
 def _euler_step(model: DualWanTransformer, x_BxFxHxWxC: jax.Array, t: jax.Array, dt: jax.Array,
                 context_BxLxT: jax.Array, negative_BxLxT: jax.Array, scales: jax.Array,
-                condition_BxFxHxWxK: jax.Array | None, cfg: str) -> jax.Array:
+                condition_BxFxHxWxK: jax.Array | None, cfg: str, task: Task) -> jax.Array:
   """x + dt v at timestep t, v guided with the scale of the expert that t selects. The
-  condition (image-to-video) is the same for the guided and unguided passes, as upstream."""
+  condition (image-to-video) is the same for the guided and unguided passes, as upstream; the
+  task says how it enters (condition channels, or the TI2V's image latent in frame 0)."""
   b = x_BxFxHxWxC.shape[0]
   t_B = jnp.full((b,), t, F32)
-  cond = condition_BxFxHxWxK
+  x_in, t_in, cond = task.sample_inputs(x_BxFxHxWxC, t_B, condition_BxFxHxWxK)
   # One timestep for the whole batch, so no straddle check (that keeps the step cacheable).
   run = functools.partial(model, check_batch=False)
   if cfg == "off":
-    v = run(x_BxFxHxWxC, t_B, context_BxLxT, cond).astype(F32)
+    v = run(x_in, t_in, context_BxLxT, cond).astype(F32)
   else:
     if cfg == "batched":  # both halves in one call: one weight read per step instead of two
       both = None if cond is None else jnp.concatenate([cond, cond])
-      v_2B = run(jnp.concatenate([x_BxFxHxWxC, x_BxFxHxWxC]), jnp.concatenate([t_B, t_B]),
+      v_2B = run(jnp.concatenate([x_in, x_in]), jnp.concatenate([t_in, t_in]),
                  jnp.concatenate([context_BxLxT, negative_BxLxT]), both).astype(F32)
       v_pos, v_neg = v_2B[:b], v_2B[b:]
     else:  # "separate": half the activation memory
-      v_pos = run(x_BxFxHxWxC, t_B, context_BxLxT, cond).astype(F32)
-      v_neg = run(x_BxFxHxWxC, t_B, negative_BxLxT, cond).astype(F32)
+      v_pos = run(x_in, t_in, context_BxLxT, cond).astype(F32)
+      v_neg = run(x_in, t_in, negative_BxLxT, cond).astype(F32)
     g = jnp.where(model.uses_high_noise(t_B), scales[1], scales[0])
     v = v_neg + g * (v_pos - v_neg)
   return x_BxFxHxWxC + dt * v
@@ -123,11 +124,13 @@ def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
                    num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
                    guidance: Guidance | tuple[float, float] | float = DEFAULT_GUIDANCE,
                    batch_cfg: bool = True, condition: jax.Array | None = None,
-                   on_step: Callable[[], None] | None = None) -> jax.Array:
+                   on_step: Callable[[], None] | None = None,
+                   task: Task = TEXT_TO_VIDEO) -> jax.Array:
   """Euler-integrates the flow from noise (`jax.random.normal(key, shape)`) to latents [B,F,H,W,C].
 
-  condition [B, F, H, W, K]: what an image-to-video model reads beside the latents
-  (`wan_jax.i2v_condition`); None for text-to-video.
+  condition: what an image-to-video model reads beside the latents ([B, F, H, W, K],
+  `wan_jax.i2v_condition`), or the TI2V's start-image latent; None for text-to-video. `task`
+  says how it enters the model (`Task.sample_inputs`; the default: as condition channels).
   context [B, L, T] (or [L, T]); negative_context [B or 1, L', T] or None for no guidance.
   guidance is (low_noise, high_noise) as upstream writes it, or one number for both; scales of
   exactly 1 skip the unconditional pass. batch_cfg=False runs the two passes one after the other
@@ -160,11 +163,11 @@ def sample_latents(model: DualWanTransformer | ModelAt, context: jax.Array,
     t = np.float32(s * NUM_TRAIN_TIMESTEPS)
     step_model = model if isinstance(model, DualWanTransformer) else model(float(t))
     x = _euler_step(step_model, x, t, np.float32(s_next - s), context, negative, scales,
-                    condition, cfg=cfg)
+                    condition, cfg=cfg, task=task)
     if on_step is not None:
       x.block_until_ready()  # the bar moves when a step has run, not when it was queued
       on_step()
-  return x
+  return task.finish_sample(x, condition)
 
 
 def _check_size(height: int, width: int, num_frames: int, vae: WanVAE) -> None:
@@ -191,9 +194,8 @@ def preview_conditions(task: Task, vae: WanVAE, images: Sequence[str],
   if len(lasts) != len(images):
     raise ValueError(f"{len(images)} start images but {len(lasts)} last images (one path or "
                      "\"\" per prompt)")
-  read = lambda path: read_start_image(Path(path), height, width)
-  return [task.preview_condition(vae, read(first), num_frames, last_image=read(last)) if last
-          else task.preview_condition(vae, read(first), num_frames)
+  read = lambda path: read_start_image(Path(path), height, width) if path else None
+  return [task.preview_condition(vae, read(first), num_frames, last_image=read(last))
           for first, last in zip(images, lasts)]
 
 
@@ -212,7 +214,8 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
                     conditions: Sequence[jax.Array | None] | None = None,
                     images: Sequence[str] | None = None,
                     last_images: Sequence[str] | None = None, progress: bool = False,
-                    stem: str | None = None) -> list[Path]:
+                    stem: str | None = None, task: Task = TEXT_TO_VIDEO,
+                    fps: int = media_out.FPS) -> list[Path]:
   """Samples and decodes each prompt; writes out_dir/step_<step:06d>_<i>.mp4 (.png for 1 frame).
 
   conditions: one per prompt for an image-to-video model ([1, F', H/8, W/8, K], from
@@ -256,13 +259,13 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
     latents = sample_latents(model, _pad_rows(context, length), negative_context, latent_shape,
                              jax.random.fold_in(base, i), num_steps=num_steps, shift=shift,
                              guidance=g, batch_cfg=batch_cfg, condition=conditions[i],
-                             on_step=(lambda: bar.update(1)) if progress else None)
+                             on_step=(lambda: bar.update(1)) if progress else None, task=task)
     frames = media_out.to_uint8(np.asarray(decode_latents(vae, latents))[0])
     path = out_dir / f"{name}_{i}{suffix}"
     if num_frames == 1:
       media_out.write_png(frames[0], path)
     else:
-      media_out.write_video(frames, path)
+      media_out.write_video(frames, path, fps=fps)
     paths.append(path)
     log.info("preview %s: %s", path, prompts[i])
   bar.close()

@@ -48,7 +48,8 @@ def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collec
                                        max(int(ds.num_frames), 5), clips=3)
     else:
       side = max(resolutions(ds))  # buckets are area-based: 16:9 clips of area side^2
-      width, height = 16 * math.ceil(side * 4 / 3 / 16), 16 * math.ceil(side * 3 / 4 / 16)
+      m = loading.variant(cfg).geometry.side_multiple
+      width, height = m * math.ceil(side * 4 / 3 / m), m * math.ceil(side * 3 / 4 / m)
       media, masks = make_clip_dataset(workdir / "demo_data", width, height, int(ds.num_frames))
     ds.folder_path, ds.mask_path = str(media), str(masks)
   return cfg
@@ -66,7 +67,8 @@ def build_data(cfg: ml_collections.ConfigDict, workdir: Path, enc: loading.Encod
                         num_workers=cfg.data.num_workers, task=task,
                         images=image_training(cfg, bool(task.pixel_arrays)),
                         caches=loading.cache_settings(cfg, enc), load_vae=enc.load_vae,
-                        load_text=enc.load_text, extra_prompts=extra, progress=progress)
+                        load_text=enc.load_text, extra_prompts=extra, progress=progress,
+                        latent=loading.variant(cfg).geometry)
 
 
 def global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,

@@ -36,8 +36,6 @@ from wan_jax.weights.load_encoders import (
   load_vae,
 )
 
-# model.arch -> (task, the expert's sizes): resume's view of the variant table.
-ARCHS = {a: (v.task, v.transformer) for a, v in VARIANTS.items()}
 TINY_SEEDS = {HIGH: 0, LOW: 1, "vae": 2, "text": 3}
 
 

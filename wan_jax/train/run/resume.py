@@ -12,7 +12,7 @@ import ml_collections
 from wan_jax.data.config import dataset_config
 from wan_jax.tasks.i2v_images import image_i2v_config
 from wan_jax.train.run.checkpointing import Checkpoints
-from wan_jax.train.run.loading import ARCHS
+from wan_jax.variants import VARIANTS
 from wan_jax.train.run.expert_states import Experts
 
 # A resume with other values would silently continue a different run (another data order, LoRA
@@ -20,10 +20,11 @@ from wan_jax.train.run.expert_states import Experts
 RESUME_KEYS = ("seed", "model.arch", "model.name_or_path", "model.quantize",
                "model.train_high_noise", "model.train_low_noise", "lora", "train.batch_size",
                "train.grad_accum", "train.switch_boundary_every", "datasets", "mesh",
-               "image_i2v")
-OPTIONAL_KEYS = ("image_i2v",)  # sections only some configs have (image-to-video's); None if absent
+               "image_i2v", "ti2v")
+# sections only some configs have (image-to-video's, the TI2V-5B's); None if absent
+OPTIONAL_KEYS = ("image_i2v", "ti2v")
 # Keys added after runs were saved, and the value those runs had.
-LATER_KEYS = {"model.quantize": "none", "image_i2v": None}
+LATER_KEYS = {"model.quantize": "none", "image_i2v": None, "ti2v": None}
 
 
 def _plain(value: Any) -> Any:
@@ -49,7 +50,8 @@ def resume_settings(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 def _with_new_dataset_keys(saved: dict[str, Any]) -> dict[str, Any]:
   """Settings saved before a dataset key existed (e.g. trigger_word) compare as its default."""
   saved = {**LATER_KEYS, **saved}
-  if saved["image_i2v"] is None and ARCHS.get(saved.get("model.arch"), ("",))[0] == "i2v":
+  arch = saved.get("model.arch")
+  if saved["image_i2v"] is None and arch in VARIANTS and VARIANTS[arch].task == "i2v":
     saved["image_i2v"] = _plain(image_i2v_config())  # saved before the section: its defaults
   if not isinstance(saved.get("datasets"), list):
     return saved

@@ -22,6 +22,7 @@ from wan_jax.tasks import Task
 from wan_jax.train.outputs.wandb_log import check_available
 from wan_jax.train.step.optimizer import SCHEDULES
 from wan_jax.train.step.timesteps import METHODS
+from wan_jax.variants import get_variant
 
 
 def _number(cfg: ml_collections.ConfigDict, key: str) -> float:
@@ -54,7 +55,6 @@ SIDE = (lambda v: v >= 16 and v % 16 == 0, "a multiple of 16 pixels")
 # int(gib * 2**30) of 1e300 overflows; no device has a million GiB
 GIB = (lambda v: 0 <= v <= 1e6, "a size in GiB from 0 (the device's own limit) to 1e6")
 HOST_GIB = (lambda v: 0 <= v <= 1e6, "a size in GiB from 0 (the host's free memory) to 1e6")
-BOUNDARY = (lambda v: 0 < v < 1, "in (0, 1): t >= boundary * 1000 is the high-noise expert's")
 
 RULES = {
     "train.steps": AT_LEAST_ONE, "train.batch_size": AT_LEAST_ONE,
@@ -65,7 +65,7 @@ RULES = {
     "train.max_skipped_in_a_row": COUNT, "train.device_memory_gib": GIB,
     "train.host_memory_gib": HOST_GIB,
     "checkpoint.every": AT_LEAST_ONE, "checkpoint.keep": AT_LEAST_ONE,
-    "save.every": COUNT, "preview.every": COUNT, "model.boundary": BOUNDARY,
+    "save.every": COUNT, "preview.every": COUNT,
 }
 LORA_RULES = {"lora.rank": AT_LEAST_ONE, "lora.alpha": POSITIVE}
 CHOICES = {"train.memory_plan": ("auto", "off"), "train.remat_policy": ("auto", *REMAT_PLANS),
@@ -137,12 +137,36 @@ def check_run_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"datasets[{i}].{key} must be {want}, got {float(value):g}")
   check_available(cfg)  # W&B asked for and required, but not installed
   check_model_paths(cfg)
+  check_variant(cfg)
+
+
+def check_variant(cfg: ml_collections.ConfigDict) -> None:
+  """What model.arch's variant fixes: its experts (a one-model release trains its one model,
+  at boundary 0) and the side multiple of its latent geometry (previews)."""
+  v = get_variant(cfg.model.arch)
+  boundary = _number(cfg, "model.boundary")
+  if v.single_expert:
+    if boundary != 0.0:
+      raise ValueError(f"model.boundary must be 0 for {v.title}: its one model takes every "
+                       f"timestep; got {boundary:g}")
+    if cfg.model.train_low_noise or not cfg.model.train_high_noise:
+      raise ValueError(f"{v.title} has one model: set model.train_high_noise=True and "
+                       f"model.train_low_noise=False (as {v.config_file} does)")
+  elif not 0 < boundary < 1:
+    raise ValueError(f"model.boundary must be in (0, 1): t >= boundary * 1000 is the high-noise "
+                     f"expert's; got {boundary:g}")
+  side = v.geometry.side_multiple
+  if _number(cfg, "preview.every") > 0:
+    for key in ("preview.height", "preview.width"):
+      if _number(cfg, key) % side:
+        raise ValueError(f"{key} must be a multiple of {side} pixels for {v.title} (its VAE's "
+                         f"{v.geometry.spatial}x times the patch), got {_number(cfg, key):g}")
 
 
 def check_model_paths(cfg: ml_collections.ConfigDict) -> None:
   """Each model path given names something that exists (the tiny demo and random weights read
   none); what it holds is checked when it loads."""
-  if str(cfg.model.arch).startswith("tiny") or cfg.model.random_weights:
+  if get_variant(cfg.model.arch).tiny or cfg.model.random_weights:
     return
   for name in MODEL_PATHS:
     value = cfg.model[name]
@@ -158,11 +182,15 @@ def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
   first preview's wait."""
   images = list(cfg.preview.get("images", []) or [])
   lasts = list(cfg.preview.get("last_images", []) or [])
-  if not task.needs_preview_images:
-    for key, given in (("images", images), ("last_images", [x for x in lasts if x])):
-      if given:
-        raise ValueError(f"preview.{key} is for image-to-video models; model.arch="
-                         f"{cfg.model.arch!r} is {task.title} (leave preview.{key} empty)")
+  refused = [("images", [x for x in images if x])] if not task.takes_preview_images else []
+  if not task.first_last_arrays:
+    refused.append(("last_images", [x for x in lasts if x]))
+  for key, given in refused:
+    if given:
+      what = "image-to-video" if key == "images" else "first-last-frame (I2V-A14B)"
+      raise ValueError(f"preview.{key} is for {what} models; model.arch="
+                       f"{cfg.model.arch!r} is {task.title} (leave preview.{key} empty)")
+  if not task.takes_preview_images:
     return
   if not int(cfg.preview.every) or not cfg.preview.prompts:
     return
@@ -177,10 +205,14 @@ def check_preview_images(cfg: ml_collections.ConfigDict, task: Task) -> None:
   if any(lasts) and int(cfg.preview.num_frames) < 5:
     raise ValueError(f"preview.last_images needs preview.num_frames >= 5 (with "
                      f"{int(cfg.preview.num_frames)} frame the last image would be the first)")
-  if len(images) != prompts:
-    raise ValueError(f"preview.images needs one image per prompt for {task.title}: "
+  optional = not task.needs_preview_images  # "" or no list: that prompt is text-to-video
+  if len(images) != prompts and not (optional and not images):
+    what = "an image (or \"\" for none)" if optional else "one image"
+    raise ValueError(f"preview.images needs {what} per prompt for {task.title}: "
                      f"{prompts} prompts, {len(images)} images")
-  named = [("images", image) for image in images] + [("last_images", x) for x in lasts if x]
+  if not optional and not all(images):
+    raise ValueError(f"preview.images needs an image for every prompt for {task.title}")
+  named = [("images", x) for x in images if x] + [("last_images", x) for x in lasts if x]
   for key, image in named:
     path = Path(image).expanduser()
     if not is_image(path):

@@ -17,14 +17,13 @@ import ml_collections
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from wan_jax.data.examples import read_start_image
 from wan_jax.data.pipeline import Pipeline
 from wan_jax.files import stray_temporaries, writing
 from wan_jax.model.dual import DualWanTransformer
 from wan_jax.model.flow_matching import threshold
 from wan_jax.train.outputs.lora_metadata import weights_metadata
 from wan_jax.train.outputs.plot import save_loss_plot
-from wan_jax.train.outputs.preview import Guidance, render_previews
+from wan_jax.train.outputs.preview import Guidance, preview_conditions, render_previews
 from wan_jax.train.outputs.trackers import Trackers
 from wan_jax.train.run import loading
 from wan_jax.train.run.expert_states import Experts
@@ -120,9 +119,10 @@ class Outputs:
     contexts = [jnp.asarray(plan.prompt(p)) for p in cfg.prompts]
     negative = jnp.asarray(plan.prompt(cfg.negative_prompt))[None]
     task = loading.task(self.cfg)  # image-to-video: each prompt's image, encoded
-    images = list(cfg.get("images", [])) if task.needs_preview_images else []
-    conditions = [task.preview_condition(vae, read_start_image(Path(image), cfg.height, cfg.width),
-                                         cfg.num_frames) for image in images] or None
+    images = list(cfg.get("images", [])) if task.takes_preview_images else []
+    lasts = list(cfg.get("last_images", [])) if images else []  # first-last frame
+    conditions = preview_conditions(task, vae, images, lasts, cfg.height, cfg.width,
+                                    cfg.num_frames)
     with contextlib.ExitStack() as stack:
       out_dir = (self.workdir / "previews" if self.main else
                  Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -131,7 +131,9 @@ class Outputs:
           dual, vae, list(cfg.prompts), contexts, negative, out_dir, step,
           height=cfg.height, width=cfg.width, num_frames=cfg.num_frames, num_steps=cfg.num_steps,
           shift=cfg.shift, guidance=Guidance(cfg.guidance_low_noise, cfg.guidance_high_noise),
-          seed=cfg.seed, conditions=conditions, images=images, progress=self.progress)
+          seed=cfg.seed, conditions=conditions, images=images, last_images=lasts,
+          progress=self.progress, task=task,
+          fps=int(cfg.get("fps", loading.variant(self.cfg).preview.fps)))
     if self.main:
       with writing(f"the previews in tensorboard/ under {self.workdir}"):
         self.trackers.previews(step, paths, list(cfg.prompts))
