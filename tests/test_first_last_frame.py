@@ -284,7 +284,8 @@ def test_preview_last_images_are_checked_in_one_line(tmp_path):
   for cfg, message in cases:
     with pytest.raises(ValueError, match=message):
       check_preview_images(cfg, IMAGE_TO_VIDEO)
-  with pytest.raises(ValueError, match=r"^preview.last_images is for image-to-video models; "
+  with pytest.raises(ValueError, match=r"^preview.last_images is for first-last-frame \(I2V-A14B\) "
+                                       r"models; "
                                        r"model.arch='tiny' is text-to-video"):
     check_preview_images(config([], [end], prompts=["a"], arch="tiny"), TEXT_TO_VIDEO)
 

@@ -154,7 +154,7 @@ def check_variant(cfg: ml_collections.ConfigDict) -> None:
                        f"model.train_low_noise=False (as {v.config_file} does)")
   elif not 0 < boundary < 1:
     raise ValueError(f"model.boundary must be in (0, 1): t >= boundary * 1000 is the high-noise "
-                     f"expert's; got {boundary:g}")
+                     f"expert's, got {boundary:g}")
   side = v.geometry.side_multiple
   if _number(cfg, "preview.every") > 0:
     for key in ("preview.height", "preview.width"):
