@@ -46,7 +46,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.preview.guidance_low_noise, c.preview.guidance_high_noise = release.preview.guidance
   c.preview.images = []  # optional: a start image (or "") per prompt
   c.preview.fps = release.preview.fps  # 24
-  if tiny:
+  if tiny:  # previews: text-to-video, then from a generated start image
+    c.preview.prompts = ["a red ball rolling to the right"] * 2
     c.datasets[0].num_frames = 5
     c.datasets[0].default_caption = "a coloured ball rolling to the right"
     return c

@@ -1,4 +1,5 @@
-"""Reference VAE, text encoder and tokenizer for the tests, written in every release layout.
+"""Reference VAEs (Wan 2.1, and 2.2 for the TI2V-5B), text encoder and tokenizer for the tests,
+written in every release layout.
 
 Random weights: diffusers' `AutoencoderKLWan` and transformers' `UMT5EncoderModel`, and a tiny
 word-level tokenizer saved with transformers' own classes. The original-layout VAE keys are
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 from transformers import UMT5Config, UMT5EncoderModel
+
+from wan_jax.model.vae_config import LATENTS_MEAN_22, LATENTS_STD_22
 
 UMT5_TINY = {"vocab_size": 300, "d_model": 48, "num_heads": 4, "d_kv": 10, "d_ff": 72,
              "num_layers": 3, "relative_attention_num_buckets": 32,
@@ -84,6 +87,66 @@ def save_vae_diffusers(vae: AutoencoderKLWan, folder: Path) -> Path:
 def save_vae_pth(vae: AutoencoderKLWan, path: Path) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   torch.save(vae_original_state_dict(vae), path)
+  return path
+
+
+# The released VAE's diffusers config (scripts/convert_wan_to_diffusers.py, vae22_diffusers_config).
+VAE22_REAL = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": True,
+              "in_channels": 12, "out_channels": 12, "patch_size": 2, "scale_factor_temporal": 4,
+              "scale_factor_spatial": 16, "latents_mean": list(LATENTS_MEAN_22),
+              "latents_std": list(LATENTS_STD_22)}
+VAE22_TINY = {**VAE22_REAL, "base_dim": 8, "decoder_base_dim": 12}  # = tiny_vae22()
+
+
+def vae22_original_key(key: str) -> str:
+  """diffusers key -> the key upstream's WanVAE_ (vae2_2.py) state dict has."""
+  for theirs, original in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
+    if key.startswith(theirs):
+      return original + key[len(theirs):]
+  residual = (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."),
+              ("norm2.gamma", "residual.3.gamma"), ("conv2.", "residual.6."),
+              ("conv_shortcut.", "shortcut."))
+  side, rest = key.split(".", 1)
+  if rest.startswith("conv_in."):
+    return f"{side}.conv1.{rest[len('conv_in.'):]}"
+  if rest.startswith("norm_out."):
+    return f"{side}.head.0.{rest[len('norm_out.'):]}"
+  if rest.startswith("conv_out."):
+    return f"{side}.head.2.{rest[len('conv_out.'):]}"
+  if m := re.match(r"mid_block\.attentions\.0\.(.+)", rest):
+    return f"{side}.middle.1.{m.group(1)}"
+  m = re.match(r"(mid_block|down_blocks|up_blocks)\.(\d+\.)?(resnets\.(\d+)\.|downsampler\.|"
+               r"upsampler\.)(.+)", rest)
+  if m is None:
+    raise KeyError(key)
+  group, level, part, j, leaf = m.groups()
+  if part.startswith("resnets"):
+    leaf = next(new + leaf[len(old):] for old, new in residual if leaf.startswith(old))
+  if group == "mid_block":
+    return f"{side}.middle.{2 * int(j)}.{leaf}"
+  kind = "downsamples" if group == "down_blocks" else "upsamples"
+  # the resampler follows the level's res blocks: 2 in the encoder, 3 in the decoder (tiny and real)
+  index = j if j is not None else (2 if kind == "downsamples" else 3)
+  return f"{side}.{kind}.{level}{kind}.{index}.{leaf}"
+
+
+def make_vae22(cfg: dict, seed: int) -> AutoencoderKLWan:
+  """A Wan 2.2 VAE (TI2V-5B) of `cfg` (VAE22_TINY, VAE22_REAL) with random norms and biases too."""
+  torch.manual_seed(seed)
+  vae = AutoencoderKLWan(**cfg).eval()
+  with torch.no_grad():
+    for name, p in vae.named_parameters():
+      if name.endswith("gamma"):
+        p.copy_(1 + 0.2 * torch.randn_like(p))
+      elif name.endswith("bias"):
+        p.copy_(0.05 * torch.randn_like(p))
+  return vae
+
+
+def save_vae22_pth(vae: AutoencoderKLWan, path: Path) -> Path:
+  """`Wan2.2_VAE.pth` as the TI2V-5B release ships it (upstream's names, torch.save)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  torch.save({vae22_original_key(k): v.clone() for k, v in vae.state_dict().items()}, path)
   return path
 
 

@@ -9,7 +9,6 @@ resampler), independently of `wan_jax.weights.vae_keys`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 from flax import nnx
+from reference_codecs import VAE22_REAL, VAE22_TINY, make_vae22, vae22_original_key
 
 import wan_jax
 from wan_jax.model.vae import WanVAE, decode_latents, encode_video
@@ -33,14 +33,6 @@ from wan_jax.model.vae_config import (
 from wan_jax.weights import vae_keys
 from wan_jax.weights.assemble import assemble, check_tensors, expected_shapes
 
-# The released VAE's diffusers config (scripts/convert_wan_to_diffusers.py, vae22_diffusers_config).
-REAL = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "is_residual": True,
-        "in_channels": 12, "out_channels": 12, "patch_size": 2, "scale_factor_temporal": 4,
-        "scale_factor_spatial": 16, "latents_mean": list(LATENTS_MEAN_22),
-        "latents_std": list(LATENTS_STD_22)}
-TINY = {**REAL, "base_dim": 8, "decoder_base_dim": 12}  # = tiny_vae22()
-
-
 def rel_error(got, want) -> float:
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   return float(np.abs(got - want).max() / np.abs(want).max())
@@ -50,61 +42,16 @@ def video(shape, seed=0) -> np.ndarray:
   return np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32)
 
 
-def official_key(key: str) -> str:
-  """diffusers key -> the key upstream's WanVAE_ (vae2_2.py) state dict has."""
-  for theirs, original in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
-    if key.startswith(theirs):
-      return original + key[len(theirs):]
-  residual = (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."),
-              ("norm2.gamma", "residual.3.gamma"), ("conv2.", "residual.6."),
-              ("conv_shortcut.", "shortcut."))
-  side, rest = key.split(".", 1)
-  if rest.startswith("conv_in."):
-    return f"{side}.conv1.{rest[len('conv_in.'):]}"
-  if rest.startswith("norm_out."):
-    return f"{side}.head.0.{rest[len('norm_out.'):]}"
-  if rest.startswith("conv_out."):
-    return f"{side}.head.2.{rest[len('conv_out.'):]}"
-  if m := re.match(r"mid_block\.attentions\.0\.(.+)", rest):
-    return f"{side}.middle.1.{m.group(1)}"
-  m = re.match(r"(mid_block|down_blocks|up_blocks)\.(\d+\.)?(resnets\.(\d+)\.|downsampler\.|"
-               r"upsampler\.)(.+)", rest)
-  if m is None:
-    raise KeyError(key)
-  group, level, part, j, leaf = m.groups()
-  if part.startswith("resnets"):
-    leaf = next(new + leaf[len(old):] for old, new in residual if leaf.startswith(old))
-  if group == "mid_block":
-    return f"{side}.middle.{2 * int(j)}.{leaf}"
-  kind = "downsamples" if group == "down_blocks" else "upsamples"
-  # the resampler follows the level's res blocks: 2 in the encoder, 3 in the decoder (tiny and real)
-  index = j if j is not None else (2 if kind == "downsamples" else 3)
-  return f"{side}.{kind}.{level}{kind}.{index}.{leaf}"
-
-
-def make_ref(cfg: dict, seed: int) -> AutoencoderKLWan:
-  """Random weights, norms and biases too, so no parameter is a no-op."""
-  torch.manual_seed(seed)
-  vae = AutoencoderKLWan(**cfg).eval()
-  with torch.no_grad():
-    for name, p in vae.named_parameters():
-      if name.endswith("gamma"):
-        p.copy_(1 + 0.2 * torch.randn_like(p))
-      elif name.endswith("bias"):
-        p.copy_(0.05 * torch.randn_like(p))
-  return vae
-
-
 @pytest.fixture(scope="module")
 def ref() -> AutoencoderKLWan:
-  return make_ref(TINY, seed=7)
+  return make_vae22(VAE22_TINY, seed=7)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, ref) -> dict[str, Path]:
   root = tmp_path_factory.mktemp("vae22")
   ref.save_pretrained(root / "vae")
-  official = {official_key(k): v.clone() for k, v in ref.state_dict().items()}
+  official = {vae22_original_key(k): v.clone() for k, v in ref.state_dict().items()}
   torch.save(official, root / "Wan2.2_VAE.pth")
   return {"diffusers": root / "vae", "pth": root / "Wan2.2_VAE.pth"}
 
@@ -142,7 +89,7 @@ def test_released_architecture_from_shapes():
   our model's parameter tree exactly (704.7M parameters)."""
   from accelerate import init_empty_weights
   with init_empty_weights():
-    real = AutoencoderKLWan(**REAL)
+    real = AutoencoderKLWan(**VAE22_REAL)
   shapes = {k: tuple(v.shape) for k, v in real.state_dict().items()}
   assert vae_keys.infer_config(shapes) == wan22_vae()
   assert vae_keys.infer_config(shapes, dict(real.config)) == wan22_vae()
@@ -151,13 +98,13 @@ def test_released_architecture_from_shapes():
   check_tensors("Wan2.2 VAE", {k: v.shape for k, v in ours.items()}, want)
   assert sum(int(np.prod(s)) for s in want.values()) == 704_688_668
   # and the official names of all of them map back
-  names = vae_keys.original_to_diffusers([official_key(k) for k in shapes])
+  names = vae_keys.original_to_diffusers([vae22_original_key(k) for k in shapes])
   assert sorted(names.values()) == sorted(shapes)
 
 
 def test_official_names_map_back(ref):
   want = ref.state_dict()
-  official = {official_key(k): k for k in want}
+  official = {vae22_original_key(k): k for k in want}
   assert "encoder.downsamples.1.downsamples.2.time_conv.weight" in official
   assert "decoder.upsamples.0.upsamples.3.resample.1.weight" in official
   assert "decoder.upsamples.3.upsamples.0.shortcut.weight" in official

@@ -35,9 +35,6 @@ def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collec
     return cfg
   cfg = copy.deepcopy(cfg)
   task = loading.task(cfg)
-  if task.needs_preview_images and cfg.preview.every and not list(cfg.preview.images):
-    cfg.preview.images = [str(make_preview_image(workdir / "demo_data", cfg.preview.width,
-                                                 cfg.preview.height))] * len(cfg.preview.prompts)
   for ds in cfg.datasets:
     if ds.folder_path:
       continue
@@ -52,6 +49,11 @@ def prepare_datasets(cfg: ml_collections.ConfigDict, workdir: Path) -> ml_collec
       width, height = m * math.ceil(side * 4 / 3 / m), m * math.ceil(side * 3 / 4 / m)
       media, masks = make_clip_dataset(workdir / "demo_data", width, height, int(ds.num_frames))
     ds.folder_path, ds.mask_path = str(media), str(masks)
+  # after the data set: the demo's folder is written whole or not at all (build_folder_once)
+  if task.takes_preview_images and cfg.preview.every and not list(cfg.preview.images):
+    image = str(make_preview_image(workdir / "demo_data", cfg.preview.width, cfg.preview.height))
+    n = len(cfg.preview.prompts)  # optional images (TI2V): the last prompt starts from one
+    cfg.preview.images = [image] * n if task.needs_preview_images else [""] * (n - 1) + [image]
   return cfg
 
 
