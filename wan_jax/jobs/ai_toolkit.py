@@ -5,9 +5,10 @@ Most people who train Wan 2.2 with masked loss keep their runs as ai-toolkit job
 `model`, `sample`). `load_job` takes such a file as it is: every key is mapped, or reported once as
 not used with the reason (`ai_toolkit_keys`), and anything that would train something else
 (another architecture, another optimizer, a second process) is refused with one line naming
-the key path. `arch: wan22_14b` maps onto configs/wan22_masked.py, `arch: wan22_14b_i2v`
-(image-to-video) onto configs/wan22_i2v_masked.py, with each sample's start image (`ctrl_img`, or
-`--ctrl_img` in its prompt) as `preview.images`. Keys the file leaves out take ai-toolkit's
+the key path. `arch:` names a variant (wan_jax/variants.py): `wan22_14b` maps onto
+configs/wan22_masked.py, `wan22_14b_i2v` (image-to-video) onto configs/wan22_i2v_masked.py and
+`wan22_5b` (TI2V-5B; `do_i2v` sets ti2v.i2v_prob) onto configs/wan22_5b_masked.py, with each
+sample's start image (`ctrl_img`, or `--ctrl_img` in its prompt) as `preview.images`. Keys the file leaves out take ai-toolkit's
 defaults, not ours, because that is the run the file described (e.g. `lr` 1e-6, `timestep_type`
 sigmoid, `switch_boundary_every` 1).
 
@@ -114,6 +115,7 @@ class _Mapper:
     self.base_config = base_config
     self.notices: list[str] = []
     self.i2v = False  # model.arch is image-to-video (set by run)
+    self.takes_images = False  # its previews take start images (set by run)
 
   def run(self) -> Job:
     job = self.root.get("job", str, None)
@@ -137,6 +139,7 @@ class _Mapper:
     model = proc.section("model")
     self.variant = self._arch(model)
     self.i2v = self.variant.task == "i2v"
+    self.takes_images = self.variant.task_object.takes_preview_images  # I2V, or TI2V optionally
     c = self.base_config(self.variant.config_file)
     c.model.arch = self.variant.arch
     c.save.name = name
@@ -198,6 +201,9 @@ class _Mapper:
       c.model.text_encoder_path = c.model.tokenizer_path = self._local(
           te, f"{model.path}.te_name_or_path")
     kwargs = model.section("model_kwargs")
+    if self.variant.single_expert:  # one model (wan22_5b): no experts to choose
+      self._quantize(model, c)
+      return
     c.model.train_high_noise = kwargs.get("train_high_noise", bool, True)
     c.model.train_low_noise = kwargs.get("train_low_noise", bool, True)
     if not (c.model.train_high_noise or c.model.train_low_noise):
@@ -425,11 +431,24 @@ class _Mapper:
       c.datasets[0].trigger_word = trigger or ""
       return
     c.datasets = [self._dataset(proc.item("datasets", i), trigger) for i in range(len(raw))]
+    if self.variant.task == "ti2v":
+      self._ti2v(proc, len(raw), c)
     images = [f"{proc.path}.datasets[{i}]" for i, ds in enumerate(c.datasets)
               if ds.num_frames == 1]
     if self.i2v and images:  # as ai-toolkit: an empty condition unless model_kwargs say more
       self.notices.append(f"{_paths(images)}: num_frames 1 (images) trains image-to-video as "
                           "ai-toolkit does: " + ImageTraining.from_config(c.image_i2v).ways())
+
+  def _ti2v(self, proc: Section, count: int, c: ml_collections.ConfigDict) -> None:
+    """ai-toolkit's `do_i2v` (default true) conditions every clip of a wan22_5b data set on its
+    first frame; wan-jax draws that per row over all data sets (ti2v.i2v_prob)."""
+    flags = [proc.item("datasets", i).get("do_i2v", bool, True) for i in range(count)]
+    c.ti2v.i2v_prob = 1.0 if any(flags) else 0.0
+    if any(flags) and not all(flags):
+      self.notices.append(
+          f"{proc.path}.datasets[*].do_i2v: set on some data sets only; wan-jax conditions "
+          "every clip on its first frame (ti2v.i2v_prob=1.0; set a share in [0, 1] to mix in "
+          "text-to-video rows from every data set)")
 
   def _dataset(self, ds: Section, trigger: str | None) -> ml_collections.ConfigDict:
     if ds.get("is_reg", bool, False):
@@ -480,15 +499,18 @@ class _Mapper:
     p.guidance_low_noise = p.guidance_high_noise = sample.get("guidance_scale", float, 7.0)
     p.num_steps = sample.get("sample_steps", int, 20)
     if p.every:  # checked only when previews run, as the trainer does
+      side = self.variant.geometry.side_multiple
       for key in ("width", "height"):
-        if p[key] < 16 or p[key] % 16:
-          raise JobError(f"{sample.path}.{key} must be a multiple of 16 pixels, got {p[key]}")
+        if p[key] < side or p[key] % side:
+          raise JobError(f"{sample.path}.{key} must be a multiple of {side} pixels, got {p[key]}")
       sample.get("num_frames", "frames", 1)
     texts = [text for text, _, _ in samples]
     p.prompts = [apply_trigger(t, trigger, add_if_missing=False) if trigger else t
                  for t in texts] or list(p.prompts)
     if self.i2v:
       self._start_images(samples, p, self.variant.tiny)
+    elif self.takes_images and any(image for _, image, _ in samples):  # TI2V: optional
+      p.images = [image or "" for _, image, _ in samples]
     if not trigger and any(ph in t for t in texts for ph in PLACEHOLDERS):
       process = sample.path.rsplit(".", 1)[0]
       self.notices.append(f"{sample.path}: a prompt holds [trigger] but {process}.trigger_word "
@@ -505,19 +527,20 @@ class _Mapper:
       raw = []
       for i in range(len(sample.get("samples", list, []))):
         item = sample.item("samples", i)
-        image = item.get("ctrl_img", str, None) if self.i2v else None  # T2V: listed unused
+        image = item.get("ctrl_img", str, None) if self.takes_images else None  # T2V: unused
         raw.append((item.get("prompt", str, "") or "", image, f"{item.path}.ctrl_img"))
     out, ignored = [], set()
     for prompt, image, where in raw:
       text, flags = split_prompt(prompt)
       if not text:
         continue  # ai-toolkit skips samples without a prompt
-      if self.i2v and "ctrl_img" in flags:
+      if self.takes_images and "ctrl_img" in flags:
         image = flags.pop("ctrl_img")  # the prompt's flag wins, as in ai-toolkit
       ignored.update(flags)
       out.append((text, image or None, where))
     if ignored:
-      why = ("; --ctrl_img is a start image, for arch wan22_14b_i2v" if "ctrl_img" in ignored
+      why = ("; --ctrl_img is a start image, for arch wan22_14b_i2v or wan22_5b"
+             if "ctrl_img" in ignored
              else "")
       flags = ", ".join("--" + f for f in sorted(ignored))
       self.notices.append(

@@ -66,7 +66,8 @@ REASONS: dict[tuple[str, str], str] = {
     ("datasets", "cache_clip_vision_to_disk"): "Wan 2.2 A14B has no image encoder (I2V reads "
                                                "the VAE latents of each clip's first frame)",
     ("datasets", "do_i2v"): "with arch wan22_14b_i2v every clip is conditioned on its first "
-                            "frame (ai-toolkit reads do_i2v for other models only)",
+                            "frame (ai-toolkit reads do_i2v for other models only; with "
+                            "wan22_5b it sets ti2v.i2v_prob)",
     ("datasets", "auto_frame_count"): "wan-jax trains num_frames from every clip",
     ("datasets", "trim_auto_frame_count_tail"): "wan-jax trains num_frames from every clip",
     ("datasets", "use_short_captions"): "captions come from caption files (caption_ext)",
@@ -131,9 +132,10 @@ REASONS: dict[tuple[str, str], str] = {
     ("model", "inference_lora_path"): _NOT_IMPLEMENTED,
     ("model", "model_paths"): "components come from name_or_path (or vae_path)",
     ("model_kwargs", "*"): "wan-jax reads only train_high_noise, train_low_noise and (for arch "
-                           "wan22_14b_i2v) image_i2v_* here",
+                           "wan22_14b_i2v) image_i2v_* here; wan22_5b has one model",
     ("sample", "sampler"): "previews use wan-jax's Euler flow sampler",
-    ("sample", "fps"): "previews are written at 16 fps",
+    ("sample", "fps"): "previews are written at the release's rate (preview.fps: 16 for the "
+                       "A14B, 24 for the 5B)",
     ("sample", "walk_seed"): "preview prompt i always starts from the noise of (seed, i)",
     ("sample", "sample_start_step"): "previews run every sample_every steps and at the end",
     ("sample", "format"): "previews are MP4 (PNG for one frame)",
