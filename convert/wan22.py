@@ -7,9 +7,11 @@ Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/), a diffusers 
 (transformer/ = high-noise, transformer_2/ = low-noise, vae/, text_encoder/, tokenizer/), or one
 component on its own: an expert, VAE or text-encoder file (.safetensors or .pth; .pth files are
 read without running pickle code) or folder, or a tokenizer folder.
-Wan2.2-T2V-A14B and Wan2.2-I2V-A14B convert alike: the task (text- or image-to-video) is read off
-the experts' patch embedding (16 or 36 input channels), checked against their config.json, printed
-and recorded in manifest.json; experts of different tasks are refused.
+Wan2.2-T2V-A14B, Wan2.2-I2V-A14B and Wan2.2-TI2V-5B convert alike: the task (text-, image- or
+text-and-image-to-video) is read off the experts' patch embedding (16, 36 or 48 input channels),
+checked against their config.json, printed and recorded in manifest.json; experts of different
+tasks are refused. The TI2V-5B (shards at the release folder's root, Wan2.2_VAE.pth beside them)
+converts into one expert, `transformer`, and the Wan 2.2 VAE.
 OUT receives one Orbax checkpoint per component, the tokenizer, and manifest.json. More components
 can be converted into the same OUT later. Load with wan_jax.load_dual_transformer(OUT),
 load_vae(OUT), load_text_encoder(OUT), load_tokenizer(OUT).
