@@ -30,8 +30,8 @@ from pathlib import Path
 
 import ml_collections
 
-from wan_jax.tasks import IMAGE_TO_VIDEO
 from wan_jax.tasks.i2v_images import image_i2v_config
+from wan_jax.variants import get_variant
 
 
 def _t2v_config(variant: str | None) -> ml_collections.ConfigDict:
@@ -45,12 +45,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   if variant not in (None, "", "default", "tiny"):
     raise ValueError(f"unknown variant {variant!r}; use configs/wan22_i2v_masked.py or ...:tiny")
   c = _t2v_config(variant)
-  task = IMAGE_TO_VIDEO
-  c.model.arch = "tiny_i2v" if variant == "tiny" else "wan22_i2v_a14b"
-  c.model.boundary = task.boundary  # 0.900: t >= 900 -> the high-noise expert
+  release = get_variant("tiny_i2v" if variant == "tiny" else "wan22_i2v_a14b")  # variants.py
+  c.model.arch = release.arch
+  c.model.boundary = release.boundary  # 0.900: t >= 900 -> the high-noise expert
   c.save.name = "demo_i2v_lora" if variant == "tiny" else "wan22_i2v_lora"
-  c.preview.shift = task.preview_shift
-  c.preview.guidance_low_noise, c.preview.guidance_high_noise = task.preview_guidance
+  c.preview.shift = release.preview.shift
+  c.preview.guidance_low_noise, c.preview.guidance_high_noise = release.preview.guidance
   c.preview.prompts = (["a red ball rolling to the right"] if variant == "tiny" else
                        ["the person turns and smiles, natural light"])
   # One start image per prompt; the tiny demo generates one when this is empty.

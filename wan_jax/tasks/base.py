@@ -18,7 +18,6 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from wan_jax.model import flow_matching
 
 @dataclasses.dataclass(frozen=True)
 class ModelInputs:
@@ -42,9 +41,6 @@ class Task:
 
   name: str = "t2v"
   title: str = "text-to-video"
-  boundary: float = flow_matching.T2V_BOUNDARY  # the released experts' switch
-  preview_shift: float = 12.0  # upstream's sampling shift
-  preview_guidance: tuple[float, float] = (3.0, 4.0)  # (low noise, high noise), upstream's order
 
   def configured(self, cfg: Any) -> Task:
     """The task with its settings read from the run's config (none by default)."""

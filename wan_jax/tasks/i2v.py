@@ -19,8 +19,7 @@ One LoRA trained with a probability in (0, 1) learns both ways of being prompted
 
 Previews start from `preview.images` (one image per prompt), resized and centre-cropped to the
 preview size as training crops are, and end on `preview.last_images` where one is given.
-Defaults from upstream `wan/configs/wan_i2v_A14B.py`:
-boundary 0.900, sample shift 5.0, guidance (3.5, 3.5).
+The release's boundary and sampling defaults are its variant's (wan_jax/variants.py).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wan_jax.model import flow_matching
 from wan_jax.model.config import I2V_CONDITION_CHANNELS
 from wan_jax.model.i2v_condition import encode_condition, i2v_condition
 from wan_jax.tasks.base import Task
@@ -45,9 +43,6 @@ FIRST_LAST = "first_last_condition"  # cache kind: a clip's condition on its fir
 class ImageToVideo(Task):
   name: str = "i2v"
   title: str = "image-to-video"
-  boundary: float = flow_matching.I2V_BOUNDARY
-  preview_shift: float = 5.0
-  preview_guidance: tuple[float, float] = (3.5, 3.5)
   needs_preview_images: bool = True
   takes_preview_images: bool = True
 
