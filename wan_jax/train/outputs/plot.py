@@ -11,7 +11,7 @@ the bottom. Drawn with the Agg canvas directly, no pyplot: no display, no global
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,20 @@ from wan_jax.train.outputs.trackers import (
   expert_label,
   latest_rows,
 )
+from wan_jax.variants import TWO_EXPERTS
 
 EXPERT_ORDER = ("high_noise", "low_noise")
 RAW, AVERAGE, LR, SKIPPED = "#7aa6e0", "#17468f", "#888888", "#d62728"
 
 
-def _experts(rows: list[dict[str, Any]]) -> list[str]:
-  names = {expert_label(str(r.get("expert", "all"))) for r in rows}
+def _experts(rows: list[dict[str, Any]], experts: Mapping[str, str]) -> list[str]:
+  names = {expert_label(str(r.get("expert", "all")), experts) for r in rows}
   return sorted(names, key=lambda n: (EXPERT_ORDER.index(n) if n in EXPERT_ORDER else 2, n))
 
 
-def _panel(ax: Axes, name: str, rows: list[dict[str, Any]], window: int) -> None:
-  scalars = ExpertScalars(window)
+def _panel(ax: Axes, name: str, rows: list[dict[str, Any]], window: int,
+           experts: Mapping[str, str]) -> None:
+  scalars = ExpertScalars(window, experts)
   steps, losses, averages, skipped, lr_steps, lrs = [], [], [], [], [], []
   for row in rows:
     values = scalars(row)
@@ -85,18 +87,20 @@ def _panel(ax: Axes, name: str, rows: list[dict[str, Any]], window: int) -> None
 
 
 def loss_figure(rows: Iterable[dict[str, Any]], *, window: int = AVERAGE_WINDOW,
-                width: float = 9.0, panel_height: float = 3.2) -> tuple[Figure, dict[str, Axes]]:
-  """The figure and its loss axis per expert ("high_noise", "low_noise"), from metrics rows
-  (step, loss, lr, expert, skipped; a step written twice counts once, the last)."""
+                width: float = 9.0, panel_height: float = 3.2,
+                experts: Mapping[str, str] = TWO_EXPERTS) -> tuple[Figure, dict[str, Axes]]:
+  """The figure and its loss axis per expert ("high_noise", "low_noise"; `experts` names them),
+  from metrics rows (step, loss, lr, expert, skipped; a step written twice counts once, the
+  last)."""
   rows = latest_rows(rows)
-  names = _experts(rows) or ["loss"]
+  names = _experts(rows, experts) or ["loss"]
   fig = Figure(figsize=(width, panel_height * len(names) + 0.4), layout="constrained")
   FigureCanvasAgg(fig)
   axes = fig.subplots(len(names), 1, squeeze=False, sharex=True)[:, 0]
   panels = {}
   for ax, name in zip(axes, names):
-    panel_rows = [r for r in rows if expert_label(str(r.get("expert", "all"))) == name]
-    _panel(ax, name, panel_rows, window)
+    panel_rows = [r for r in rows if expert_label(str(r.get("expert", "all")), experts) == name]
+    _panel(ax, name, panel_rows, window, experts)
     panels[name] = ax
   axes[-1].set_xlabel("step")
   if not rows:
@@ -105,9 +109,10 @@ def loss_figure(rows: Iterable[dict[str, Any]], *, window: int = AVERAGE_WINDOW,
   return fig, panels
 
 
-def save_loss_plot(rows: Iterable[dict[str, Any]], path: Path, *, dpi: int = 100) -> Path:
+def save_loss_plot(rows: Iterable[dict[str, Any]], path: Path, *, dpi: int = 100,
+                   experts: Mapping[str, str] = TWO_EXPERTS) -> Path:
   """Writes loss.png from metrics rows, atomically, and returns its path."""
-  fig, _ = loss_figure(rows)
+  fig, _ = loss_figure(rows, experts=experts)
   with atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=dpi)
   return Path(path)

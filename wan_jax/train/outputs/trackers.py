@@ -15,7 +15,7 @@ import collections
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,14 +24,15 @@ import ml_collections
 from wan_jax.train.outputs.metrics_log import MetricsLog
 from wan_jax.train.outputs.tensorboard_log import TensorBoardLog
 from wan_jax.train.outputs.wandb_log import open_wandb
-from wan_jax.train.step.expert_schedule import CHECKPOINT_NAMES
+from wan_jax.variants import TWO_EXPERTS, get_variant
 
 AVERAGE_WINDOW = 20  # as the run summary's final loss
 
 
-def expert_label(expert: str) -> str:
-  """"high" -> "high_noise" (the name in files and tags); other names pass through."""
-  return CHECKPOINT_NAMES.get(expert, expert)
+def expert_label(expert: str, names: Mapping[str, str] = TWO_EXPERTS) -> str:
+  """"high" -> "high_noise" (the name in files and tags; the model's `names`, e.g. "transformer"
+  for a one-model release); other names pass through."""
+  return names.get(expert, expert)
 
 
 def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,13 +51,14 @@ def applied(row: dict[str, Any]) -> bool:
 class ExpertScalars:
   """Turns metrics rows into the scalars the dashboards plot, keeping the moving averages."""
 
-  def __init__(self, window: int = AVERAGE_WINDOW):
+  def __init__(self, window: int = AVERAGE_WINDOW, names: Mapping[str, str] = TWO_EXPERTS):
+    self.names = names
     self._recent: dict[str, collections.deque] = collections.defaultdict(
         lambda: collections.deque(maxlen=window))
     self.skipped = 0
 
   def __call__(self, row: dict[str, Any]) -> dict[str, float]:
-    name = expert_label(str(row.get("expert", "all")))
+    name = expert_label(str(row.get("expert", "all")), self.names)
     out: dict[str, float] = {}
     if applied(row):
       self._recent[name].append(float(row["loss"]))
@@ -131,7 +133,7 @@ class Trackers:
 
   def _start(self, step: int) -> ExpertScalars:
     if self._scalars is None:
-      self._scalars = ExpertScalars()
+      self._scalars = ExpertScalars(names=get_variant(self.cfg.model.arch).experts)
       for row in latest_rows(self._earlier_rows()):
         if row["step"] < step:
           self._scalars(row)

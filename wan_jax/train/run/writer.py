@@ -173,7 +173,8 @@ class Outputs:
     if not self.main:
       return None
     with writing(str(self.workdir / "loss.png")):
-      return save_loss_plot(self.trackers.metrics.rows(), self.workdir / "loss.png")
+      return save_loss_plot(self.trackers.metrics.rows(), self.workdir / "loss.png",
+                            experts=loading.variant(self.cfg).experts)
 
   def close(self) -> None:
     """Closes the metrics and trackers; called while an exception is handled, the W&B run is

@@ -1,6 +1,8 @@
 """Which expert a training step trains: one of the two, or both in alternation.
 
-Index convention used everywhere: 0 = "high" (high-noise expert), 1 = "low" (low-noise expert).
+Index convention used everywhere: 0 = "high" (high-noise expert), 1 = "low" (low-noise expert);
+their names in files and metrics are the model variant's (wan_jax/variants.py). A one-model
+release (the TI2V-5B) trains its model in the "high" slot, with boundary 0.
 With both experts trained, steps 0 .. switch_every-1 train "high", the next switch_every train
 "low", and so on. The schedule is a pure function of the global step, so a resumed run (which
 restores the step from its checkpoint) continues it exactly where it stopped.
@@ -14,8 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from wan_jax.model.flow_matching import EXPERTS, HIGH, LOW  # noqa: F401  (position = index)
-
-CHECKPOINT_NAMES = {HIGH: "high_noise", LOW: "low_noise"}  # in checkpoints and output file names
 
 
 def _check(train_high: bool, train_low: bool, switch_every: int) -> None:
