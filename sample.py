@@ -1,17 +1,19 @@
-"""Render prompts with a trained LoRA: both Wan 2.2 experts, each with its LoRA file, through the
-preview sampler (Euler, classifier-free guidance per expert), to MP4s.
+"""Render prompts with a trained LoRA: both Wan 2.2 A14B experts, each with its LoRA file (or the
+TI2V-5B's one model with its file), through the preview sampler (Euler, classifier-free guidance
+per expert), to MP4s.
 
   python sample.py --run runs/demo --prompt "a red ball rolling to the right"
   python sample.py --run runs/demo_i2v --prompt "a red ball" --image start.png
   python sample.py --run runs/demo_i2v --prompt "a red ball" --image start.png --last-image end.png
   python sample.py --model /ckpt/wan22-jax --lora-high person_high_noise.safetensors \\
       --lora-low person_low_noise.safetensors --prompt "a person waving" --out samples/
+  python sample.py --run runs/demo_5b --prompt "a red ball" [--image start.png]   # TI2V-5B
 
---run takes the model, the task (T2V or I2V), the run's final LoRA files (lora/<save.name>_
-{high,low}_noise.safetensors) and its preview settings (size, frames, steps, shift, guidance,
+--run takes the model, the task (T2V, I2V or TI2V), the run's final LoRA files (lora/<save.name>_
+{high,low}_noise.safetensors, or <save.name>.safetensors for the 5B) and its preview settings (size, frames, steps, shift, guidance,
 seed) from the run's config.json; without --prompt it re-renders the run's preview prompts (and
-images, and last images). --model is a folder made by convert/wan22.py (or `tiny` / `tiny_i2v`,
-the demos' random models); without --run, sizes and steps are the config file's defaults. The
+images, and last images). --model is a folder made by convert/wan22.py (or `tiny` / `tiny_i2v` /
+`tiny_ti2v`, the demos' random models); without --run, sizes and steps are the config file's defaults. The
 same arguments give the same pixels.
 """
 
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
   src = p.add_argument_group("model and LoRA")
   src.add_argument("--run", type=Path, help="a training run's folder (its config.json, lora/)")
   src.add_argument("--model", help="a converted checkpoint folder (convert/wan22.py), or tiny | "
-                   "tiny_i2v; with --run, replaces the run's model.name_or_path")
+                   "tiny_i2v | tiny_ti2v; with --run, replaces the run's model.name_or_path")
   src.add_argument("--lora", type=Path, action="append", default=[], metavar="FILE",
                    help="a LoRA file, repeatable: the expert it goes on is read from its wan-jax "
                    "metadata or its name (high_noise / low_noise); replaces the run's files")
