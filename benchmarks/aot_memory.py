@@ -1,5 +1,5 @@
 """Ahead-of-time memory estimate of one expert (the 14B's, or with --arch the TI2V-5B's, with a
-timestep per latent position as its image-to-video rows take it), compiled for this machine's
+timestep per latent frame as its image-to-video rows take it), compiled for this machine's
 backend without allocating it: XLA's own figures for arguments, outputs and temporaries of one
 forward pass, and of a gradient pass with the chosen remat policy.
 
@@ -53,8 +53,8 @@ def main() -> None:
   grid = geometry.grid(args.frames, args.height, args.width)
   tokens = geometry.tokens(args.frames, args.height, args.width)
   x = jax.ShapeDtypeStruct((1, *grid, geometry.channels), jnp.float32)
-  per_token = variant.task == "ti2v"  # its image rows: t = 0 on the first latent frame
-  t = jax.ShapeDtypeStruct((1, *grid) if per_token else (1,), jnp.float32)
+  per_frame = variant.task == "ti2v"  # its image rows: t = 0 on the first latent frame
+  t = jax.ShapeDtypeStruct((1, grid[0]) if per_frame else (1,), jnp.float32)
   c = jax.ShapeDtypeStruct((1, 512, 4096), jnp.float32)
 
   def forward(s, x, t, c):

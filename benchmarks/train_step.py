@@ -404,11 +404,9 @@ def prepare_cases(cfg: wan_jax.WanConfig, args: argparse.Namespace) -> dict[str,
     label, frames, height, width = table[name]
     geometry = args.variant.geometry
     tokens = flops.token_count(cfg, frames, height, width, geometry)
-    per_token_t = args.variant.task == "ti2v" and frames > 1  # its image rows: t = 0 on frame 0
     cases[name] = {"case": name, "label": label, "frames": frames, "height": height,
-                   "width": width, "tokens": tokens,
-                   "model_flops": flops.step_flops(cfg, tokens, lora=True,
-                                                   per_token_timesteps=per_token_t).step,
+                   "width": width, "tokens": tokens,  # (the TI2V's timesteps: per frame, not
+                   "model_flops": flops.step_flops(cfg, tokens, lora=True).step,  # per token)
                    "batch": make_batch(cfg, flops.latent_grid(frames, height, width, geometry),
                                        args.seed, args.variant.vae())}
   return cases

@@ -27,8 +27,8 @@ def _inputs(prob: float, frames: int = F, key: int = 3):
 
 def test_image_rows_get_their_clean_first_frame_at_timestep_zero_and_no_loss_there():
   out, mean_x0, x_t, weights, t = _inputs(0.5)
-  assert out.condition is None and out.timestep.shape == (B, F, H, W)
-  image = np.asarray(out.timestep[:, 0, 0, 0] == 0.0)
+  assert out.condition is None and out.timestep.shape == (B, F)  # one per latent frame
+  image = np.asarray(out.timestep[:, 0] == 0.0)
   assert 0 < image.sum() < B  # both kinds of rows in one batch: the mask is per row
   for b in range(B):
     if image[b]:
@@ -46,9 +46,9 @@ def test_image_rows_get_their_clean_first_frame_at_timestep_zero_and_no_loss_the
 
 
 def test_the_draw_is_a_function_of_the_key():
-  first = _inputs(0.5, key=7)[0].timestep[:, 0, 0, 0]
-  again = _inputs(0.5, key=7)[0].timestep[:, 0, 0, 0]
-  other = _inputs(0.5, key=8)[0].timestep[:, 0, 0, 0]
+  first = _inputs(0.5, key=7)[0].timestep[:, 0]
+  again = _inputs(0.5, key=7)[0].timestep[:, 0]
+  other = _inputs(0.5, key=8)[0].timestep[:, 0]
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
 
@@ -77,7 +77,7 @@ def test_a_preview_image_replaces_frame_zero_at_each_step_and_at_the_end():
   image = jax.random.normal(jax.random.key(1), (1, 1, H, W, C))
   mixed, timestep, condition = TEXT_IMAGE_TO_VIDEO.sample_inputs(latents, jnp.full((2,), 500.0),
                                                                  image)
-  assert condition is None and timestep.shape == (2, F, H, W)
+  assert condition is None and timestep.shape == (2, F)
   np.testing.assert_array_equal(mixed[:, 0], jnp.broadcast_to(image[:, 0], (2, H, W, C)))
   np.testing.assert_array_equal(mixed[:, 1:], latents[:, 1:])
   np.testing.assert_array_equal(timestep[:, 0], 0.0)

@@ -107,6 +107,11 @@ def test_a_timestep_per_token(ref_5b, ours):
   # The first frame's tokens really saw t = 0: the per-sample call differs there.
   per_sample = forward(ours, latents, np.asarray(TIMESTEPS, np.float32), context)
   assert rel_error(per_sample[:, 0], got[:, 0]) > 1e-2
+  # One timestep per latent frame ([B, F], what the TI2V task passes) is the same model.
+  t_BxF = np.stack([mask[:, 0, 0] * t for t in TIMESTEPS]).astype(np.float32)
+  per_frame = forward(ours, latents, t_BxF, context)
+  assert rel_error(per_frame, want) < 1e-5
+  np.testing.assert_allclose(per_frame, got, rtol=1e-6, atol=1e-6)
 
 
 def test_uniform_per_token_timesteps_equal_one_per_sample(ours):
@@ -119,14 +124,15 @@ def test_uniform_per_token_timesteps_equal_one_per_sample(ours):
 
 def test_timestep_shapes_are_checked(ours):
   latents, context = inputs(seed=3)
-  for bad in (np.zeros((2, FRAMES), np.float32), np.zeros((2, FRAMES, HEIGHT, WIDTH - 2))):
+  for bad in (np.zeros((2, FRAMES + 1), np.float32), np.zeros((2, FRAMES, HEIGHT, WIDTH - 2))):
     with pytest.raises(ValueError, match=r"timestep must be \[B\]"):
       forward(ours, latents, bad, context)
 
 
 @pytest.mark.slow
 def test_one_timestep_per_sample_stays_per_sample():
-  """The A14B path: e0 [B, 6, D] and the head's [B, 1, 2, D]; no [B, N, 6, D] is ever built."""
+  """The A14B path: e0 [B, 6, D] and the head's [B, 1, 2, D]; no [B, N, 6, D] is ever built
+  (nor with one timestep per latent frame)."""
   cfg = tiny_ti2v(attention="xla")
   graphdef, state = nnx.split(wan_jax.WanTransformer(cfg, rngs=nnx.Rngs(0)))
   latents = jnp.ones((1, FRAMES, HEIGHT, WIDTH, CHANNELS))
@@ -152,6 +158,9 @@ def test_one_timestep_per_sample_stays_per_sample():
   per_token = (1, tokens, 6, cfg.dim)
   assert per_token not in shapes(jnp.array([500.0]))
   assert per_token in shapes(jnp.full((1, FRAMES, HEIGHT, WIDTH), 500.0))
+  # One per latent frame: the modulation is per frame, [B, F, 6, D], broadcast over its tokens.
+  per_frame = shapes(jnp.full((1, FRAMES), 500.0))
+  assert per_token not in per_frame and (1, FRAMES, 6, cfg.dim) in per_frame
 
 
 def test_presets():

@@ -1,6 +1,6 @@
 """The Wan 2.x video transformer (one expert) in Flax NNX.
 
-model(latents [B, F, H, W, C], timestep [B] or [B, F, H, W] in [0, 1000],
+model(latents [B, F, H, W, C], timestep [B], [B, F] or [B, F, H, W] in [0, 1000],
 context [B, L<=text_len, text_dim]) -> velocity [B, F, H, W, out_channels] (fp32). The residual
 stream, modulation, norms, time MLP and head run in fp32; the other matmuls and attention in
 `config.compute_dtype`.
@@ -8,7 +8,10 @@ stream, modulation, norms, time MLP and head run in fp32; the other matmuls and 
 A timestep per latent position is what TI2V-5B takes: the tokens of an image-conditioned first
 frame get t = 0 while the rest are noised to t (upstream WanModel with t [B, seq_len]; diffusers'
 WanPipeline with expand_timesteps). The time embedding and every modulation then become per
-token; with one timestep per sample ([B], the A14B) they stay [B, ...] and broadcast.
+token; with one timestep per latent frame ([B, F], what the TI2V task passes: the same model
+when each frame's positions share a value) they are per frame and broadcast over the frame's
+tokens, so no [B, N, 6, D] array (2 GiB at 704x1280x121) is held; with one timestep per sample
+([B], the A14B) they stay [B, ...] and broadcast.
 
 The 40 blocks are one module whose parameters carry a leading layer axis; the forward pass
 scans over that axis, so compile time does not grow with depth. Block weights that wait in host
@@ -84,12 +87,13 @@ class WanBlock(nnx.Module):
 
   def __call__(self, x_BxNxD: jax.Array, e0: jax.Array, context_BxSxD: jax.Array,
                rope: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """e0: the time projection, [B, 6, D] (one timestep per sample) or [B, N, 6, D] (per token)."""
+    """e0: the time projection, [B, 6, D] (one timestep per sample) or [B, G, 6, D] for G
+    equal groups of consecutive tokens (G = N: per token; G = latent frames: per frame)."""
     cd = self.compute_dtype
     m = self.modulation[...].astype(F32) + e0
-    m_Bx1x6xD_or_BxNx6xD = m[:, None] if m.ndim == 3 else m
+    m_BxGx6xD = m[:, None] if m.ndim == 3 else m
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
-        m_Bx1x6xD_or_BxNx6xD[:, :, i] for i in range(6))  # each [B, 1 or N, D]
+        per_token(m_BxGx6xD[:, :, i], x_BxNxD.shape[1]) for i in range(6))  # each [B, 1|N, D]
 
     h = layer_norm(x_BxNxD, self.eps) * (1 + scale_sa) + shift_sa
     x = x_BxNxD + self.self_attn(h.astype(cd), rope=rope).astype(F32) * gate_sa
@@ -97,6 +101,16 @@ class WanBlock(nnx.Module):
     h = layer_norm(x, self.eps) * (1 + scale_ff) + shift_ff
     y = self.ffn_out(jax.nn.gelu(self.ffn_in(h.astype(cd)), approximate=True))
     return x + y.astype(F32) * gate_ff
+
+
+def per_token(v_BxGxD: jax.Array, n: int) -> jax.Array:
+  """A value per group of consecutive tokens as one per token ([B, N, D]; G = 1 stays [B, 1, D]
+  and broadcasts). A broadcast XLA fuses into its consumers: per-frame modulation never holds a
+  [B, N, D] array of its own."""
+  b, g, d = v_BxGxD.shape
+  if g in (1, n):
+    return v_BxGxD
+  return jnp.broadcast_to(v_BxGxD[:, :, None], (b, g, n // g, d)).reshape(b, n, d)
 
 
 def _leading_bits(x: np.ndarray, bits: int) -> np.ndarray:
@@ -182,20 +196,26 @@ class WanTransformer(nnx.Module):
     return e, e0.reshape(*e.shape[:-1], 6, -1)
 
   def token_timesteps(self, timestep: jax.Array, latent_shape: tuple[int, ...]) -> jax.Array:
-    """timestep [B] as it is, or [B, F, H, W] (one per latent position) as [B, N] per token.
+    """timestep [B] as it is, [B, F] (one per latent frame) as [B, F/pt] per frame of tokens,
+    or [B, F, H, W] (one per latent position) as [B, N] per token.
 
     A token is one patch (1x2x2 positions); it takes its patch's first position's timestep, as
     upstream and diffusers do (their per-token timesteps are the mask sampled at [::2, ::2]).
     Timesteps that differ inside a patch are not checked (that would need a host round trip);
-    give every position of a patch the same value.
+    give every position of a patch the same value. Per frame is the same model as per position
+    with each frame's positions equal, at the cost of per-sample timesteps (the TI2V's image
+    frame at 0 needs no more).
     """
     b, f, h, w = latent_shape[:4]
+    pt, ph, pw = self.config.patch_size
     if timestep.shape == (b,):
       return timestep
+    if timestep.shape == (b, f):
+      return timestep[:, ::pt]
     if timestep.shape != (b, f, h, w):
-      raise ValueError(f"timestep must be [B] = ({b},) or [B, F, H, W] = {(b, f, h, w)} "
-                       f"(one per latent position), got {timestep.shape}")
-    pt, ph, pw = self.config.patch_size
+      raise ValueError(f"timestep must be [B] = ({b},), [B, F] = {(b, f)} (one per latent "
+                       f"frame) or [B, F, H, W] = {(b, f, h, w)} (one per latent position), "
+                       f"got {timestep.shape}")
     return timestep[:, ::pt, ::ph, ::pw].reshape(b, -1)
 
   def embed_text(self, context_BxLxT: jax.Array) -> jax.Array:
@@ -211,8 +231,9 @@ class WanTransformer(nnx.Module):
   def __call__(self, latents: jax.Array, timestep: jax.Array, context: jax.Array,
                condition: jax.Array | None = None) -> jax.Array:
     """The predicted flow [B, F, H, W, out_channels] of `latents` [B, F, H, W, C] at `timestep`
-    with `context` [B, L, text_dim]. `timestep`: [B], one per sample, or [B, F, H, W], one per
-    latent position (TI2V-5B: 0 on the conditioning image's frame; see `token_timesteps`).
+    with `context` [B, L, text_dim]. `timestep`: [B], one per sample, [B, F], one per latent
+    frame, or [B, F, H, W], one per latent position (TI2V-5B: 0 on the conditioning image's
+    frame; see `token_timesteps`).
     `condition` (image-to-video models only: [B, F, H, W, 20], mask channels then the
     conditioning latents) is joined after the latents on the channel axis, as upstream joins
     it."""
@@ -229,7 +250,7 @@ class WanTransformer(nnx.Module):
     patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, gf * gh * gw, -1)
     x_BxNxD = self.patch_embedding(patches).astype(F32)
 
-    # [B] -> e [B, D], e0 [B, 6, D]; per token [B, N] -> e [B, N, D], e0 [B, N, 6, D].
+    # [B] -> e [B, D], e0 [B, 6, D]; per frame or token [B, G] -> e [B, G, D], e0 [B, G, 6, D].
     e, e0 = self.embed_time(self.token_timesteps(timestep, latents_BxFxHxWxC.shape))
     context_BxSxD = self.embed_text(context_BxLxT)
     rope = rope_tables((gf, gh, gw), cfg.rope_split, cfg.rope_theta, cfg.rope_max_positions)
@@ -242,8 +263,10 @@ class WanTransformer(nnx.Module):
 
     x_BxNxD, _ = jax.lax.scan(remat_block(one_layer, cfg.remat), x_BxNxD, layer_states)
 
-    e_Bx1xD_or_BxNxD = e[:, None] if e.ndim == 2 else e
-    m = self.head_modulation[...].astype(F32) + e_Bx1xD_or_BxNxD[:, :, None]  # [B, 1|N, 2, D]
-    out = self.head(layer_norm(x_BxNxD, cfg.eps) * (1 + m[:, :, 1]) + m[:, :, 0])
+    e_BxGxD = e[:, None] if e.ndim == 2 else e
+    m = self.head_modulation[...].astype(F32) + e_BxGxD[:, :, None]  # [B, G, 2, D]
+    n = x_BxNxD.shape[1]
+    out = self.head(layer_norm(x_BxNxD, cfg.eps) * (1 + per_token(m[:, :, 1], n))
+                    + per_token(m[:, :, 0], n))
     out = out.reshape(b, gf, gh, gw, pt, ph, pw, cfg.out_channels)
     return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, f, h, w, cfg.out_channels)

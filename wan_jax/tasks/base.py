@@ -24,7 +24,7 @@ class ModelInputs:
   """What the train step feeds the model and weighs its loss with."""
 
   latents: jax.Array  # x_t [B, F, H, W, C]
-  timestep: jax.Array  # [B], or [B, F, H, W] for a model with a timestep per latent position
+  timestep: jax.Array  # [B], or [B, F] / [B, F, H, W] per latent frame / position (the 5B)
   condition: jax.Array | None
   weights: jax.Array  # the loss weights on the latent grid [B, F, H, W] (or [B, 1, H, W])
 

@@ -6,12 +6,13 @@ How upstream samples image-to-video (Wan2.2 `wan/textimage2video.py`; diffusers
 posterior mean, normalised; the causal VAE encodes a clip's frame 0 alone too, so it is exactly
 the clip's first latent frame), it replaces latent frame 0 of the model's input at every step,
 the tokens of that frame get timestep 0 and the others the step's t, and the model's prediction
-for frame 0 is thrown away.
+for frame 0 is thrown away. Here the timestep is passed per latent frame ([B, F]): the same
+model, with the modulation per frame instead of per token.
 
 Training does the same per row: with probability `ti2v.i2v_prob` (drawn in the step from its
 key, so a resumed run draws the same) a clip's first latent frame is its clean latent (the
-posterior mean, as a sampler encodes the image) at timestep 0, and that frame is left out of the loss. The reasoning: at t = 0 the flow target
-noise - x0 holds noise the model cannot see, so the frame's loss is irreducible variance that
+posterior mean, as a sampler encodes the image) at timestep 0, and that frame is left out of
+the loss. The reasoning: at t = 0 the flow target noise - x0 holds noise the model cannot see, so the frame's loss is irreducible variance that
 only adds gradient noise; every sampler discards that prediction anyway; later frames still
 learn from the clean frame through attention; and the loss stays a masked mean, on the scale
 of the text-to-video rows. ai-toolkit (`wan22_5b`, since its first-frame loss mask) and
@@ -58,12 +59,12 @@ class TextImageToVideo(Task):
     image_B = jax.random.bernoulli(key, self.i2v_prob, (b,))
     given_BxF = jnp.zeros((b, f), bool).at[:, 0].set(image_B)
     latents = jnp.where(given_BxF[:, :, None, None, None], mean_x0.astype(x_t.dtype), x_t)
-    timestep_BxFxHxW = jnp.where(given_BxF[:, :, None, None], 0.0,
-                                 jnp.broadcast_to(jnp.asarray(t_B, jnp.float32)[:, None, None, None],
-                                                  (b, f, h, w)))
+    # one timestep per latent frame: the model modulates per frame, never per token
+    t_BxF = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32)[:, None], (b, f))
+    timestep_BxF = jnp.where(given_BxF, 0.0, t_BxF)
     weights = jnp.broadcast_to(batch["weights"], (b, f, h, w))
     weights = jnp.where(given_BxF[:, :, None, None], 0.0, weights)
-    return ModelInputs(latents, timestep_BxFxHxW, None, weights)
+    return ModelInputs(latents, timestep_BxF, None, weights)
 
   # Previews: a start image is optional (without one the preview is text-to-video).
   def preview_condition(self, vae: Any, image: np.ndarray | None, num_frames: int,
@@ -83,8 +84,8 @@ class TextImageToVideo(Task):
     b, f, h, w, _ = latents.shape
     mixed = latents.at[:, :1].set(jnp.broadcast_to(condition, (b, 1, h, w, latents.shape[-1]))
                                   .astype(latents.dtype))
-    timestep = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32)[:, None, None, None], (b, f, h, w))
-    return mixed, timestep.at[:, 0].set(0.0), None
+    timestep_BxF = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32)[:, None], (b, f))
+    return mixed, timestep_BxF.at[:, 0].set(0.0), None
 
   def finish_sample(self, latents: jax.Array, condition: jax.Array | None) -> jax.Array:
     """The sampled latents with the image's latent as frame 0 (the model's own is discarded)."""
