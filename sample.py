@@ -158,16 +158,24 @@ def main(argv: list[str] | None = None) -> int:
         images = list(cfg.preview.get("images", []))
         lasts = lasts or list(cfg.preview.get("last_images", []))
     if (images or lasts) and not task.takes_preview_images:
-      raise ValueError(f"--image: this is a {task.title} model; it takes no start image")
+      flag = "--image" if images else "--last-image"
+      raise ValueError(f"{flag}: this is a {task.title} model; it takes no start image")
+    if lasts and not task.first_last_arrays:
+      raise ValueError(f"--last-image: this is a {task.title} model; it takes no last image")
     if task.needs_preview_images and not images:
       raise ValueError("this is an image-to-video model: give the start image with --image")
     if len(images) == 1:
       images = images * len(prompts)
     if len(lasts) == 1:
       lasts = lasts * len(prompts)
+    guidance = _guidance(args.guidance)
+    if guidance is not None and guidance.low_noise != guidance.high_noise and \
+        loading.variant(cfg).single_expert:
+      raise ValueError(f"--guidance {args.guidance}: this model has one expert for every step; "
+                       "give one scale")
     settings = Settings.from_config(
         cfg, seed=args.seed, num_steps=args.steps, height=args.height, width=args.width,
-        num_frames=args.frames, shift=args.shift, guidance=_guidance(args.guidance),
+        num_frames=args.frames, shift=args.shift, guidance=guidance,
         negative_prompt=args.negative_prompt)
     out = args.out or (args.run / "samples" if args.run is not None else Path("samples"))
     from wan_jax.sampling.loras import check_made_for

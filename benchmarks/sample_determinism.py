@@ -24,13 +24,14 @@ from wan_jax.train.outputs import media_out
 run = Path(sys.argv[1])
 cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
 p = cfg.preview
-files = {HIGH: run / f"lora/{cfg.save.name}_high_noise.safetensors",
-         LOW: run / f"lora/{cfg.save.name}_low_noise.safetensors"}
+variant = loading.variant(cfg)  # two experts, or the 5B's one model
+files = {e: run / f"lora/{cfg.save.name}{variant.file_suffix(e)}.safetensors"
+         for e in variant.experts}
 dual_bf16 = load_dual(cfg, files)
 # fp32: the trained adapters from the final Orbax checkpoint (what the in-training preview used)
 state = ocp.StandardCheckpointer().restore(str(run / f"checkpoints/{cfg.train.steps}/state"))
 experts = {}
-for e in (HIGH, LOW):
+for e in variant.experts:
   m = loading.load_expert(cfg, e, remat="none")
   add_lora(m, int(cfg.lora.rank), float(cfg.lora.alpha), list(cfg.lora.targets))
   ls = lora_state(m)
@@ -39,7 +40,8 @@ for e in (HIGH, LOW):
   ls.replace_by_pure_dict(strip(state[e]["trainable"]))
   nnx.update(m, ls)
   experts[e] = m
-dual_fp32 = DualWanTransformer(experts[HIGH], experts[LOW], float(cfg.model.boundary))
+dual_fp32 = DualWanTransformer(experts[HIGH], experts.get(LOW, experts[HIGH]),
+                               float(cfg.model.boundary))
 
 with tempfile.TemporaryDirectory() as d:
   enc = loading.encoders(cfg, Path(d))
@@ -59,7 +61,8 @@ def frames(dual, ctx):
   pad = lambda c: jnp.pad(c, ((0, 0), (0, length - c.shape[1]), (0, 0)))
   lat = sample_latents(dual, pad(ctx[0]), ctx[1], shape, jax.random.fold_in(jax.random.key(p.seed), 0),
                        num_steps=p.num_steps, shift=p.shift,
-                       guidance=Guidance(p.guidance_low_noise, p.guidance_high_noise))
+                       guidance=Guidance(p.guidance_low_noise, p.guidance_high_noise),
+                       task=loading.task(cfg))
   return media_out.to_uint8(np.asarray(decode_latents(vae, lat))[0]).astype(int), np.asarray(lat)
 
 def diff(name, a, b):
@@ -75,9 +78,10 @@ c, _ = frames(dual_fp32, mine)
 diff("fp32, batch-2 vs batch-8 prompt encoding", c, b)
 train_mp4 = iio.imread(run / f"previews/step_{cfg.train.steps:06d}_0.mp4", plugin="pyav").astype(int)
 out = Path(tempfile.mkdtemp())
-media_out.write_video(b.astype(np.uint8), out / "b.mp4")
+fps = int(p.get("fps", variant.preview.fps))
+media_out.write_video(b.astype(np.uint8), out / "b.mp4", fps=fps)
 b_mp4 = iio.imread(out / "b.mp4", plugin="pyav").astype(int)
 diff("training preview mp4 vs fp32 re-render through mp4", train_mp4, b_mp4)
 diff("mp4 round trip of the fp32 re-render (codec loss)", b, b_mp4)
-media_out.write_video(a1.astype(np.uint8), out / "a.mp4")
+media_out.write_video(a1.astype(np.uint8), out / "a.mp4", fps=fps)
 diff("training preview mp4 vs bf16 re-render through mp4", train_mp4, iio.imread(out / "a.mp4", plugin="pyav").astype(int))

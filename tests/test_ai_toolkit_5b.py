@@ -104,3 +104,27 @@ def test_the_tiny_5b_arch_maps_onto_the_demo(tmp_path):
                   "    - model: {arch: tiny_ti2v}\n      sample: {prompts: [a ball rolls]}\n")
   c = load_job(path, launch._python_config).config
   assert (c.model.arch, c.model.boundary, c.ti2v.i2v_prob) == ("tiny_ti2v", 0.0, 0.5)
+
+
+def test_hub_ids_name_the_5b_release_and_refuse_another_models(tmp_path):
+  path = tmp_path / "job.yaml"
+
+  def load(arch: str, ckpt: str):
+    text = JOB.format(out=tmp_path / "output", ckpt=ckpt, do_i2v="true", more_i2v="true",
+                      width=768).replace("arch: 'wan22_5b'", f"arch: '{arch}'")
+    path.write_text(text)
+    return load_job(path, launch._python_config)
+
+  with pytest.raises(JobError, match=r"hub id of the Wan 2.2 TI2V-5B release; wan-jax reads "
+                                     r"local files only"):
+    load("wan22_5b", "Wan-AI/Wan2.2-TI2V-5B-Diffusers")
+  with pytest.raises(JobError, match=r"is a Wan 2.2 T2V-A14B release but the job trains Wan 2.2 "
+                                     r"TI2V-5B"):
+    load("wan22_5b", "Wan-AI/Wan2.2-T2V-A14B")
+  with pytest.raises(JobError, match=r"is a Wan 2.2 TI2V-5B release but the job trains Wan 2.2 "
+                                     r"T2V-A14B"):
+    load("wan22_14b", "Wan-AI/Wan2.2-TI2V-5B")
+  path.write_text("job: extension\nconfig:\n  name: x\n  process:\n    - model: {}\n")
+  with pytest.raises(JobError, match=r"arch is missing: set it to one of wan22_14b \(Wan 2.2 "
+                                     r"T2V-A14B\), wan22_14b_i2v .*, wan22_5b \(Wan 2.2 TI2V-5B\)"):
+    load_job(path, launch._python_config)

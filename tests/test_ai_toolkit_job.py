@@ -299,7 +299,8 @@ def test_a_hub_id_says_how_to_download_and_convert(tmp_path, capsys):
   with pytest.raises(JobError, match="I2V-A14B release; wan-jax reads local files only"):
     load_job(write_job(tmp_path, i2v_job(), ckpt="ai-toolkit/Wan2.2-I2V-A14B-Diffusers-bf16"),
              launch._python_config)
-  with pytest.raises(JobError, match="is a Wan 2.2 T2V release but the job trains I2V-A14B"):
+  with pytest.raises(JobError, match="is a Wan 2.2 T2V-A14B release but the job trains Wan 2.2 "
+                                     "I2V-A14B"):
     load_job(write_job(tmp_path, i2v_job(), ckpt="Wan-AI/Wan2.2-T2V-A14B-Diffusers"),
              launch._python_config)
 

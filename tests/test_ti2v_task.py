@@ -70,6 +70,9 @@ def test_the_probability_is_read_from_the_config_and_checked():
     cfg = ml_collections.ConfigDict({"ti2v": {"i2v_prob": bad}}, type_safe=False)
     with pytest.raises(ValueError, match="ti2v.i2v_prob must be a probability"):
       TEXT_IMAGE_TO_VIDEO.configured(cfg)
+  bare = ml_collections.ConfigDict({"model": {"arch": "tiny_ti2v"}})  # another task's config
+  with pytest.raises(ValueError, match="lacks .*use configs/wan22_5b_masked.py$"):
+    TEXT_IMAGE_TO_VIDEO.configured(bare)
 
 
 def test_a_preview_image_replaces_frame_zero_at_each_step_and_at_the_end():

@@ -63,6 +63,7 @@ def test_the_readmes_5b_demo_runs_verbatim(tmp_path):
   described = (run / "previews/step_000024.txt").read_text()
   assert "shift 5.0, guidance low/high 5.0/5.0" in described
   assert f"(from {run / 'demo_data/preview_start_64x64.png'})" in described
+  assert described.count("(from") == 1  # the text-only prompt names no image
 
 
 @pytest.fixture(scope="module")

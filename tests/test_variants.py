@@ -66,3 +66,41 @@ def test_latent_geometry():
   assert WAN21.tokens(81, 480, 832) == 21 * 30 * 52
   assert [g.snap_frames(n) for n in (1, 4, 5, 120, 121)] == [1, 1, 5, 117, 121]
   assert g.frames_ok(121) and not g.frames_ok(120)
+
+
+def test_a_vae_of_another_geometry_is_refused_in_one_line():
+  from types import SimpleNamespace
+
+  from wan_jax.model.vae_config import tiny_vae, tiny_vae22
+  from wan_jax.train.run.loading import _checked_vae
+  five_b, a14b = get_variant("wan22_ti2v_5b"), get_variant("wan22_t2v_a14b")
+  wan21, wan22 = SimpleNamespace(config=tiny_vae()), SimpleNamespace(config=tiny_vae22())
+  assert _checked_vae(wan22, five_b, "/m/vae") is wan22
+  with pytest.raises(ValueError, match=r"^the VAE at /m/vae is a Wan 2.1 VAE \(A14B\): 16 "
+                                       r"channels, 8x8 .* Wan 2.2 TI2V-5B needs 48 and 16x16"):
+    _checked_vae(wan21, five_b, "/m/vae")
+  with pytest.raises(ValueError, match=r"is the Wan 2.2 VAE \(TI2V-5B\)"):
+    _checked_vae(wan22, a14b, "/m/vae")
+
+
+def test_the_variant_checks_of_a_run_config():
+  from wan_jax.train.run.validate import check_variant
+  c = load_config_file(str(ROOT / "configs/wan22_5b_masked.py:tiny"))
+  check_variant(c)
+  for key, value, message in (
+      ("model.boundary", 0.5, "model.boundary must be 0 for the tiny TI2V demo"),
+      ("model.train_low_noise", True, "the tiny TI2V demo has one model: set "),
+      ("preview.height", 48, "preview.height must be a multiple of 32 pixels for the tiny TI2V"),
+      ("preview.guidance_low_noise", 3.0, r"preview.guidance_low_noise \(3\) and "
+                                          r"preview.guidance_high_noise \(5\) differ")):
+    bad = load_config_file(str(ROOT / "configs/wan22_5b_masked.py:tiny"))
+    section, name = key.split(".")
+    bad[section][name] = value
+    with pytest.raises(ValueError, match=message):
+      check_variant(bad)
+  a14b = load_config_file(str(ROOT / "configs/wan22_masked.py:tiny"))
+  a14b.preview.height = 48  # a multiple of 16 is enough for the A14B
+  check_variant(a14b)
+  a14b.model.boundary = 0.0
+  with pytest.raises(ValueError, match=r"model.boundary must be in \(0, 1\)"):
+    check_variant(a14b)

@@ -42,6 +42,11 @@ ADAM = ("adam", "adam8bit", "adam8")  # Adam: no weight decay by default
 TIMESTEPS = {"linear": "uniform", "sigmoid": "logit_normal", "shift": "shift"}
 SCHEDULES = ("constant", "cosine", "constant_with_warmup")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+def _release_tag(variant: Variant) -> str:
+  """What names a variant's release in a hub id: "Wan-AI/Wan2.2-TI2V-5B" -> "ti2v-5b"."""
+  return variant.release.split("Wan2.2-", 1)[-1].lower()
+
+
 # A variant's config file ("configs/wan22_masked.py:tiny") -> its get_config (launch.py's loader)
 BaseConfig = Callable[[str], ml_collections.ConfigDict]
 
@@ -169,8 +174,8 @@ class _Mapper:
     raw = model.get("arch", str, None)
     where = f"{model.path}.arch"
     if raw is None:
-      raise JobError(f"{where} is missing: set it to wan22_14b (Wan 2.2 T2V-A14B) or "
-                     "wan22_14b_i2v (I2V-A14B)")
+      raise JobError(f"{where} is missing: set it to one of " + ", ".join(
+          f"{v.ai_toolkit[0]} ({v.title})" for v in VARIANTS.values() if not v.tiny))
     arch = raw.split(":")[0]  # the UI writes "wan22_14b:t2v"; ai-toolkit drops the tag
     variant = by_ai_toolkit(arch)
     if variant is None:
@@ -202,6 +207,9 @@ class _Mapper:
           te, f"{model.path}.te_name_or_path")
     kwargs = model.section("model_kwargs")
     if self.variant.single_expert:  # one model (wan22_5b): no experts to choose
+      if model.get("low_vram", bool, False):
+        self.notices.append(f"{model.path}.low_vram: {self.variant.title} has one model, so "
+                            "nothing waits idle to offload; the memory plan fits it to the card")
       self._quantize(model, c)
       return
     c.model.train_high_noise = kwargs.get("train_high_noise", bool, True)
@@ -267,16 +275,17 @@ class _Mapper:
 
   def _local(self, path: str, where: str, release: bool = False) -> str:
     """A local folder or file; a hub id gets the download-and-convert recipe (for the model's
-    `release`, the Wan 2.2 release of the job's task: T2V-A14B or I2V-A14B)."""
+    `release`: the job's variant's, e.g. Wan-AI/Wan2.2-TI2V-5B; another variant's is refused)."""
     if HUB_ID.match(path) and not Path(path).expanduser().exists():
-      task, other = ("I2V", "T2V") if self.i2v else ("T2V", "I2V")
-      names = set(re.findall(r"(?<![a-z])[ti]2v", path.lower()))  # not TI2V (the 5B)
-      if release and names == {other.lower()}:
+      v = self.variant
+      named = [o for o in VARIANTS.values() if o.release and _release_tag(o) in path.lower()]
+      if release and named and v not in named:
         raise JobError(
-            f"{where} {path!r} is a Wan 2.2 {other} release but the job trains {task}-A14B "
-            f"(model.arch); use a {task}-A14B release, e.g. Wan-AI/Wan2.2-{task}-A14B-Diffusers")
+            f"{where} {path!r} is a {named[0].title} release but the job trains {v.title} "
+            f"(model.arch); use a {v.title} release, e.g. {v.release or 'a converted folder'}-"
+            "Diffusers")
       local = "/models/" + path.split("/")[-1]
-      what = f" of the Wan 2.2 {task}-A14B release" if release else ""
+      what = f" of the {v.title} release" if release and v.release else ""
       raise JobError(
           f"{where} {path!r} is not a local folder and looks like a Hugging Face hub id{what}; "
           f"wan-jax reads local files only: download it (huggingface-cli download {path} "

@@ -45,6 +45,10 @@ class TextImageToVideo(Task):
   takes_preview_images: bool = True  # optional: a prompt without one previews text-to-video
 
   def configured(self, cfg: ml_collections.ConfigDict) -> TextImageToVideo:
+    if cfg.get("ti2v") is None:
+      raise ValueError(f"model.arch={cfg.model.arch!r} trains the TI2V-5B, whose settings this "
+                       "config lacks (ti2v.i2v_prob, one model at boundary 0): use "
+                       "configs/wan22_5b_masked.py")
     prob = cfg.ti2v.i2v_prob
     if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
       raise ValueError(f"ti2v.i2v_prob must be a probability in [0, 1] (the share of clips "

@@ -27,7 +27,7 @@ from wan_jax.weights.tensor_files import PTH_SUFFIXES, open_tensors
 
 log = logging.getLogger(__name__)
 
-# Wan2.2_VAE.pth: TI2V-5B's 48-channel VAE (found here; converting it needs its port).
+# Wan2.2_VAE.pth: TI2V-5B's 48-channel VAE (wan_jax.weights.vae_keys reads either).
 VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors", "Wan2.2_VAE.pth")
 TEXT_ENCODER_FILES = ("models_t5_umt5-xxl-enc-bf16.pth",)
 TOKENIZER_FOLDERS = ("google/umt5-xxl", "tokenizer")

@@ -272,7 +272,7 @@ def render_previews(model: DualWanTransformer | ModelAt, vae: WanVAE, prompts: l
   settings = (f"{width}x{height}, {num_frames} frames, {num_steps} Euler steps, shift {shift}, "
               f"guidance low/high {g.low_noise}/{g.high_noise}, seed {seed}")
   lasts = list(last_images or []) or [""] * len(prompts)
-  described = ([f"{p}\t(from {img}{f' to {last}' if last else ''})"
+  described = ([f"{p}\t(from {img}{f' to {last}' if last else ''})" if img else p
                 for p, img, last in zip(prompts, images, lasts)] if images else prompts)
   header = f"step {step}" if stem is None else name
   media_out.write_text(_describe(header, described, paths, settings), out_dir / f"{name}.txt")

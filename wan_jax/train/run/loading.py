@@ -20,6 +20,7 @@ from wan_jax.data.caches import CacheSettings, files_id
 from wan_jax.data.demo import make_demo_tokenizer
 from wan_jax.data.probe_cache import default_cache_dir
 from wan_jax.model.config import WanConfig
+from wan_jax.model.latent_geometry import LatentGeometry
 from wan_jax.model.transformer import WanTransformer
 from wan_jax.model.umt5 import UMT5Encoder
 from wan_jax.model.vae import WanVAE
@@ -94,10 +95,11 @@ def check_checkpoint_task(cfg: ml_collections.ConfigDict) -> None:
     return
   if have is not None and have != want:
     other = for_task(have)
+    fix = (f"use {other.config_file}" if other.single_expert or variant(cfg).single_expert
+           else f"set model.arch={other.arch!r} (or use {other.config_file})")
     raise ValueError(f"model.arch={cfg.model.arch!r} trains {TASKS[want].title}, but "
                      f"{cfg.model.name_or_path} holds {TASKS[have].title} experts "
-                     f"({other.title}); set "
-                     f"model.arch={other.arch!r} (or use {other.config_file})")
+                     f"({other.title}); {fix}")
 
 
 def trained_experts(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -171,12 +173,24 @@ def encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:
   text_path = m.text_encoder_path or m.name_or_path
   tok_path = m.tokenizer_path or m.name_or_path
   return Encoders(
-      v.vae(), lambda: load_vae(vae_path, m.vae_dtype),
+      v.vae(), lambda: _checked_vae(load_vae(vae_path, m.vae_dtype), v, vae_path),
       lambda: (load_tokenizer(tok_path), load_text_encoder(text_path, m.text_encoder_dtype)),
       vae_id=f"{_component_id(vae_path, 'vae')}-{m.vae_dtype}",
       text_id=(f"{_component_id(text_path, 'text_encoder')}-{_component_id(tok_path, 'tokenizer')}"
                f"-{m.text_encoder_dtype}"),
       text_len=512)
+
+
+def _checked_vae(vae: WanVAE, v: Variant, path: str) -> WanVAE:
+  """The loaded VAE, refused in one line when its latents are not the variant's (a Wan 2.1 VAE
+  for the 5B, or the 5B's for an A14B): every cached latent would have the wrong shape."""
+  have, want = LatentGeometry.of(vae.config), LatentGeometry.of(v.vae())
+  if (have.temporal, have.spatial, have.channels) != (want.temporal, want.spatial, want.channels):
+    other = "the Wan 2.2 VAE (TI2V-5B)" if have.channels == 48 else "a Wan 2.1 VAE (A14B)"
+    raise ValueError(f"the VAE at {path} is {other}: {have.channels} channels, "
+                     f"{have.spatial}x{have.spatial} pixels per latent cell; {v.title} needs "
+                     f"{want.channels} and {want.spatial}x{want.spatial} (model.vae_path)")
+  return vae
 
 
 def _random_encoders(cfg: ml_collections.ConfigDict, workdir: Path) -> Encoders:

@@ -51,7 +51,6 @@ AT_LEAST_ONE = (lambda v: v >= 1 and v == int(v), "a whole number >= 1")
 COUNT = (lambda v: v >= 0 and v == int(v), "a whole number >= 0 (0 = off)")
 PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1]")
 FRAMES = (_frames_ok, "1 or 4k+1 (5, 9, ..., 81): the VAE compresses 4 frames after the first")
-SIDE = (lambda v: v >= 16 and v % 16 == 0, "a multiple of 16 pixels")
 # int(gib * 2**30) of 1e300 overflows; no device has a million GiB
 GIB = (lambda v: 0 <= v <= 1e6, "a size in GiB from 0 (the device's own limit) to 1e6")
 HOST_GIB = (lambda v: 0 <= v <= 1e6, "a size in GiB from 0 (the host's free memory) to 1e6")
@@ -72,8 +71,8 @@ CHOICES = {"train.memory_plan": ("auto", "off"), "train.remat_policy": ("auto", 
            "train.timestep_sampling": METHODS, "train.lr_schedule": SCHEDULES,
            "model.attention": ATTENTION_IMPLS}
 MODEL_PATHS = ("name_or_path", "vae_path", "text_encoder_path", "tokenizer_path")
-PREVIEW_RULES = {"preview.num_frames": FRAMES, "preview.num_steps": AT_LEAST_ONE,
-                 "preview.height": SIDE, "preview.width": SIDE}
+# (preview sides: check_variant, a multiple of the model's token side)
+PREVIEW_RULES = {"preview.num_frames": FRAMES, "preview.num_steps": AT_LEAST_ONE}
 DATASET_RULES = {"loss_multiplier": POSITIVE, "flip_prob": PROBABILITY,
                  "caption_dropout_rate": PROBABILITY, "num_frames": FRAMES,
                  "repeats": AT_LEAST_ONE}
@@ -158,9 +157,15 @@ def check_variant(cfg: ml_collections.ConfigDict) -> None:
   side = v.geometry.side_multiple
   if _number(cfg, "preview.every") > 0:
     for key in ("preview.height", "preview.width"):
-      if _number(cfg, key) % side:
+      value = _number(cfg, key)
+      if value < side or value % side:
         raise ValueError(f"{key} must be a multiple of {side} pixels for {v.title} (its VAE's "
-                         f"{v.geometry.spatial}x times the patch), got {_number(cfg, key):g}")
+                         f"{v.geometry.spatial}x times the patch), got {value:g}")
+    low, high = _number(cfg, "preview.guidance_low_noise"), _number(cfg, "preview.guidance_high_noise")
+    if v.single_expert and low != high:
+      raise ValueError(f"preview.guidance_low_noise ({low:g}) and preview.guidance_high_noise "
+                       f"({high:g}) differ, but {v.title} has one model for every step: set "
+                       "both to the scale you want")
 
 
 def check_model_paths(cfg: ml_collections.ConfigDict) -> None:

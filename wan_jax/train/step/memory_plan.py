@@ -275,9 +275,10 @@ def choose(cands: Sequence[Candidate], step_of: Callable[[str, bool], StepMemory
         f"nothing fits host memory: the plans that fit the device need pinned host memory, the "
         f"least of them ({least.candidate.describe(two_experts)}) "
         f"{size(least.host * local_devices)} for {bucket}, and {size(host_usable)} are usable "
-        f"({host_source}); what would help: model.quantize=fp8 (half the weights), one expert "
-        f"per run (model.train_low_noise=False, then a run with train_high_noise=False), fewer "
-        f"frames, or train.host_memory_gib if more RAM is free than reported")
+        f"({host_source}); what would help: model.quantize=fp8 (half the weights), "
+        + ("one expert per run (model.train_low_noise=False, then a run with "
+           "train_high_noise=False), " if two_experts else "")
+        + "fewer frames, or train.host_memory_gib if more RAM is free than reported")
   smallest = min(rejected, key=lambda e: e.total)
   msg = (f"nothing fits: the smallest plan ({smallest.candidate.describe(two_experts)}) needs "
          f"{size(smallest.total)} per device for {bucket} and {size(usable)} are usable "
