@@ -26,10 +26,10 @@ WORDS = ("a red fox jumps over the lazy dog in snow at night cat runs & < > "
          "person walks on beach with an umbrella slowly").split()
 
 
-def make_vae(base_dim: int = 8, seed: int = 0) -> AutoencoderKLWan:
-  """A Wan 2.1 VAE with random norms and biases too, so no parameter is a no-op."""
+def _random_vae(seed: int, **config) -> AutoencoderKLWan:
+  """An AutoencoderKLWan with random norms and biases too, so no parameter is a no-op."""
   torch.manual_seed(seed)
-  vae = AutoencoderKLWan(base_dim=base_dim, z_dim=16).eval()
+  vae = AutoencoderKLWan(**config).eval()
   with torch.no_grad():
     for name, p in vae.named_parameters():
       if name.endswith("gamma"):
@@ -37,6 +37,11 @@ def make_vae(base_dim: int = 8, seed: int = 0) -> AutoencoderKLWan:
       elif name.endswith("bias"):
         p.copy_(0.05 * torch.randn_like(p))
   return vae
+
+
+def make_vae(base_dim: int = 8, seed: int = 0) -> AutoencoderKLWan:
+  """A Wan 2.1 VAE (random, every parameter in play)."""
+  return _random_vae(seed, base_dim=base_dim, z_dim=16)
 
 
 def _residual_to_original(rest: str) -> str:
@@ -131,16 +136,8 @@ def vae22_original_key(key: str) -> str:
 
 
 def make_vae22(cfg: dict, seed: int) -> AutoencoderKLWan:
-  """A Wan 2.2 VAE (TI2V-5B) of `cfg` (VAE22_TINY, VAE22_REAL) with random norms and biases too."""
-  torch.manual_seed(seed)
-  vae = AutoencoderKLWan(**cfg).eval()
-  with torch.no_grad():
-    for name, p in vae.named_parameters():
-      if name.endswith("gamma"):
-        p.copy_(1 + 0.2 * torch.randn_like(p))
-      elif name.endswith("bias"):
-        p.copy_(0.05 * torch.randn_like(p))
-  return vae
+  """A Wan 2.2 VAE (TI2V-5B) of `cfg` (VAE22_TINY, VAE22_REAL), random, every parameter in play."""
+  return _random_vae(seed, **cfg)
 
 
 def save_vae22_pth(vae: AutoencoderKLWan, path: Path) -> Path:
