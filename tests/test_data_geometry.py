@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from wan_jax.data.buckets import apply_crop, batch_counts, bucket_batches, bucket_for, plan_crop
-from wan_jax.data.frames import ClipTooShort, select_frames, snap_num_frames
+from wan_jax.data.frames import ClipTooShort, select_frames
+from wan_jax.model.latent_geometry import WAN21
 from wan_jax.data.weight_maps import weight_map
 
 
@@ -76,7 +77,7 @@ def test_crop_applies_identically_to_pixels_and_mask():
 
 
 def test_frame_counts_and_selection():
-  assert [snap_num_frames(n) for n in (1, 4, 5, 80, 81)] == [1, 1, 5, 77, 81]
+  assert [WAN21.snap_frames(n) for n in (1, 4, 5, 80, 81)] == [1, 1, 5, 77, 81]
   rng = np.random.default_rng(0)
   idx, note = select_frames(100, 5, "evenly", 30.0, 16.0, rng)
   assert idx == [0, 25, 50, 74, 99] and note is None

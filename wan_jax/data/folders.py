@@ -15,7 +15,6 @@ import tqdm
 
 from wan_jax.data import config as dcfg
 from wan_jax.data.captions import apply_trigger
-from wan_jax.data.frames import snap_num_frames
 from wan_jax.data.buckets import bucket_for
 from wan_jax.model.latent_geometry import WAN21, LatentGeometry
 from wan_jax.data.media import (IMAGE_EXTS, VIDEO_EXTS, MediaError, MediaInfo, is_image,
@@ -135,7 +134,7 @@ def scan_dataset(cfg: ml_collections.ConfigDict, index: int = 0,
   mask_dir = Path(cfg.mask_path).expanduser() if cfg.mask_path else None
   if mask_dir is not None and not mask_dir.is_dir():
     raise DataError(f"{where}.mask_path {str(mask_dir)!r} is not a folder")
-  num_frames = snap_num_frames(int(cfg.num_frames))
+  num_frames = latent.snap_frames(int(cfg.num_frames))  # the model's VAE takes 1 + t*k
   if num_frames != int(cfg.num_frames):
     log.warning("%s.num_frames %d is not 4k+1; using %d", where, cfg.num_frames, num_frames)
 

@@ -14,13 +14,6 @@ import numpy as np
 SELECTIONS = ("evenly", "window")
 
 
-def snap_num_frames(n: int) -> int:
-  """The largest 4k+1 <= n (the VAE compresses time 4x after the first frame)."""
-  if n < 1:
-    raise ValueError(f"num_frames must be >= 1, got {n}")
-  return (n - 1) // 4 * 4 + 1
-
-
 class ClipTooShort(ValueError):
   pass
 
