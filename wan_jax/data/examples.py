@@ -114,7 +114,7 @@ def read_weights(item: Item, geo: Geometry, cfg: ml_collections.ConfigDict) -> n
     return np.ones(item.latent.grid(frames, bh, bw), np.float32)
   mask = apply_crop(mask, geo.crop, (bh, bw))  # resized from its own size (same aspect) in one step
   weights = weight_map(mask, frames, float(cfg.mask_min_value), bool(cfg.invert_mask),
-                       item.latent.spatial)
+                       item.latent.spatial, item.latent.temporal)
   if weights is None:
     log.warning("skipping %s: mask %s is all black", item.media, item.mask or "(alpha)")
     raise SkipItem(f"all-black mask for {item.media}")

@@ -233,7 +233,7 @@ def plan_train_step(cfg: ml_collections.ConfigDict, names: tuple[str, ...], tx,
         fp8 = smallest.total - _fp8_saving(cfg, names, c, tx, mesh, experts[c.remat, c.stream],
                                            smallest.idle)
       return _advice(smallest, room, bucket, experts[c.remat, c.stream],
-                     int(cfg.train.batch_size), fp8)
+                     int(cfg.train.batch_size), fp8, loading.variant(cfg).geometry.temporal)
 
     host_usable, host_source = memory_plan.usable_host_memory(
         float(cfg.train.host_memory_gib), float(cfg.train.memory_margin))
@@ -266,13 +266,14 @@ def _fp8_saving(cfg: ml_collections.ConfigDict, names: tuple[str, ...],
 
 
 def _advice(smallest: memory_plan.Estimate, usable: int, bucket: tuple[int, int, int],
-            expert: AbstractExpert, batch_size: int, fp8_total: int | None = None) -> str:
+            expert: AbstractExpert, batch_size: int, fp8_total: int | None = None,
+            temporal: int = 4) -> str:
   f, h, w = bucket
   options = []
   if fp8_total is not None and fp8_total <= usable:
     options.append(f"model.quantize=fp8 (predicted {memory_plan.size(fp8_total)} for that plan; "
                    f"an fp8 base changes the model's numbers a little: docs/training.md)")
-  frames = memory_plan.frames_that_fit(f, smallest, usable)
+  frames = memory_plan.frames_that_fit(f, smallest, usable, temporal)
   if 0 < frames < f:
     options.append(f"about {frames} frames at {h}x{w} (datasets[*].num_frames)")
   options.append("a lower resolution (datasets[*].resolution)")

@@ -288,16 +288,17 @@ def choose(cands: Sequence[Candidate], step_of: Callable[[str, bool], StepMemory
   raise DoesNotFit(msg)
 
 
-def frames_that_fit(frames: int, est: Estimate, usable: int) -> int:
-  """About how many frames (4k+1) would fit at the same resolution, taking the step's
-  non-argument memory as proportional to the latent frames; 0 if not even one frame."""
-  latent = (frames - 1) // 4 + 1
+def frames_that_fit(frames: int, est: Estimate, usable: int, temporal: int = 4) -> int:
+  """About how many frames (1 + temporal * k: the VAE's frame groups) would fit at the same
+  resolution, taking the step's non-argument memory as proportional to the latent frames; 0 if
+  not even one frame."""
+  latent = (frames - 1) // temporal + 1
   scalable = est.total - est.fixed
   room = usable - est.fixed
   if scalable <= 0 or room <= 0:
     return 0
   fit = math.floor(latent * room / scalable)
-  return 0 if fit < 1 else 4 * (min(fit, latent) - 1) + 1
+  return 0 if fit < 1 else temporal * (min(fit, latent) - 1) + 1
 
 
 def fsdp_that_fits(est: Estimate, weights: int, usable: int, limit: int = 64) -> int:
