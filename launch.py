@@ -92,7 +92,8 @@ def _flags(argv: list[str]) -> tuple[flags.FlagValues, Job | None]:
                                     "ai-toolkit job (.yaml)", flag_values=fv, sys_argv=argv,
                                     lock_config=False)
   flags.DEFINE_string("workdir", None, "run folder (checkpoints, LoRA files, previews, logs); "
-                      "default: a tiny demo's own folder (runs/demo, runs/demo_i2v, ...)", flag_values=fv)
+                      "default: a tiny demo's own folder (runs/demo, runs/demo_i2v, ...)",
+                      flag_values=fv)
   flags.DEFINE_bool("cache_only", False, "build the latent and prompt caches, then stop",
                     flag_values=fv)
   flags.DEFINE_bool("progress", True, "show progress bars", flag_values=fv)

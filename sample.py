@@ -9,12 +9,13 @@ per expert), to MP4s.
       --lora-low person_low_noise.safetensors --prompt "a person waving" --out samples/
   python sample.py --run runs/demo_5b --prompt "a red ball" [--image start.png]   # TI2V-5B
 
---run takes the model, the task (T2V, I2V or TI2V), the run's final LoRA files (lora/<save.name>_
-{high,low}_noise.safetensors, or <save.name>.safetensors for the 5B) and its preview settings (size, frames, steps, shift, guidance,
-seed) from the run's config.json; without --prompt it re-renders the run's preview prompts (and
-images, and last images). --model is a folder made by convert/wan22.py (or `tiny` / `tiny_i2v` /
-`tiny_ti2v`, the demos' random models); without --run, sizes and steps are the config file's defaults. The
-same arguments give the same pixels.
+--run takes the model, the task (T2V, I2V or TI2V), the run's final LoRA files
+(lora/<save.name>_{high,low}_noise.safetensors, or <save.name>.safetensors for the 5B) and its
+preview settings (size, frames, steps, shift, guidance, seed) from the run's config.json; without
+--prompt it re-renders the run's preview prompts (and images, and last images). --model is a
+folder made by convert/wan22.py (or `tiny` / `tiny_i2v` / `tiny_ti2v`, the demos' random
+models); without --run, sizes and steps are the config file's defaults. The same arguments give
+the same pixels.
 """
 
 from __future__ import annotations

@@ -9,19 +9,7 @@
 #   bash benchmarks/gpu_stream_run.sh           # ~11 min on an H200 (141 GB, 140.4 GiB usable)
 #
 # Needs the wheels in .whl (docs/performance.md) installed on PYTHONPATH first.
-set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-CARD_GIB=${CARD_GIB:-140.4}  # what the allocator can use of the whole card
-fraction() { python3 -c "print(f'{$1 / $CARD_GIB:.4f}')"; }
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-git log -1 --format=%h 2>/dev/null | tee -a "$OUT/gpu.txt"
-bench() {  # name, allocator GiB, timeout, args...
-  local name=$1 gib=$2 limit=$3; shift 3
-  XLA_PYTHON_CLIENT_MEM_FRACTION=$(fraction "$gib") timeout "$limit" python3 \
-    benchmarks/train_step.py --out "$OUT/$name.json" "$@" 2>&1 | tee "$OUT/log_$name.txt"
-}
+source "$(dirname "$0")/gpu_common.sh"  # $OUT, the card and commit, bench()
 # 1. A 24 GB card (23 GiB), 480x832x81, both experts, the planner's choice: does it fit, which
 #    plan, what step time (the planner should stream; the idle expert waits in host memory).
 bench a_23gib_auto 23 240 --cases a --plan auto --device-memory-gib 23 --stream-weights auto \

@@ -254,8 +254,8 @@ class Steps:
 
       graphdef = nnx.split(nnx.eval_shape(build), LORA, FROZEN)[0]
       trainable, opt_state, frozen = self.state
-      step_fn = make_train_step(graphdef, self.tx, step_settings(self.args.variant), self.mesh, trainable,
-                                opt_state, frozen, stream=stream)
+      step_fn = make_train_step(graphdef, self.tx, step_settings(self.args.variant), self.mesh,
+                                trainable, opt_state, frozen, stream=stream)
       start = time.perf_counter()
       frozen = self.frozen_streamed if stream else frozen
       self.compiled[remat, stream] = step_fn.lower(trainable, opt_state, frozen,

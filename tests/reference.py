@@ -24,11 +24,14 @@ TEXT_LEN = 512  # Wan pads the prompt to 512 rows; padded rows are attended to.
 I2V_IN_CHANNELS = 36  # Wan 2.2 I2V: 16 noisy latents, 4 mask channels, 16 condition latents
 
 
-def make_reference(seed: int, in_channels: int = 16) -> WanTransformer3DModel:
+def make_reference(seed: int, in_channels: int = 16,
+                   out_channels: int = 16) -> WanTransformer3DModel:
   """Random weights, perturbed (norm gains != 1, biases != 0) and rounded to bf16 values, so the
-  same numbers can be stored in fp32 and bf16 files. in_channels=36: an image-to-video expert."""
+  same numbers can be stored in fp32 and bf16 files. in_channels=36: an image-to-video expert;
+  48 in and out: the TI2V-5B's shape."""
   torch.manual_seed(seed)
-  model = WanTransformer3DModel(**{**TINY, "in_channels": in_channels}).eval()
+  model = WanTransformer3DModel(**{**TINY, "in_channels": in_channels,
+                                   "out_channels": out_channels}).eval()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(torch.randn_like(p) * 0.1)

@@ -53,22 +53,27 @@ def _residual_to_original(rest: str) -> str:
   return rest
 
 
-def vae_original_key(key: str, num_res_blocks: int = 2) -> str:
-  """diffusers AutoencoderKLWan key -> original Wan 2.1 VAE key (Wan's vae.py module names)."""
+def _outer_original_key(key: str) -> str | None:
+  """The original name of a key both VAE versions name alike (the quant convs, each side's
+  conv_in / norm_out / conv_out and the mid-block attention); None for the others."""
   for theirs, original in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
     if key.startswith(theirs):
       return original + key[len(theirs):]
   side, rest = key.split(".", 1)
-  if rest.startswith("conv_in."):
-    return f"{side}.conv1.{rest[len('conv_in.'):]}"
-  if rest.startswith("norm_out."):
-    return f"{side}.head.0.{rest[len('norm_out.'):]}"
-  if rest.startswith("conv_out."):
-    return f"{side}.head.2.{rest[len('conv_out.'):]}"
+  for theirs, original in (("conv_in.", "conv1."), ("norm_out.", "head.0."),
+                           ("conv_out.", "head.2."), ("mid_block.attentions.0.", "middle.1.")):
+    if rest.startswith(theirs):
+      return f"{side}.{original}{rest[len(theirs):]}"
+  return None
+
+
+def vae_original_key(key: str, num_res_blocks: int = 2) -> str:
+  """diffusers AutoencoderKLWan key -> original Wan 2.1 VAE key (Wan's vae.py module names)."""
+  if (outer := _outer_original_key(key)) is not None:
+    return outer
+  side, rest = key.split(".", 1)
   if m := re.match(r"mid_block\.resnets\.(\d)\.(.+)", rest):
     return f"{side}.middle.{2 * int(m.group(1))}.{_residual_to_original(m.group(2))}"
-  if m := re.match(r"mid_block\.attentions\.0\.(.+)", rest):
-    return f"{side}.middle.1.{m.group(1)}"
   if m := re.match(r"down_blocks\.(\d+)\.(.+)", rest):
     return f"encoder.downsamples.{m.group(1)}.{_residual_to_original(m.group(2))}"
   if m := re.match(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", rest):
@@ -105,28 +110,16 @@ VAE22_TINY = {**VAE22_REAL, "base_dim": 8, "decoder_base_dim": 12}  # = tiny_vae
 
 def vae22_original_key(key: str) -> str:
   """diffusers key -> the key upstream's WanVAE_ (vae2_2.py) state dict has."""
-  for theirs, original in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
-    if key.startswith(theirs):
-      return original + key[len(theirs):]
-  residual = (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."),
-              ("norm2.gamma", "residual.3.gamma"), ("conv2.", "residual.6."),
-              ("conv_shortcut.", "shortcut."))
+  if (outer := _outer_original_key(key)) is not None:
+    return outer
   side, rest = key.split(".", 1)
-  if rest.startswith("conv_in."):
-    return f"{side}.conv1.{rest[len('conv_in.'):]}"
-  if rest.startswith("norm_out."):
-    return f"{side}.head.0.{rest[len('norm_out.'):]}"
-  if rest.startswith("conv_out."):
-    return f"{side}.head.2.{rest[len('conv_out.'):]}"
-  if m := re.match(r"mid_block\.attentions\.0\.(.+)", rest):
-    return f"{side}.middle.1.{m.group(1)}"
   m = re.match(r"(mid_block|down_blocks|up_blocks)\.(\d+\.)?(resnets\.(\d+)\.|downsampler\.|"
                r"upsampler\.)(.+)", rest)
   if m is None:
     raise KeyError(key)
   group, level, part, j, leaf = m.groups()
   if part.startswith("resnets"):
-    leaf = next(new + leaf[len(old):] for old, new in residual if leaf.startswith(old))
+    leaf = _residual_to_original(leaf)
   if group == "mid_block":
     return f"{side}.middle.{2 * int(j)}.{leaf}"
   kind = "downsamples" if group == "down_blocks" else "upsamples"

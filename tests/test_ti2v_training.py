@@ -12,11 +12,17 @@ import imageio.v3 as iio
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from helpers import REPO, assert_quiet, get_config, launch, run_cli
-from reference import TEXT_LEN, TINY, original_state_dict, rel_error, save_official_expert
+from reference import (
+  TINY,
+  make_reference,
+  original_state_dict,
+  reference_forward,
+  rel_error,
+  save_official_expert,
+)
 from reference_codecs import (
   VAE22_TINY,
   make_umt5,
@@ -68,13 +74,7 @@ def test_the_readmes_5b_demo_runs_verbatim(tmp_path):
 
 @pytest.fixture(scope="module")
 def ref_5b() -> WanTransformer3DModel:
-  torch.manual_seed(51)
-  model = WanTransformer3DModel(**{**TINY, "in_channels": CHANNELS,
-                                   "out_channels": CHANNELS}).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.1)
-  return model
+  return make_reference(seed=51, in_channels=CHANNELS, out_channels=CHANNELS)
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +139,8 @@ def test_a_converted_5b_release_trains_and_its_lora_loads_in_diffusers_and_comfy
       jnp.asarray(latents), jnp.asarray(t), jnp.asarray(context)))
   assert rel_error(ours, base) > 1e-4  # the trained adapter changes the output
 
-  def diffusers_out(transformer) -> np.ndarray:
-    padded = np.zeros((1, TEXT_LEN, context.shape[2]), np.float32)
-    padded[:, :context.shape[1]] = context
-    tokens = torch.from_numpy(t[:, :, ::2, ::2].reshape(1, -1))  # one per 1x2x2 patch
-    with torch.no_grad():
-      got = transformer(torch.from_numpy(latents).permute(0, 4, 1, 2, 3), tokens,
-                        torch.from_numpy(padded), return_dict=False)[0]
-    return got.permute(0, 2, 3, 4, 1).numpy()
+  def diffusers_out(transformer) -> np.ndarray:  # per-token t: one per 1x2x2 patch
+    return reference_forward(transformer, latents, t[:, :, ::2, ::2].reshape(1, -1), context)
 
   pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
                      transformer=copy.deepcopy(ref_5b), expand_timesteps=True)

@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from diffusers import WanTransformer3DModel
 from flax import nnx
 
 import wan_jax
-from reference import TEXT_LEN, TINY, rel_error
+from reference import TEXT_LEN, TINY, make_reference, reference_forward, rel_error
 from wan_jax.model.config import ti2v_5b, tiny_ti2v
 
 CHANNELS = 48  # the Wan 2.2 VAE's latents
@@ -25,13 +24,7 @@ TIMESTEPS = (300.5, 999.0)
 @pytest.fixture(scope="module")
 def ref_5b() -> WanTransformer3DModel:
   """A tiny 5B-shaped diffusers model, weights perturbed so norms and biases matter."""
-  torch.manual_seed(21)
-  model = WanTransformer3DModel(**{**TINY, "in_channels": CHANNELS,
-                                   "out_channels": CHANNELS}).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.1)
-  return model
+  return make_reference(seed=21, in_channels=CHANNELS, out_channels=CHANNELS)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +48,6 @@ def first_frame_mask() -> np.ndarray:
   return mask
 
 
-def diffusers_forward(model, latents, timestep, context) -> np.ndarray:
-  padded = np.zeros((context.shape[0], TEXT_LEN, context.shape[2]), np.float32)
-  padded[:, :context.shape[1]] = context
-  with torch.no_grad():
-    out = model(torch.from_numpy(latents).permute(0, 4, 1, 2, 3), torch.from_numpy(timestep),
-                torch.from_numpy(padded), return_dict=False)[0]
-  return out.permute(0, 2, 3, 4, 1).numpy()
-
-
 def max_abs(got, want) -> float:
   """The largest elementwise error relative to the largest reference value."""
   return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
@@ -84,7 +68,7 @@ def test_loaded_architecture(ours):
 def test_one_timestep_per_sample(ref_5b, ours):
   latents, context = inputs(seed=0)
   t = np.asarray(TIMESTEPS, np.float32)
-  got, want = forward(ours, latents, t, context), diffusers_forward(ref_5b, latents, t, context)
+  got, want = forward(ours, latents, t, context), reference_forward(ref_5b, latents, t, context)
   err = rel_error(got, want)
   print(f"5B, timestep [B]: relative error {err:.2e} (L2), max abs {max_abs(got, want):.2e}")
   assert err < 1e-5
@@ -98,7 +82,7 @@ def test_a_timestep_per_token(ref_5b, ours):
   mask = first_frame_mask()
   t_BxFxHxW = np.stack([mask * t for t in TIMESTEPS]).astype(np.float32)
   t_BxN = np.stack([(mask[:, ::2, ::2] * t).reshape(-1) for t in TIMESTEPS]).astype(np.float32)
-  want = diffusers_forward(ref_5b, latents, t_BxN, context)
+  want = reference_forward(ref_5b, latents, t_BxN, context)
   got = forward(ours, latents, t_BxFxHxW, context)
   err = rel_error(got, want)
   print(f"5B, timestep [B, F, H, W]: relative error {err:.2e} (L2), max abs "

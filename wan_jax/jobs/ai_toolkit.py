@@ -8,9 +8,9 @@ not used with the reason (`ai_toolkit_keys`), and anything that would train some
 the key path. `arch:` names a variant (wan_jax/variants.py): `wan22_14b` maps onto
 configs/wan22_masked.py, `wan22_14b_i2v` (image-to-video) onto configs/wan22_i2v_masked.py and
 `wan22_5b` (TI2V-5B; `do_i2v` sets ti2v.i2v_prob) onto configs/wan22_5b_masked.py, with each
-sample's start image (`ctrl_img`, or `--ctrl_img` in its prompt) as `preview.images`. Keys the file leaves out take ai-toolkit's
-defaults, not ours, because that is the run the file described (e.g. `lr` 1e-6, `timestep_type`
-sigmoid, `switch_boundary_every` 1).
+sample's start image (`ctrl_img`, or `--ctrl_img` in its prompt) as `preview.images`. Keys the file
+leaves out take ai-toolkit's defaults, not ours, because that is the run the file described (e.g.
+`lr` 1e-6, `timestep_type` sigmoid, `switch_boundary_every` 1).
 
 Reading the file (substitutions, bounds on hostile input) is job_file.py's; this module maps its
 data. docs/from_ai_toolkit.md lists every key and what it becomes.

@@ -9,15 +9,16 @@ the tokens of that frame get timestep 0 and the others the step's t, and the mod
 for frame 0 is thrown away. Here the timestep is passed per latent frame ([B, F]): the same
 model, with the modulation per frame instead of per token.
 
-Training does the same per row: with probability `ti2v.i2v_prob` (drawn in the step from its
-key, so a resumed run draws the same) a clip's first latent frame is its clean latent (the
-posterior mean, as a sampler encodes the image) at timestep 0, and that frame is left out of
-the loss. The reasoning: at t = 0 the flow target noise - x0 holds noise the model cannot see, so the frame's loss is irreducible variance that
-only adds gradient noise; every sampler discards that prediction anyway; later frames still
-learn from the clean frame through attention; and the loss stays a masked mean, on the scale
-of the text-to-video rows. ai-toolkit (`wan22_5b`, since its first-frame loss mask) and
-DiffSynth-Studio leave it out the same way; VideoX-Fun and SimpleTuner keep it. The other rows
-train text-to-video (every frame noised, one t): one LoRA learns both, as the release does.
+Training does the same per row: with probability `ti2v.i2v_prob` (drawn in the step from its key,
+so a resumed run draws the same) a clip's first latent frame is its clean latent (the posterior
+mean, as a sampler encodes the image) at timestep 0, and that frame is left out of the loss. The
+reasoning: at t = 0 the flow target noise - x0 holds noise the model cannot see, so the frame's
+loss is irreducible variance that only adds gradient noise; every sampler discards that prediction
+anyway; later frames still learn from the clean frame through attention; and the loss stays a
+masked mean, on the scale of the text-to-video rows. ai-toolkit (`wan22_5b`, since its first-frame
+loss mask) and DiffSynth-Studio leave it out the same way; VideoX-Fun and SimpleTuner keep it. The
+other rows train text-to-video (every frame noised, one t): one LoRA learns both, as the release
+does.
 Still images (one latent frame) always train text-to-video: conditioning an image on itself
 teaches only copying.
 """
@@ -85,16 +86,20 @@ class TextImageToVideo(Task):
     frame 0 at timestep 0 (upstream's re-mix), or plain text-to-video without an image."""
     if condition is None:
       return latents, t_B, None
-    b, f, h, w, _ = latents.shape
-    mixed = latents.at[:, :1].set(jnp.broadcast_to(condition, (b, 1, h, w, latents.shape[-1]))
-                                  .astype(latents.dtype))
+    b, f = latents.shape[:2]
     timestep_BxF = jnp.broadcast_to(jnp.asarray(t_B, jnp.float32)[:, None], (b, f))
-    return mixed, timestep_BxF.at[:, 0].set(0.0), None
+    return _image_in_frame_0(latents, condition), timestep_BxF.at[:, 0].set(0.0), None
 
   def finish_sample(self, latents: jax.Array, condition: jax.Array | None) -> jax.Array:
     """The sampled latents with the image's latent as frame 0 (the model's own is discarded)."""
-    return latents if condition is None else self.sample_inputs(
-        latents, jnp.zeros(latents.shape[:1]), condition)[0]
+    return latents if condition is None else _image_in_frame_0(latents, condition)
+
+
+def _image_in_frame_0(latents: jax.Array, image_latent: jax.Array) -> jax.Array:
+  """latents [B, F, H, W, C] with frame 0 replaced by the image's latent [1 or B, 1, H, W, C]."""
+  b, _, h, w, c = latents.shape
+  frame = jnp.broadcast_to(image_latent, (b, 1, h, w, c)).astype(latents.dtype)
+  return latents.at[:, :1].set(frame)
 
 
 TEXT_IMAGE_TO_VIDEO = TextImageToVideo()

@@ -161,7 +161,8 @@ def check_variant(cfg: ml_collections.ConfigDict) -> None:
       if value < side or value % side:
         raise ValueError(f"{key} must be a multiple of {side} pixels for {v.title} (its VAE's "
                          f"{v.geometry.spatial}x times the patch), got {value:g}")
-    low, high = _number(cfg, "preview.guidance_low_noise"), _number(cfg, "preview.guidance_high_noise")
+    low = _number(cfg, "preview.guidance_low_noise")
+    high = _number(cfg, "preview.guidance_high_noise")
     if v.single_expert and low != high:
       raise ValueError(f"preview.guidance_low_noise ({low:g}) and preview.guidance_high_noise "
                        f"({high:g}) differ, but {v.title} has one model for every step: set "

@@ -32,7 +32,7 @@ from wan_jax.train.step.sharding import (
 from wan_jax.train.step.timesteps import sample_timesteps
 
 
-TASK_KEY = 0x7A5C  # the task's own draws fold this into the step key (the others' stay as they were)
+TASK_KEY = 0x7A5C  # the task's draws fold this into the step key (the rest draw as before)
 
 
 @dataclasses.dataclass(frozen=True)
